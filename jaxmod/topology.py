@@ -1,0 +1,321 @@
+"""Unit topology: which parameter axes belong to each hidden unit, and physical slicing.
+
+A model declares a :class:`TopologySpec`: for each *unit group* (a hidden layer's units, named
+as its activation tap), the parameter axes that produce those units (a kernel's output axis, a
+bias, batch-norm statistics) and the axes that consume them (the next kernel's input axis, also
+through a flatten). Units tied by a residual add are one group with several producers; where a
+layer reads a group through an identity shortcut or a depthwise convolution, an
+:class:`IndexMapSpec` says which group it reads and which it yields.
+
+:func:`resolve_topology` fills in sizes from the model's shapes. From a resolved
+:class:`Topology` and a choice of kept units (``keep``: group -> bool[units]) and classes:
+
+* :func:`parameter_masks` gives the parameter-granularity mask a unit mask implies;
+* :func:`slice_variables` gives a genuinely smaller variable tree and the widths to build the
+  smaller model with, whose outputs equal the unit-masked full model's on the kept classes;
+* :func:`unit_mask_variables` gives the ``unit_masks`` collection for that masked full model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from jaxmod.models.base import ACTIVATIONS, INDEX_MAPS, UNIT_MASKS
+
+Path = tuple[str, ...]
+LeafKey = tuple[str, Path]  # (collection, path inside it)
+OUTPUT = "__output__"  # pseudo-group for the class axis of the output layer
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafAxis:
+    """One axis of one variable leaf that is indexed by a unit group (or by the classes)."""
+
+    path: Path
+    axis: int
+    collection: str = "params"
+
+    @property
+    def key(self) -> LeafKey:
+        return (self.collection, self.path)
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitGroup:
+    """A hidden layer's units: the axes that produce them and the axes that consume them."""
+
+    name: str
+    producers: tuple[LeafAxis, ...]
+    consumers: tuple[LeafAxis, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexMapSpec:
+    """A layer reads group ``source`` and uses it as group ``target``'s units (same indices)."""
+
+    name: str
+    source: str
+    target: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TopologySpec:
+    """What a model declares about its units; sizes come later from its shapes."""
+
+    groups: tuple[UnitGroup, ...]
+    output: tuple[LeafAxis, ...]
+    index_maps: tuple[IndexMapSpec, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """A spec resolved against concrete shapes: group sizes and every indexed leaf's shape."""
+
+    spec: TopologySpec
+    sizes: Mapping[str, int]
+    leaf_shapes: Mapping[LeafKey, tuple[int, ...]]
+    num_classes: int
+    input_shape: tuple[int, ...]
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        return tuple(g.name for g in self.spec.groups)
+
+    def leaf_axes(self) -> dict[LeafKey, list[tuple[int, str]]]:
+        """For every indexed leaf: (axis, group name or OUTPUT) pairs, axis made non-negative."""
+        table: dict[LeafKey, list[tuple[int, str]]] = {}
+        entries = [(la, g.name) for g in self.spec.groups for la in g.producers + g.consumers]
+        entries += [(la, OUTPUT) for la in self.spec.output]
+        for la, name in entries:
+            ndim = len(self.leaf_shapes[la.key])
+            table.setdefault(la.key, []).append((la.axis % ndim, name))
+        return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Small constructors that keep model declarations short.
+
+
+def conv_out(path: Path | str, *, bias: bool = True, bn: Path | str | None = None) -> tuple[LeafAxis, ...]:
+    """Producer axes of a conv or dense layer (kernel axis -1, bias) and its optional batch norm."""
+    path = _as_path(path)
+    leaves = [LeafAxis(path + ("kernel",), -1)]
+    if bias:
+        leaves.append(LeafAxis(path + ("bias",), 0))
+    if bn is not None:
+        bn = _as_path(bn)
+        leaves += [LeafAxis(bn + ("scale",), 0), LeafAxis(bn + ("bias",), 0)]
+        leaves += [LeafAxis(bn + ("mean",), 0, "batch_stats"), LeafAxis(bn + ("var",), 0, "batch_stats")]
+    return tuple(leaves)
+
+
+def kernel_in(path: Path | str) -> tuple[LeafAxis, ...]:
+    """Consumer axis of a conv (HWIO) or dense (in, out) kernel: axis -2."""
+    return (LeafAxis(_as_path(path) + ("kernel",), -2),)
+
+
+def dense_out(path: Path | str) -> tuple[LeafAxis, ...]:
+    """The output layer's class axis: kernel axis -1 and bias."""
+    return conv_out(path)
+
+
+def _as_path(path: Path | str) -> Path:
+    return tuple(path.split("/")) if isinstance(path, str) else tuple(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolution against shapes.
+
+
+def flat_activations(activations: Mapping[str, Any]) -> dict[str, jax.Array]:
+    """The sown ``activations`` collection as {'a/b': array}."""
+    return {k: v for k, v in traverse_util.flatten_dict(dict(activations), sep="/").items()}
+
+
+def resolve_topology(model: nn.Module, input_shape: Sequence[int]) -> Topology:
+    """Check ``model.topology_spec()`` against the model's shapes and size every group.
+
+    ``input_shape`` excludes the batch axis. Raises ``ValueError`` when the declaration does not
+    match the model (a missing leaf, an axis whose length is not a multiple of its group's size,
+    a tap without a group or a group without a tap).
+    """
+    spec = model.topology_spec()
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype)))
+    _, state = jax.eval_shape(
+        lambda v: model.apply(v, jnp.zeros(x.shape, x.dtype), mutable=[ACTIVATIONS]), variables
+    )
+    acts = flat_activations(state[ACTIVATIONS])
+    flat_vars = {
+        (col, path): leaf.shape
+        for col, tree in variables.items()
+        for path, leaf in traverse_util.flatten_dict(dict(tree)).items()
+    }
+    names = [g.name for g in spec.groups]
+    if sorted(names) != sorted(acts):
+        raise ValueError(
+            f"{type(model).__name__}: declared unit groups {sorted(names)} do not match its "
+            f"activation taps {sorted(acts)}"
+        )
+    sizes = {name: int(acts[name].shape[-1]) for name in names}
+    num_classes = int(model.num_classes)
+    leaf_shapes: dict[LeafKey, tuple[int, ...]] = {}
+    checks = [(la, sizes[g.name], g.name) for g in spec.groups for la in g.producers + g.consumers]
+    checks += [(la, num_classes, OUTPUT) for la in spec.output]
+    for la, size, name in checks:
+        if la.key not in flat_vars:
+            raise ValueError(f"{type(model).__name__}: group {name!r} names a missing leaf {la.key}")
+        shape = flat_vars[la.key]
+        if shape[la.axis] % size:
+            raise ValueError(
+                f"{type(model).__name__}: leaf {la.key} axis {la.axis} has length {shape[la.axis]}, "
+                f"not a multiple of group {name!r} size {size}"
+            )
+        leaf_shapes[la.key] = tuple(shape)
+    for im in spec.index_maps:
+        if im.source not in sizes or im.target not in sizes:
+            raise ValueError(f"index map {im.name!r} names an unknown group")
+    return Topology(spec, sizes, leaf_shapes, num_classes, tuple(int(d) for d in input_shape))
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking a choice of units and classes.
+
+
+def check_keep(topology: Topology, keep: Mapping[str, Any]) -> None:
+    """ValueError unless ``keep`` has a bool vector of the right length for every group."""
+    missing = set(topology.sizes) - set(keep)
+    extra = set(keep) - set(topology.sizes)
+    if missing or extra:
+        raise ValueError(f"unit mask groups differ from the model's: missing {sorted(missing)}, unknown {sorted(extra)}")
+    for name, size in topology.sizes.items():
+        shape = np.shape(keep[name])
+        if shape != (size,):
+            raise ValueError(f"unit mask for {name!r} has shape {shape}, expected ({size},)")
+
+
+def class_vector(topology: Topology, classes: Sequence[int] | np.ndarray) -> np.ndarray:
+    """A bool[num_classes] vector from a list of class indices, validated."""
+    classes = [int(c) for c in np.asarray(classes).reshape(-1)]
+    if not classes:
+        raise ValueError("the class list is empty")
+    bad = [c for c in classes if not 0 <= c < topology.num_classes]
+    if bad:
+        raise ValueError(f"unknown classes {bad}: the model has classes 0..{topology.num_classes - 1}")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"the class list {classes} repeats a class")
+    vec = np.zeros(topology.num_classes, bool)
+    vec[classes] = True
+    return vec
+
+
+def _axis_vector(topology: Topology, key: LeafKey, axis: int, name: str, keep, classes, xp):
+    vec = classes if name == OUTPUT else keep[name]
+    size = topology.num_classes if name == OUTPUT else topology.sizes[name]
+    reps = topology.leaf_shapes[key][axis] // size
+    return xp.tile(xp.asarray(vec, bool), reps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Unit masks -> parameter masks, masked model, sliced model.
+
+
+def parameter_masks(topology: Topology, keep: Mapping[str, Any], classes: Any, collection: str = "params") -> dict:
+    """The parameter-granularity mask a unit mask implies: a nested dict of bool arrays.
+
+    Only leaves the topology indexes appear (the jaxpruner convention: an absent leaf is kept
+    whole). Works on jnp inputs under ``jit``/``vmap`` (e.g. vmapped over classes).
+    """
+    flat = {}
+    for (col, path), axes in topology.leaf_axes().items():
+        if col != collection:
+            continue
+        shape = topology.leaf_shapes[(col, path)]
+        mask = jnp.ones(shape, bool)
+        for axis, name in axes:
+            vec = _axis_vector(topology, (col, path), axis, name, keep, classes, jnp)
+            mask = mask & vec.reshape([-1 if a == axis else 1 for a in range(len(shape))])
+        flat[path] = mask
+    return traverse_util.unflatten_dict(flat)
+
+
+def unit_mask_variables(topology: Topology, keep: Mapping[str, Any]) -> dict:
+    """The ``unit_masks`` collection that turns the full model into the unit-masked model."""
+    flat = {tuple(name.split("/")): jnp.asarray(keep[name], jnp.float32) for name in topology.sizes}
+    return {UNIT_MASKS: traverse_util.unflatten_dict(flat)}
+
+
+@dataclasses.dataclass(frozen=True)
+class SlicedModel:
+    """A physically smaller model: the module to call and its variables (with index maps)."""
+
+    model: nn.Module
+    variables: dict
+    classes: tuple[int, ...]
+
+
+def slice_variables(
+    topology: Topology, variables: Mapping[str, Any], keep: Mapping[str, Any], classes: Sequence[int]
+) -> tuple[dict, dict[str, int]]:
+    """Cut every indexed leaf down to the kept units and classes; add the index maps.
+
+    Returns the smaller variable tree and the widths (group -> kept units) to build the smaller
+    model with; its outputs are the logits of ``classes`` in the order given. Raises
+    ``ValueError`` when a group would keep no unit.
+    """
+    check_keep(topology, keep)
+    class_vector(topology, classes)  # validates
+    class_order = np.asarray([int(c) for c in np.asarray(classes).reshape(-1)])
+    class_vec = None
+    keep_np = {k: np.asarray(v, bool) for k, v in keep.items()}
+    empty = [name for name, vec in keep_np.items() if not vec.any()]
+    if empty:
+        raise ValueError(f"groups {empty} would keep no unit; a sliced model needs at least one per layer")
+    table = topology.leaf_axes()
+    out = {}
+    for col, tree in variables.items():
+        if col in (ACTIVATIONS, UNIT_MASKS, INDEX_MAPS):
+            continue
+        flat = traverse_util.flatten_dict(dict(tree))
+        for path, leaf in flat.items():
+            leaf = np.asarray(leaf)
+            for axis, name in table.get((col, path), []):
+                if name == OUTPUT:  # the classes, in the order asked for
+                    leaf = np.take(leaf, class_order, axis=axis)
+                    continue
+                vec = _axis_vector(topology, (col, path), axis, name, keep_np, class_vec, np)
+                leaf = np.compress(vec, leaf, axis=axis)
+            flat[path] = jnp.asarray(leaf)
+        out[col] = traverse_util.unflatten_dict(flat)
+    maps = {}
+    for im in topology.spec.index_maps:
+        source_kept = np.flatnonzero(keep_np[im.source])
+        position = np.full(topology.sizes[im.source], len(source_kept), np.int32)
+        position[source_kept] = np.arange(len(source_kept), dtype=np.int32)
+        maps[tuple(im.name.split("/"))] = jnp.asarray(position[np.flatnonzero(keep_np[im.target])])
+    if maps:
+        out[INDEX_MAPS] = traverse_util.unflatten_dict(maps)
+    widths = {name: int(vec.sum()) for name, vec in keep_np.items()}
+    return out, widths
+
+
+def slice_model(
+    model: nn.Module, topology: Topology, variables: Mapping[str, Any], keep: Mapping[str, Any], classes: Sequence[int]
+) -> SlicedModel:
+    """The smaller model for ``classes`` keeping units ``keep``: same class, smaller widths."""
+    sliced, widths = slice_variables(topology, variables, keep, classes)
+    small = model.clone(widths=tuple(sorted(widths.items())), num_classes=len(classes))
+    return SlicedModel(small, sliced, tuple(int(c) for c in classes))
+
+
+def count_parameters(variables: Mapping[str, Any], collection: str = "params") -> int:
+    """Number of scalar weights in one collection (the papers count biases and BN affine too)."""
+    return int(sum(np.size(x) for x in jax.tree.leaves(variables.get(collection, {}))))

@@ -1,0 +1,133 @@
+"""Composition by physical slicing: equivalence, FLOPs, checks, and restoring in a new process."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmod import checkpoint, compose, metrics, models
+from jaxmod.modules import ModuleMetadata, ModuleSet
+from jaxmod.topology import count_parameters, parameter_masks, resolve_topology, unit_mask_variables
+
+SHAPE = (28, 28, 1)
+
+
+def _random_modules(name, seed=0, p=0.4, **config):
+    model = models.create_model(name, 10, **config)
+    topo = resolve_topology(model, SHAPE)
+    rng = np.random.default_rng(seed)
+    masks = {g: rng.random((10, n)) < p for g, n in topo.sizes.items()}
+    for m in masks.values():
+        m[np.arange(10), rng.integers(0, m.shape[1], 10)] = True  # every module keeps a unit per layer
+    meta = ModuleMetadata(approach="test", model_name=name, model_config=models.model_config(model), dataset="none",
+                          input_shape=SHAPE, num_classes=10, classes=tuple(range(10)))
+    variables = model.init(jax.random.key(seed), jnp.zeros((1, *SHAPE)))
+    return model, topo, ModuleSet(masks, meta), variables
+
+
+@pytest.mark.parametrize("name", ["fc3", "lenet5"])
+def test_composed_equals_masked_full_model(name):
+    model, topo, modules, variables = _random_modules(name)
+    x = jax.random.normal(jax.random.key(1), (5, *SHAPE))
+    for classes in [(3,), (7, 2), (0, 4, 5, 9)]:
+        sliced = compose.compose(modules, variables, classes)
+        keep = modules.union(classes)
+        masked = model.apply({**variables, **unit_mask_variables(topo, keep)}, x)[:, list(classes)]
+        chex.assert_trees_all_close(sliced.model.apply(sliced.variables, x), masked, atol=1e-5)
+        assert count_parameters(sliced.variables) < count_parameters(variables)
+
+
+def test_composed_flops_fall_with_kept_units():
+    model, topo, modules, variables = _random_modules("lenet5")
+    full = metrics.forward_flops(model, variables, SHAPE)
+    flops = []
+    for p in (0.1, 0.4, 0.7, 1.0):
+        _, _, mods, _ = _random_modules("lenet5", seed=3, p=p)
+        sliced = compose.compose(mods, variables, (1, 2))
+        flops.append(metrics.forward_flops(sliced.model, sliced.variables, SHAPE))
+    assert flops == sorted(flops) and flops[0] < flops[-1] < full
+    # keeping every unit and class reproduces the full model's FLOPs
+    everything = ModuleSet({g: np.ones((10, n), bool) for g, n in topo.sizes.items()}, modules.metadata)
+    sliced = compose.compose(everything, variables, range(10))
+    assert metrics.forward_flops(sliced.model, sliced.variables, SHAPE) == full
+    # LeNet-5's first conv by hand: 28*28 outputs x 6 channels x 25 MACs x 2
+    conv1_only = metrics.count_flops(
+        lambda v, x: jax.lax.conv_general_dilated(x, v["params"]["conv1"]["kernel"], (1, 1), "SAME",
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC")),
+        variables, jnp.zeros((1, *SHAPE)))
+    assert conv1_only == 2 * 28 * 28 * 6 * 25
+
+
+def test_module_metrics_match_sliced_sizes():
+    model, topo, modules, variables = _random_modules("lenet5")
+    stats = metrics.module_metrics(topo, modules.masks, variables["params"])
+    total = count_parameters(variables)
+    for c in (0, 5):
+        sliced = compose.compose(modules, variables, (c,))
+        np.testing.assert_allclose(stats["sizes"][c], count_parameters(sliced.variables) / total)
+    # the overlap of modules 0 and 5, by brute force on their materialised parameter masks
+    a, b = (parameter_masks(topo, {g: m[c] for g, m in modules.masks.items()}, np.eye(10, dtype=bool)[c])
+            for c in (0, 5))
+    shared = sum(int(np.sum(x & y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    np.testing.assert_allclose(stats["overlap"][0, 5], shared / total)
+    # a composed pair also keeps the weights between the two modules' units: at least their union
+    pair = compose.compose(modules, variables, (0, 5))
+    union = stats["sizes"][0] + stats["sizes"][5] - stats["overlap"][0, 5]
+    assert count_parameters(pair.variables) / total >= union - 1e-12
+    np.testing.assert_allclose(stats["jaccard"][0, 5], stats["overlap"][0, 5] / union)
+
+
+@pytest.mark.parametrize("classes, message", [([], "empty"), ([1, 11], "unknown"), ([2, 2], "repeats")])
+def test_bad_class_lists(classes, message):
+    _, _, modules, variables = _random_modules("fc1")
+    with pytest.raises(ValueError, match=message):
+        compose.compose(modules, variables, classes)
+
+
+def test_modules_from_another_configuration_are_refused():
+    _, _, modules, variables = _random_modules("fc1")
+    with pytest.raises(ValueError, match="different model"):
+        compose.compose(modules, variables, [1, 2], model=models.create_model("fc1", 10, units=64))
+    with pytest.raises(ValueError, match="different model"):
+        compose.compose(modules, variables, [1, 2], model_name="fc2")
+    other = models.create_model("fc2", 10).init(jax.random.key(0), jnp.zeros((1, *SHAPE)))
+    with pytest.raises(ValueError, match="do not fit"):
+        compose.compose(modules, other, [1, 2])
+
+
+def test_sample_subtasks():
+    tasks = compose.sample_subtasks(10, 30, min_size=2, max_size=9, seed=1)
+    assert len(tasks) == 30 and len(set(tasks)) == 30
+    assert all(2 <= len(t) <= 9 and list(t) == sorted(set(t)) for t in tasks)
+    assert tasks == compose.sample_subtasks(10, 30, min_size=2, max_size=9, seed=1)
+    with pytest.raises(ValueError):
+        compose.sample_subtasks(10, 0)
+    index, labels = compose.subtask_samples(np.array([3, 1, 3, 0, 7]), (7, 3))
+    np.testing.assert_array_equal(index, [0, 2, 4])
+    np.testing.assert_array_equal(labels, [1, 1, 0])
+
+
+def test_restored_modules_compose_identically_in_a_new_process(tmp_path):
+    _, _, modules, variables = _random_modules("lenet5")
+    checkpoint.save_modules(tmp_path / "mods", modules, variables)
+    x = np.asarray(jax.random.normal(jax.random.key(2), (3, *SHAPE)))
+    np.save(tmp_path / "x.npy", x)
+    sliced = compose.compose(modules, variables, (2, 6, 8))
+    here = np.asarray(sliced.model.apply(sliced.variables, x))
+    script = textwrap.dedent(f"""
+        import json, numpy as np
+        from jaxmod import checkpoint, compose
+        modules, variables = checkpoint.restore_modules({str(tmp_path / "mods")!r})
+        sliced = compose.compose(modules, variables, (2, 6, 8))
+        out = np.asarray(sliced.model.apply(sliced.variables, np.load({str(tmp_path / "x.npy")!r})))
+        print(json.dumps(out.tolist()))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    there = np.array(json.loads(proc.stdout.strip().splitlines()[-1]), np.float32)
+    np.testing.assert_array_equal(there, here)

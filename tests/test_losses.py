@@ -1,0 +1,76 @@
+"""MODA's losses against small hand-computed examples."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmod import losses
+
+DENSE = jnp.array([[1.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 1]])
+DENSE_LABELS = jnp.array([0, 0, 1, 1])
+
+
+def test_dense_layer_terms_by_hand():
+    terms = losses.moda_layer_terms(DENSE, DENSE_LABELS)
+    # same-label pairs (0,1): cos 1; (2,3): cos 1/sqrt(2)
+    np.testing.assert_allclose(terms["affinity"], ((1 - 1) + (1 - 1 / np.sqrt(2))) / 2, rtol=1e-6)
+    # all four different-label pairs are orthogonal
+    np.testing.assert_allclose(terms["dispersion"], 0.0, atol=1e-7)
+    np.testing.assert_allclose(terms["compactness"], 5 / 12, rtol=1e-6)
+
+
+def test_conv_layer_reduces_to_mean_abs_over_space():
+    a = np.zeros((2, 2, 2, 2), np.float32)
+    a[0, :, :, 0] = 2.0
+    a[0, 1, 1, 1] = -4.0  # |a| is used: channel mean 1
+    a[1, :, :, 1] = 1.0
+    chex.assert_trees_all_close(losses.unit_values(jnp.asarray(a)), jnp.array([[2.0, 1.0], [0.0, 1.0]]))
+    terms = losses.moda_layer_terms(jnp.asarray(a), jnp.array([0, 1]))
+    np.testing.assert_allclose(terms["affinity"], 0.0)  # no same-label pair in the batch
+    np.testing.assert_allclose(terms["dispersion"], 1 / np.sqrt(5), rtol=1e-6)
+    np.testing.assert_allclose(terms["compactness"], (2 + 1 + 0 + 1) / 4, rtol=1e-6)
+
+
+def test_batches_without_pairs_are_finite_with_finite_gradients():
+    a = jnp.array([[1.0, 2.0], [3.0, 0.5], [0.0, 0.0]])
+    for labels in (jnp.array([0, 0, 0]), jnp.array([0, 1, 2])):
+        value, grad = jax.value_and_grad(lambda x: sum(losses.moda_layer_terms(x, labels).values()))(a)
+        assert np.isfinite(value) and np.all(np.isfinite(grad))
+    same_only = losses.moda_layer_terms(a, jnp.array([0, 0, 0]))
+    assert float(same_only["dispersion"]) == 0.0
+    distinct = losses.moda_layer_terms(a, jnp.array([0, 1, 2]))
+    assert float(distinct["affinity"]) == 0.0
+    # a single sample has no pair at all
+    single = losses.moda_layer_terms(a[:1], jnp.array([3]))
+    assert float(single["affinity"]) == 0.0 and float(single["dispersion"]) == 0.0
+
+
+def test_moda_loss_combines_terms_averaged_over_layers():
+    logits = jnp.array([[2.0, 0.0], [1.0, 1.0], [0.0, 3.0], [0.5, 0.0]])
+    acts = {"a": DENSE, "b": 2.0 * DENSE[:, ::-1]}
+    loss, aux = losses.moda_loss(alpha=1.0, beta=2.0, gamma=0.3)(logits, acts, DENSE_LABELS % 2)
+    ce = np.mean([np.log1p(np.exp(-2.0)), np.log(2.0), np.log1p(np.exp(-3.0)), np.log1p(np.exp(0.5))])
+    aff = (1 - 1 / np.sqrt(2)) / 2  # the same in both layers: cosine ignores scale and unit order
+    comp = (5 / 12 + 10 / 12) / 2
+    np.testing.assert_allclose(aux["cross_entropy"], ce, rtol=1e-6)
+    np.testing.assert_allclose(aux["affinity"], aff, rtol=1e-6)
+    np.testing.assert_allclose(aux["compactness"], comp, rtol=1e-6)
+    np.testing.assert_allclose(loss, ce + 1.0 * aff + 2.0 * 0.0 + 0.3 * comp, rtol=1e-6)
+
+
+def test_cross_entropy_loss_ignores_activations():
+    logits = jnp.array([[0.0, 0.0]])
+    loss, aux = losses.cross_entropy_loss()(logits, {}, jnp.array([1]))
+    np.testing.assert_allclose(loss, np.log(2.0), rtol=1e-6)
+    assert set(aux) == {"cross_entropy"}
+
+
+def test_bad_weights_and_layers_raise():
+    with pytest.raises(ValueError, match="gamma"):
+        losses.moda_loss(gamma=-1.0)
+    with pytest.raises(ValueError, match="not tapped"):
+        losses.moda_terms({"a": DENSE}, DENSE_LABELS, layers=["b"])
+    with pytest.raises(ValueError, match="at least one"):
+        losses.moda_terms({}, DENSE_LABELS)

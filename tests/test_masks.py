@@ -1,0 +1,60 @@
+"""Mask algebra and MODA's thresholding on hand-made masks."""
+
+import chex
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from jaxmod import masks
+from jaxmod.approaches.moda import threshold_with_floor
+
+A = {"w": jnp.array([[1, 1, 0], [0, 1, 0]], bool), "b": jnp.array([1, 0], bool), "skip": None}
+B = {"w": jnp.array([[1, 0, 0], [0, 1, 1]], bool), "b": jnp.array([1, 1], bool), "skip": None}
+
+
+def test_union_intersection_count():
+    chex.assert_trees_all_equal(masks.intersection(A, B), {"w": jnp.array([[1, 0, 0], [0, 1, 0]], bool),
+                                                           "b": jnp.array([1, 0], bool), "skip": None})
+    assert masks.count(A) == 4 and masks.count(B) == 5
+    assert masks.count(masks.union(A, B)) == 6
+    assert masks.count(masks.intersection(A, B)) == 3
+
+
+def test_module_statistics_by_hand():
+    stacked = {k: jnp.stack([A[k], B[k]]) for k in ("w", "b")}
+    stats = masks.module_statistics(stacked, total=10, always_kept=2)
+    # sizes: (4 + 2) / 10 and (5 + 2) / 10; shared: 3 + 2; union: 6 + 2
+    np.testing.assert_allclose(stats["sizes"], [0.6, 0.7])
+    np.testing.assert_allclose(stats["overlap"][0, 1], 0.5)
+    np.testing.assert_allclose(stats["jaccard"][0, 1], 5 / 8)
+    np.testing.assert_allclose(np.diag(stats["jaccard"]), [1.0, 1.0])
+    assert masks.mean_off_diagonal(stats["jaccard"]) == 5 / 8
+
+
+@settings(max_examples=25, deadline=None)
+@given(hnp.arrays(bool, st.tuples(st.integers(1, 5), st.integers(1, 7), st.integers(1, 3))))
+def test_pairwise_intersections_match_brute_force(stacked):
+    got = masks.pairwise_intersections({"leaf": jnp.asarray(stacked), "other": jnp.asarray(stacked[:, :1])})
+    flat = np.concatenate([stacked.reshape(len(stacked), -1), stacked[:, :1].reshape(len(stacked), -1)], 1)
+    want = flat.astype(int) @ flat.T.astype(int)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_union_rows():
+    stacked = {"w": jnp.array([[1, 0, 0], [0, 1, 0], [0, 0, 0]], bool)}
+    chex.assert_trees_all_equal(masks.union_rows(stacked, [0, 1]), {"w": jnp.array([1, 1, 0], bool)})
+
+
+def test_threshold_with_floor():
+    rates = np.array([
+        [0.95, 0.90, 0.10, 0.0],   # two pass tau = 0.9 (>= is inclusive)
+        [0.50, 0.20, 0.80, 0.1],   # none pass: the floor keeps the top-1 (unit 2)
+        [0.30, 0.30, 0.10, 0.0],   # none pass, tie: lower index wins
+    ])
+    got = threshold_with_floor(rates, tau=0.9, min_fraction=0.005)
+    np.testing.assert_array_equal(got, [[1, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0]])
+    # floor(0.5 * 4) = 2 units at least per class
+    got = threshold_with_floor(rates, tau=0.9, min_fraction=0.5)
+    np.testing.assert_array_equal(got, [[1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 0]])

@@ -1,0 +1,89 @@
+"""Training: resumption after an interruption, evaluation, and input checks."""
+
+import dataclasses
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from jaxmod import data, train
+from jaxmod.losses import cross_entropy_loss, moda_loss
+from jaxmod.models import create_model
+
+
+@pytest.fixture(scope="module")
+def mnist_small():
+    return data.load_dataset("mnist", train_limit=600, test_limit=300, seed=0)
+
+
+CONFIG = train.TrainConfig(epochs=3, batch_size=64, learning_rate=0.05, seed=3)
+
+
+def test_interrupted_run_resumes_to_the_same_parameters(mnist_small, tmp_path):
+    model = create_model("fc2", 10)
+    full, full_history = train.fit(model, mnist_small, moda_loss(), CONFIG, tmp_path / "a", progress=False)
+    part, _ = train.fit(model, mnist_small, moda_loss(), CONFIG, tmp_path / "b", progress=False, stop_after=1)
+    assert int(part.step) < int(full.step)
+    resumed, resumed_history = train.fit(model, mnist_small, moda_loss(), CONFIG, tmp_path / "b", progress=False)
+    chex.assert_trees_all_equal(resumed.params, full.params)
+    chex.assert_trees_all_equal(resumed.opt_state, full.opt_state)
+    assert int(resumed.step) == int(full.step)
+    assert [h["epoch"] for h in resumed_history] == [1, 2, 3]
+    np.testing.assert_allclose([h["train_loss"] for h in resumed_history], [h["train_loss"] for h in full_history])
+    # a finished run returns its final state without training again
+    again, _ = train.fit(model, mnist_small, moda_loss(), CONFIG, tmp_path / "b", progress=False)
+    chex.assert_trees_all_equal(again.params, full.params)
+
+
+def test_training_learns_real_digits(mnist_small, tmp_path):
+    model = create_model("lenet5", 10)
+    state, history = train.fit(model, mnist_small, cross_entropy_loss(), CONFIG, tmp_path, progress=False)
+    result = train.evaluate(model, state.variables(), mnist_small.test.x, mnist_small.test.y)
+    assert result["top1"] > 0.6 and result["top5"] >= result["top1"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_resuming_with_other_settings_is_refused(mnist_small, tmp_path):
+    model = create_model("fc1", 10)
+    train.fit(model, mnist_small, cross_entropy_loss(), dataclasses.replace(CONFIG, epochs=2), tmp_path,
+              progress=False, stop_after=1)
+    with pytest.raises(ValueError, match="different configuration"):
+        train.fit(model, mnist_small, cross_entropy_loss(), dataclasses.replace(CONFIG, epochs=2, seed=9), tmp_path,
+                  progress=False)
+
+
+def test_evaluate_by_hand():
+    class Fixed:
+        num_classes = 3
+
+        @staticmethod
+        def apply(variables, x):
+            return x[:, :3]
+
+    x = np.array([[3.0, 1, 2], [0, 1, 2], [5, 0, 1], [0, 9, 1]], np.float32)
+    y = np.array([0, 1, 2, 1], np.int32)
+    # top-1 hits: rows 0 and 3; top-2 hits: rows 0, 1 (1 is second), 2 (2 is second), 3
+    got = train.evaluate(Fixed(), {}, x, y, batch_size=3)
+    assert got["top1"] == 0.5
+    assert got["top5"] == 1.0  # k = min(5, classes) = 3: everything
+
+
+@pytest.mark.parametrize("field, value", [("epochs", 0), ("batch_size", 0), ("learning_rate", -1.0),
+                                          ("momentum", 1.0)])
+def test_bad_config(field, value):
+    with pytest.raises(ValueError, match=field):
+        dataclasses.replace(CONFIG, **{field: value})
+
+
+def test_bad_inputs_raise_before_writing(mnist_small, tmp_path):
+    bad_labels = dataclasses.replace(mnist_small, train=data.Split(mnist_small.train.x, mnist_small.train.y + 5))
+    with pytest.raises(ValueError, match="label"):
+        train.fit(create_model("fc1", 10), bad_labels, cross_entropy_loss(), CONFIG, tmp_path / "labels",
+                  progress=False)
+    assert not (tmp_path / "labels").exists()
+    with pytest.raises(ValueError, match="does not take"):
+        train.fit(create_model("vgg16", 10), mnist_small, cross_entropy_loss(), CONFIG, tmp_path / "shape",
+                  progress=False)
+    assert not (tmp_path / "shape").exists()
+    jax.clear_caches()
