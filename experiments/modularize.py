@@ -21,7 +21,7 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from tqdm.auto import tqdm
 
 from jaxmod import approaches, checkpoint, compose, data, metrics, models, train
@@ -251,7 +251,8 @@ def summary(results: dict[str, Any]) -> str:
         {"metric": "mean composed FLOPs", "value": r["reuse"]["mean_composed_flops"]},
         {"metric": "standard step (ms)", "value": r["timing"]["standard_step_ms"]},
         {"metric": "modular step (ms)", "value": r["timing"]["modular_step_ms"]},
-        {"metric": "modular / standard step", "value": r["timing"]["modular_step_ms"] / r["timing"]["standard_step_ms"]},
+        {"metric": "modular / standard step",
+         "value": r["timing"]["modular_step_ms"] / r["timing"]["standard_step_ms"]},
         {"metric": "decompose (s)", "value": r["timing"]["decompose_seconds"]},
         {"metric": "inference, same samples (s)", "value": r["timing"]["inference_seconds"]},
     ]
@@ -261,6 +262,7 @@ def summary(results: dict[str, Any]) -> str:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     try:
         results = run(FLAGS.workdir)
     except ValueError as err:

@@ -17,7 +17,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxmod.models import create_model, model_config
-from jaxmod.modules import ModuleSet, check_compatible
+from jaxmod.modules import ModuleSet, as_hashable, check_compatible
 from jaxmod.topology import SlicedModel, resolve_topology, slice_model
 
 
@@ -37,7 +37,7 @@ def check_classes(classes: Sequence[int], available: Sequence[int]) -> tuple[int
 def build_model(modules: ModuleSet) -> nn.Module:
     """The full model the modules were decomposed from, rebuilt from their metadata."""
     meta = modules.metadata
-    return create_model(meta.model_name, meta.num_classes, **dict(meta.model_config))
+    return create_model(meta.model_name, meta.num_classes, **as_hashable(dict(meta.model_config)))
 
 
 def check_variables_fit(model: nn.Module, variables: Mapping[str, Any], input_shape: Sequence[int]) -> None:

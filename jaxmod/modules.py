@@ -13,6 +13,7 @@ Mask granularity:
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +42,9 @@ class ModuleMetadata:
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Stored as JSON: keep the JSON form so that a restored set compares equal to the saved one.
+        object.__setattr__(self, "model_config", json_normal(self.model_config))
+        object.__setattr__(self, "extra", json_normal(self.extra))
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
         if not self.classes:
@@ -103,12 +107,29 @@ class ModuleSet:
         return union_rows(self.masks, rows)
 
 
+def json_normal(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists); ``ValueError`` if not JSON-able."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"not JSON-serialisable: {value!r} ({err})") from err
+
+
+def as_hashable(value: Any) -> Any:
+    """Lists (from JSON) back to tuples, so a config can rebuild a hashable Flax module."""
+    if isinstance(value, list):
+        return tuple(as_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return {k: as_hashable(v) for k, v in value.items()}
+    return value
+
+
 def check_compatible(metadata: ModuleMetadata, *, model_name: str, model_config: Mapping[str, Any],
                      input_shape: Sequence[int], num_classes: int) -> None:
     """``ValueError`` naming the difference when modules do not belong to the given model."""
     expected = {
         "model_name": model_name,
-        "model_config": dict(model_config),
+        "model_config": json_normal(dict(model_config)),
         "input_shape": tuple(int(d) for d in input_shape),
         "num_classes": int(num_classes),
     }
@@ -118,6 +139,7 @@ def check_compatible(metadata: ModuleMetadata, *, model_name: str, model_config:
         "input_shape": tuple(metadata.input_shape),
         "num_classes": metadata.num_classes,
     }
-    diffs = [f"{k}: modules have {actual[k]!r}, model has {expected[k]!r}" for k in expected if actual[k] != expected[k]]
+    diffs = [f"{k}: modules have {actual[k]!r}, model has {expected[k]!r}"
+             for k in expected if actual[k] != expected[k]]
     if diffs:
         raise ValueError("modules come from a different model: " + "; ".join(diffs))

@@ -195,7 +195,9 @@ def check_keep(topology: Topology, keep: Mapping[str, Any]) -> None:
     missing = set(topology.sizes) - set(keep)
     extra = set(keep) - set(topology.sizes)
     if missing or extra:
-        raise ValueError(f"unit mask groups differ from the model's: missing {sorted(missing)}, unknown {sorted(extra)}")
+        raise ValueError(
+            f"unit mask groups differ from the model's: missing {sorted(missing)}, unknown {sorted(extra)}"
+        )
     for name, size in topology.sizes.items():
         shape = np.shape(keep[name])
         if shape != (size,):
@@ -249,7 +251,7 @@ def parameter_masks(topology: Topology, keep: Mapping[str, Any], classes: Any, c
 
 def unit_mask_variables(topology: Topology, keep: Mapping[str, Any]) -> dict:
     """The ``unit_masks`` collection that turns the full model into the unit-masked model."""
-    flat = {tuple(name.split("/")): jnp.asarray(keep[name], jnp.float32) for name in topology.sizes}
+    flat = {tuple(name.split("/")): jax.device_put(np.asarray(keep[name], np.float32)) for name in topology.sizes}
     return {UNIT_MASKS: traverse_util.unflatten_dict(flat)}
 
 
@@ -293,14 +295,14 @@ def slice_variables(
                     continue
                 vec = _axis_vector(topology, (col, path), axis, name, keep_np, class_vec, np)
                 leaf = np.compress(vec, leaf, axis=axis)
-            flat[path] = jnp.asarray(leaf)
+            flat[path] = jax.device_put(leaf)
         out[col] = traverse_util.unflatten_dict(flat)
     maps = {}
     for im in topology.spec.index_maps:
         source_kept = np.flatnonzero(keep_np[im.source])
         position = np.full(topology.sizes[im.source], len(source_kept), np.int32)
         position[source_kept] = np.arange(len(source_kept), dtype=np.int32)
-        maps[tuple(im.name.split("/"))] = jnp.asarray(position[np.flatnonzero(keep_np[im.target])])
+        maps[tuple(im.name.split("/"))] = jax.device_put(position[np.flatnonzero(keep_np[im.target])])
     if maps:
         out[INDEX_MAPS] = traverse_util.unflatten_dict(maps)
     widths = {name: int(vec.sum()) for name, vec in keep_np.items()}

@@ -174,7 +174,9 @@ def fit(model: nn.Module, data: Dataset, loss_fn: LossFn, config: TrainConfig, w
     check_labels(data.train.y, model.num_classes)
     check_labels(data.val.y, model.num_classes)
     if len(data.train.x) < config.batch_size:
-        raise ValueError(f"the training split has {len(data.train.x)} samples, fewer than one batch of {config.batch_size}")
+        raise ValueError(
+            f"the training split has {len(data.train.x)} samples, fewer than one batch of {config.batch_size}"
+        )
     if stop_after is not None and not 1 <= stop_after <= config.epochs:
         raise ValueError(f"stop_after must be in [1, {config.epochs}], got {stop_after}")
     steps_per_epoch = num_batches(len(data.train.x), config.batch_size, drop_remainder=True)

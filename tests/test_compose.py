@@ -74,7 +74,7 @@ def test_module_metrics_match_sliced_sizes():
     # the overlap of modules 0 and 5, by brute force on their materialised parameter masks
     a, b = (parameter_masks(topo, {g: m[c] for g, m in modules.masks.items()}, np.eye(10, dtype=bool)[c])
             for c in (0, 5))
-    shared = sum(int(np.sum(x & y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    shared = sum(int(np.sum(x & y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
     np.testing.assert_allclose(stats["overlap"][0, 5], shared / total)
     # a composed pair also keeps the weights between the two modules' units: at least their union
     pair = compose.compose(modules, variables, (0, 5))

@@ -36,7 +36,7 @@ def test_conv_layer_reduces_to_mean_abs_over_space():
 def test_batches_without_pairs_are_finite_with_finite_gradients():
     a = jnp.array([[1.0, 2.0], [3.0, 0.5], [0.0, 0.0]])
     for labels in (jnp.array([0, 0, 0]), jnp.array([0, 1, 2])):
-        value, grad = jax.value_and_grad(lambda x: sum(losses.moda_layer_terms(x, labels).values()))(a)
+        value, grad = jax.value_and_grad(lambda x, lab=labels: sum(losses.moda_layer_terms(x, lab).values()))(a)
         assert np.isfinite(value) and np.all(np.isfinite(grad))
     same_only = losses.moda_layer_terms(a, jnp.array([0, 0, 0]))
     assert float(same_only["dispersion"]) == 0.0

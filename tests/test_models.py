@@ -133,26 +133,64 @@ def test_width_multiplier_and_config():
 # ---------------------------------------------------------------------------
 
 
-def random_variables(model, input_shape, rng: np.random.Generator) -> dict:
+def random_inputs(rng: np.random.Generator, batch: int, input_shape) -> jax.Array:
+    """Noise images that also differ in contrast and per-channel offset: deep nets with global
+    pooling map plain white-noise images to nearly the same logits."""
+    noise = rng.normal(size=(batch, *input_shape))
+    contrast = rng.uniform(0.3, 3.0, (batch, 1, 1, 1))
+    offset = rng.normal(0.0, 1.0, (batch, 1, 1, input_shape[-1]))
+    return jax.device_put(np.asarray(noise * contrast + offset, np.float32))
+
+
+def random_variables(
+    model, x: jax.Array, rng: np.random.Generator, calibrate: bool = True, unit_masks: dict | None = None
+) -> dict:
     """Random variables of the model's shapes, drawn with numpy (fast: no per-shape PRNG compiles).
 
-    Kernels are LeCun-normal; biases and BN shifts small normals; BN scales, running means and
-    running variances random positive values, so that no batch norm is an identity.
+    Kernels are He-normal, biases and BN shifts small normals, BN scales in [0.5, 1.5]. Batch-norm
+    running statistics are calibrated on ``x`` (one train-mode pass from zero statistics gives the
+    batch statistics of every layer; with the ``unit_masks`` collection if given, so that the masked
+    model, which loses units in every layer, keeps its signal) and then perturbed at random
+    (variance times U(0.5, 2), mean shifted by up to half a standard deviation): no batch norm is an
+    identity, and the input's signal still reaches the logits through every layer. Without
+    ``calibrate`` the statistics are random: means U(0, 0.5), variances U(0.5, 2).
     """
-    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape))))
+    abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), x[:1]))
     draw = {
-        "kernel": lambda s: rng.normal(size=s) / np.sqrt(np.prod(s[:-1])),
+        "kernel": lambda s: rng.normal(size=s) * np.sqrt(2.0 / np.prod(s[:-1])),
         "bias": lambda s: rng.normal(0.0, 0.1, s),
         "scale": lambda s: rng.uniform(0.5, 1.5, s),
         "mean": lambda s: rng.uniform(0.0, 0.5, s),
         "var": lambda s: rng.uniform(0.5, 2.0, s),
     }
-    out = {}
-    for col in ("params", "batch_stats"):
-        if col in abstract:
-            flat = traverse_util.flatten_dict(dict(abstract[col]))
-            flat = {path: jax.device_put(np.asarray(draw[path[-1]](leaf.shape), leaf.dtype)) for path, leaf in flat.items()}
-            out[col] = traverse_util.unflatten_dict(flat)
+
+    def fill(tree, leaf_fn):
+        flat = traverse_util.flatten_dict(dict(tree))
+        return traverse_util.unflatten_dict({p: jax.device_put(leaf_fn(p, leaf)) for p, leaf in flat.items()})
+
+    random_leaf = lambda path, leaf: np.asarray(draw[path[-1]](leaf.shape), leaf.dtype)
+    out = {"params": fill(abstract["params"], random_leaf)}
+    if "batch_stats" not in abstract:
+        return out
+    if not calibrate:
+        return {**out, "batch_stats": fill(abstract["batch_stats"], random_leaf)}
+    zeros = fill(abstract["batch_stats"], lambda path, leaf: np.zeros(leaf.shape, leaf.dtype))
+    train = lambda v: model.apply(v, x, train=True, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"])
+    _, state = jax.jit(train)({**out, "batch_stats": zeros, **(unit_masks or {})})
+    flat = traverse_util.flatten_dict(dict(state["batch_stats"]))
+    stats = {}
+    for path, updated in flat.items():
+        batch_value = np.asarray(updated) / 0.1  # running = 0.9 * 0 + 0.1 * batch statistic
+        if path[-1] == "var":
+            std = np.sqrt(batch_value + 1e-3)
+            stats[path] = batch_value * rng.uniform(0.5, 2.0, batch_value.shape) + 1e-3
+            mean = path[:-1] + ("mean",)
+            stats[mean] = stats.get(mean, 0.0) + std * rng.uniform(-0.5, 0.5, std.shape)
+        else:
+            stats[path] = stats.get(path, 0.0) + batch_value
+    out["batch_stats"] = traverse_util.unflatten_dict(
+        {p: jax.device_put(np.asarray(v, np.float32)) for p, v in stats.items()}
+    )
     return out
 
 
@@ -179,25 +217,28 @@ def check_slicing(model, input_shape, seed: int = 0, num_kept_classes: int = 3, 
     """Sliced logits == masked full model's logits on the kept classes; sliced size == mask-implied size."""
     rng = np.random.default_rng(seed)
     topo = resolve_topology(model, input_shape)
-    x = jnp.asarray(rng.normal(size=(batch, *input_shape)), jnp.float32)
-    variables = random_variables(model, input_shape, rng)
+    x = random_inputs(rng, batch, input_shape)
     keep = random_keep(topo, rng)
+    variables = random_variables(model, x, rng, unit_masks=unit_mask_variables(topo, keep))
     classes = sorted(int(c) for c in rng.choice(topo.num_classes, num_kept_classes, replace=False))
 
     apply = jax.jit(model.apply)  # one compile serves the full (all-ones mask) and the masked model
     full = apply({**variables, **unit_mask_variables(topo, {k: np.ones_like(v) for k, v in keep.items()})}, x)
     masked = apply({**variables, **unit_mask_variables(topo, keep)}, x)
     sliced = slice_model(model, topo, variables, keep, classes)
-    small = jax.jit(sliced.model.apply)(sliced.variables, x)
+    small_apply = jax.jit(sliced.model.apply)
+    small = small_apply(sliced.variables, x)
 
     assert type(sliced.model) is type(model) and sliced.model.num_classes == len(classes)
     assert dict(sliced.model.widths) == {name: int(vec.sum()) for name, vec in keep.items()}
     assert small.shape == (batch, len(classes))
     scale = float(jnp.max(jnp.abs(masked[:, classes])))
     assert np.isfinite(scale) and scale > 1e-3
-    chex.assert_trees_all_close(small, masked[:, classes], atol=1e-4 * max(1.0, scale), rtol=1e-4)
-    # the mask really changes the model (the check is not vacuous)
-    assert float(jnp.max(jnp.abs(full - masked))) > 1e-3 * max(1.0, scale)
+    tol = 1e-4 * scale
+    chex.assert_trees_all_close(small, masked[:, classes], atol=tol, rtol=1e-4)
+    # the check is not vacuous: the logits depend on the input, and the mask changes them
+    assert float(jnp.max(jnp.std(masked[:, classes], axis=0))) > 1e-2 * scale
+    assert float(jnp.max(jnp.abs(full - masked))) > 100 * tol
 
     # every index map reads the right source, and at least one pads a unit its producer dropped
     maps = traverse_util.flatten_dict(dict(sliced.variables.get(INDEX_MAPS, {})), sep="/")
@@ -210,6 +251,11 @@ def check_slicing(model, input_shape, seed: int = 0, num_kept_classes: int = 3, 
         padded += int((index == sentinel).sum())
     if topo.spec.index_maps:
         assert padded > 0
+        # the padding matters: reading a real unit instead of the zero pad changes the logits
+        sentinels = {im.name: int(keep[im.source].sum()) for im in topo.spec.index_maps}
+        unpadded = {name: jnp.where(index == sentinels[name], 0, index) for name, index in maps.items()}
+        wrong_variables = {**sliced.variables, INDEX_MAPS: traverse_util.unflatten_dict(unpadded, sep="/")}
+        assert float(jnp.max(jnp.abs(small_apply(wrong_variables, x) - small))) > 100 * tol
 
     # sliced size == mask-implied size (+ leaves the topology does not index, kept whole)
     class_vec = class_vector(topo, classes)
@@ -217,7 +263,8 @@ def check_slicing(model, input_shape, seed: int = 0, num_kept_classes: int = 3, 
         if collection not in variables:
             continue
         masks = jax.jit(lambda k, c, col=collection: parameter_masks(topo, k, c, collection=col))(keep, class_vec)
-        implied = int(sum(np.asarray(m).sum() for m in jax.tree.leaves(masks))) + unindexed_size(topo, variables, collection)
+        implied = sum(int(np.asarray(m).sum()) for m in jax.tree.leaves(masks))
+        implied += unindexed_size(topo, variables, collection)
         assert count_parameters(sliced.variables, collection) == implied
     assert count_parameters(sliced.variables) < count_parameters(variables)
     return topo, keep, sliced
@@ -250,8 +297,8 @@ def test_slicing_equals_masked_model(case):
 def test_vgg_dropout_runs_in_train_mode():
     model = create_model("vgg16", 10, width_multiplier=0.125)
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(4, *CIFAR)), jnp.float32)
-    variables = random_variables(model, CIFAR, rng)
+    x = random_inputs(rng, 4, CIFAR)
+    variables = random_variables(model, x, rng, calibrate=False)
     train_apply = jax.jit(lambda v, key: model.apply(v, x, train=True, rngs={"dropout": key}, mutable=["batch_stats"]))
 
     a, state = train_apply(variables, jax.random.key(1))
@@ -273,8 +320,8 @@ def test_vgg_dropout_runs_in_train_mode():
 )
 def test_batchnorm_models_train_mode(model):
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(2, *MNIST)), jnp.float32)
-    variables = random_variables(model, MNIST, rng)
+    x = random_inputs(rng, 2, MNIST)
+    variables = random_variables(model, x, rng, calibrate=False)
     out, state = jax.jit(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables)
     assert out.shape == (2, 10) and bool(jnp.all(jnp.isfinite(out)))
     assert jax.tree.structure(state["batch_stats"]) == jax.tree.structure(variables["batch_stats"])

@@ -31,5 +31,6 @@ class MLP(nn.Module):
     def topology_spec(self) -> TopologySpec:
         layers = [f"fc{i}" for i in range(1, self.num_hidden + 1)]
         consumers = layers[1:] + ["logits"]
-        groups = tuple(UnitGroup(f"{n}_relu", conv_out(n), kernel_in(c)) for n, c in zip(layers, consumers))
+        pairs = zip(layers, consumers, strict=True)
+        groups = tuple(UnitGroup(f"{n}_relu", conv_out(n), kernel_in(c)) for n, c in pairs)
         return TopologySpec(groups, dense_out("logits"))

@@ -12,8 +12,9 @@ from jaxmod.topology import TopologySpec, UnitGroup, conv_out, dense_out, kernel
 class LeNet5(nn.Module):
     """conv5x5(6, same) - pool - conv5x5(16, valid) - pool - fc120 - fc84 - logits.
 
-    Taps (post-ReLU, channels before pooling): ``conv1_relu``, ``conv2_relu``, ``fc1_relu``, ``fc2_relu``. The flatten after
-    the second pooling makes each ``conv2_relu`` channel feed ``fc1`` at every spatial position.
+    Taps (post-ReLU, channels before pooling): ``conv1_relu``, ``conv2_relu``, ``fc1_relu``,
+    ``fc2_relu``. The flatten after the second pooling makes each ``conv2_relu`` channel feed
+    ``fc1`` at every spatial position.
     """
 
     num_classes: int = 10

@@ -84,7 +84,7 @@ class ResNet(nn.Module):
         """(block name, full input width, full output width, stride, projection) per block."""
         plan = []
         in_width = _scaled(self.stem_width, self.width_multiplier)
-        for s, (n, width) in enumerate(zip(self.stage_sizes, self.stage_widths), start=1):
+        for s, (n, width) in enumerate(zip(self.stage_sizes, self.stage_widths, strict=True), start=1):
             out_width = _scaled(width, self.width_multiplier)
             for b in range(n):
                 stride = 2 if (b == 0 and s > 1) else 1

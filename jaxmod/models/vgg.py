@@ -76,7 +76,7 @@ class VGG(nn.Module):
         layers = convs + fcs
         consumers = layers[1:] + ["logits"]  # the last conv feeds fc1 (or logits) through the flatten
         groups = []
-        for k, (layer, consumer) in enumerate(zip(layers, consumers)):
+        for k, (layer, consumer) in enumerate(zip(layers, consumers, strict=True)):
             if k < len(convs):
                 bn = f"bn{k + 1}" if self.use_bn else None
                 producers = conv_out(layer, bias=not self.use_bn, bn=bn)

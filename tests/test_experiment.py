@@ -1,0 +1,65 @@
+"""The experiment program end to end on a slice of real MNIST, and its refusal of bad flags."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from jaxmod import checkpoint, compose
+
+SCHEMA = {
+    "approach", "model", "dataset", "seed", "num_classes", "standard", "modular", "composed", "modules", "reuse",
+    "timing",
+}
+
+
+def _run(*flags):
+    return subprocess.run([sys.executable, "-m", "experiments.modularize", "--progress=false", *flags],
+                          capture_output=True, text=True)
+
+
+def test_moda_end_to_end_on_real_mnist(tmp_path):
+    work = tmp_path / "run"
+    proc = _run("--approach=moda", "--model=lenet5", "--dataset=mnist", "--epochs=1", "--train_limit=2000",
+                "--test_limit=1000", "--num_subtasks=4", "--timing_repeats=3", f"--workdir={work}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((work / "results.json").read_text())
+    assert SCHEMA <= set(results)
+    for key in ("standard", "modular", "composed"):
+        assert 0.5 < results[key]["test_accuracy"] <= 1.0  # one epoch on 2000 digits learns something
+    for key in ("mean_size", "mean_overlap", "mean_jaccard"):
+        assert 0.0 < results["modules"][key] <= 1.0
+    assert results["modules"]["mean_overlap"] <= results["modules"]["mean_size"]
+    reuse = results["reuse"]
+    assert len(reuse["subtasks"]) == 4
+    for task in reuse["subtasks"]:
+        assert set(task) == {"classes", "accuracy", "standard_accuracy", "composed_size", "composed_flops"}
+        assert 2 <= len(task["classes"]) <= 9
+        assert 0 < task["composed_size"] < 1 and 0 < task["composed_flops"] <= 1
+    np.testing.assert_allclose(reuse["mean_accuracy"], np.mean([t["accuracy"] for t in reuse["subtasks"]]))
+    for key in ("standard_step_ms", "modular_step_ms", "decompose_seconds", "inference_seconds"):
+        assert results["timing"][key] > 0
+    assert (work / "plots" / "activation_frequency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the saved modules compose the same sub-task model the run measured
+    modules, variables = checkpoint.restore_modules(work / "modules")
+    assert modules.metadata.approach == "moda" and modules.metadata.model_name == "lenet5"
+    sliced = compose.compose(modules, variables, reuse["subtasks"][0]["classes"])
+    assert sliced.model.num_classes == len(reuse["subtasks"][0]["classes"])
+    assert "reuse accuracy" in proc.stdout  # the summary table
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--model=resnet99", "unknown model"),
+    ("--tau=1.5", "tau"),
+    ("--dataset=imagenet21k", "dataset"),
+    ("--num_subtasks=0", "num_subtasks"),
+    ("--model=vgg16", "does not take"),
+])
+def test_bad_flags_fail_before_writing(tmp_path, flag, message):
+    work = tmp_path / "never"
+    proc = _run("--epochs=1", f"--workdir={work}", flag)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert not work.exists()
