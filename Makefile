@@ -26,7 +26,7 @@ demo: data
 		--epochs=3 --workdir=$(DEMO_DIR)
 
 test: data
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 -q tests
 
 lint: setup
 	$(PY) -m ruff check jaxmod experiments tests

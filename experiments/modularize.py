@@ -27,12 +27,13 @@ from tqdm.auto import tqdm
 from jaxmod import approaches, checkpoint, compose, data, metrics, models, train
 from jaxmod.activations import logits_checksum
 from jaxmod.losses import cross_entropy_loss
-from jaxmod.modules import ModuleMetadata, ModuleSet
+from jaxmod.modules import ModuleMetadata, ModuleSet, as_hashable
 from jaxmod.topology import count_parameters, resolve_topology
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("approach", "moda", "Modularization approach.")
 flags.DEFINE_string("model", "lenet5", "Zoo model name.")
+flags.DEFINE_string("model_config", "{}", 'Model configuration as JSON, e.g. \'{"use_bn": false}\'.')
 flags.DEFINE_string("dataset", "mnist", "Dataset name (mnist, fashion_mnist, digits, cifar10, ...).")
 flags.DEFINE_integer("epochs", 4, "Training epochs for each of the two models.")
 flags.DEFINE_string("workdir", None, "Output directory (resumable).")
@@ -62,6 +63,16 @@ APPROACH_OPTIONS = {"moda": ("alpha", "beta", "gamma", "tau")}
 def approach_from_flags() -> approaches.Approach:
     names = APPROACH_OPTIONS.get(FLAGS.approach, ())
     return approaches.create_approach(FLAGS.approach, **{n: getattr(FLAGS, n) for n in names})
+
+
+def model_config_from_flags() -> dict[str, Any]:
+    try:
+        config = json.loads(FLAGS.model_config)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--model_config is not JSON: {err}") from err
+    if not isinstance(config, dict):
+        raise ValueError(f"--model_config must be a JSON object, got {FLAGS.model_config!r}")
+    return as_hashable(config)
 
 
 def step_times(model, data_: data.Dataset, loss_fns: dict[str, Any], config: train.TrainConfig,
@@ -141,7 +152,7 @@ def run(workdir: str) -> dict[str, Any]:
     dataset = data.load_dataset(FLAGS.dataset, val_fraction=FLAGS.val_fraction, seed=FLAGS.seed,
                                 data_dir=FLAGS.data_dir, source=FLAGS.data_source, train_limit=FLAGS.train_limit,
                                 test_limit=FLAGS.test_limit)
-    model = models.create_model(FLAGS.model, dataset.num_classes)
+    model = models.create_model(FLAGS.model, dataset.num_classes, **model_config_from_flags())
     models.check_input_shape(model, dataset.input_shape)
     subtasks = compose.sample_subtasks(dataset.num_classes, FLAGS.num_subtasks, min_size=FLAGS.min_subtask_classes,
                                        max_size=FLAGS.max_subtask_classes, seed=FLAGS.seed)
