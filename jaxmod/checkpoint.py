@@ -41,6 +41,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import traverse_util
 
 import jaxmod
 from jaxmod.modules import ModuleMetadata, ModuleSet
@@ -535,7 +536,15 @@ def save_modules(directory: PathLike, modules: ModuleSet, variables: Mapping[str
         "library_version": jaxmod.__version__,
         "modules": _json_metadata(modules.metadata.to_json(), "module metadata"),
     }
-    save_tree(directory, {"masks": modules.masks, "variables": variables}, metadata, overwrite=overwrite)
+    save_tree(directory, {"masks": _nest_group_names(modules), "variables": variables}, metadata,
+              overwrite=overwrite)
+
+
+def _nest_group_names(modules: ModuleSet) -> Any:
+    """Unit masks are keyed by '/'-joined group paths; store them as the nested tree they name."""
+    if modules.metadata.granularity != "unit":
+        return modules.masks
+    return traverse_util.unflatten_dict(dict(modules.masks), sep="/")
 
 
 def restore_modules(directory: PathLike) -> tuple[ModuleSet, dict[str, Any]]:
@@ -547,7 +556,10 @@ def restore_modules(directory: PathLike) -> tuple[ModuleSet, dict[str, Any]]:
         raise ValueError(f"checkpoint {path}: expected 'masks' and 'variables', found {sorted(tree)}")
     try:
         module_metadata = ModuleMetadata.from_json(metadata["modules"])
-        modules = ModuleSet(masks=tree["masks"], metadata=module_metadata)
+        masks = tree["masks"]
+        if module_metadata.granularity == "unit":
+            masks = traverse_util.flatten_dict(masks, sep="/")
+        modules = ModuleSet(masks=masks, metadata=module_metadata)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"checkpoint {path}: invalid module set ({type(e).__name__}: {e})") from e
     return modules, tree["variables"]

@@ -113,8 +113,10 @@ def test_sample_subtasks():
     np.testing.assert_array_equal(labels, [1, 1, 0])
 
 
-def test_restored_modules_compose_identically_in_a_new_process(tmp_path):
-    _, _, modules, variables = _random_modules("lenet5")
+@pytest.mark.parametrize("name, config", [("lenet5", {}), ("resnet20", {"width_multiplier": 0.5})])
+def test_restored_modules_compose_identically_in_a_new_process(tmp_path, name, config):
+    # resnet20's groups are nested ('stage1_block0/relu1') and it has identity-shortcut index maps
+    _, _, modules, variables = _random_modules(name, **config)
     checkpoint.save_modules(tmp_path / "mods", modules, variables)
     x = np.asarray(jax.random.normal(jax.random.key(2), (3, *SHAPE)))
     np.save(tmp_path / "x.npy", x)
