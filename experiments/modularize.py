@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from jaxmod import approaches, checkpoint, compose, data, metrics, models, train
 from jaxmod.activations import logits_checksum
 from jaxmod.losses import cross_entropy_loss
-from jaxmod.modules import ModuleMetadata, ModuleSet, as_hashable
+from jaxmod.modules import ModuleSet, as_hashable, module_set
 from jaxmod.topology import count_parameters, resolve_topology
 
 FLAGS = flags.FLAGS
@@ -180,11 +180,9 @@ def run(workdir: str) -> dict[str, Any]:
     decomposition, decompose_s = timed_decompose(approach, model, src_vars, x_dec, y_dec, dataset.num_classes)
     _, inference_s = timed(logits_checksum, model, src_vars, x_dec, FLAGS.eval_batch_size)
 
-    meta = ModuleMetadata(approach=approach.name, model_name=FLAGS.model, model_config=models.model_config(model),
-                          dataset=FLAGS.dataset, input_shape=dataset.input_shape, num_classes=dataset.num_classes,
-                          classes=tuple(range(dataset.num_classes)), granularity=decomposition.granularity,
-                          extra=approach.config())
-    modules = ModuleSet(decomposition.masks, meta)
+    modules = module_set(decomposition.masks, approach=approach.name, model_name=FLAGS.model, model=model,
+                         dataset=FLAGS.dataset, input_shape=dataset.input_shape,
+                         granularity=decomposition.granularity, extra=approach.config())
     checkpoint.save_modules(os.path.join(workdir, "modules"), modules, src_vars, overwrite=True)
 
     mod = metrics.module_metrics(topology, modules.masks, src_vars["params"])

@@ -107,6 +107,19 @@ class ModuleSet:
         return union_rows(self.masks, rows)
 
 
+def module_set(masks: Mapping[str, Any], *, approach: str, model_name: str, model: Any, dataset: str,
+               input_shape: Sequence[int], granularity: str = "unit", extra: Mapping[str, Any] | None = None
+               ) -> ModuleSet:
+    """A module set for every class of ``model`` (built as ``create_model(model_name, ...)``)."""
+    from jaxmod.models import model_config  # models do not depend on modules; keep it that way
+
+    meta = ModuleMetadata(approach=approach, model_name=model_name, model_config=model_config(model),
+                          dataset=dataset, input_shape=tuple(int(d) for d in input_shape),
+                          num_classes=int(model.num_classes), classes=tuple(range(int(model.num_classes))),
+                          granularity=granularity, extra=dict(extra or {}))
+    return ModuleSet(masks, meta)
+
+
 def json_normal(value: Any) -> Any:
     """``value`` as it reads back from JSON (tuples become lists); ``ValueError`` if not JSON-able."""
     try:

@@ -197,11 +197,12 @@ def fit(model: nn.Module, data: Dataset, loss_fn: LossFn, config: TrainConfig, w
             bar = tqdm(batches, total=steps_per_epoch, disable=not progress, leave=False,
                        desc=f"{description} epoch {epoch + 1}/{config.epochs}")
             sums = np.zeros(2)
-            for xb, yb in bar:
+            for i, (xb, yb) in enumerate(bar):
                 state, out = step_fn(state, xb, yb)
                 sums += np.array([float(out["loss"]), float(out["accuracy"])])
-                if bar.n % 20 == 0:
-                    bar.set_postfix(loss=f"{float(out['loss']):.3f}", acc=f"{float(out['accuracy']):.3f}")
+                if progress and i % 50 == 0:
+                    bar.set_postfix(loss=f"{float(out['loss']):.3f}", acc=f"{float(out['accuracy']):.3f}",
+                                    refresh=False)
             val = evaluate(model, state.variables(), data.val.x, data.val.y)
             history.append({"epoch": epoch + 1, "train_loss": sums[0] / steps_per_epoch,
                             "train_accuracy": sums[1] / steps_per_epoch, "val_accuracy": val["top1"]})
