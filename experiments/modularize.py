@@ -53,7 +53,7 @@ flags.DEFINE_float("val_fraction", 0.1, "Validation fraction carved from the tra
 flags.DEFINE_string("data_dir", None, "TFDS data_dir for datasets without an offline source.")
 flags.DEFINE_enum("data_source", "auto", ["auto", "offline", "tfds"], "Where datasets come from.")
 flags.DEFINE_integer("eval_batch_size", 512, "Batch size of evaluation and decomposition scans.")
-flags.DEFINE_integer("timing_repeats", 30, "Train steps timed per model for the step-time ratio.")
+flags.DEFINE_integer("timing_repeats", 60, "Train steps timed per loss (in 5 interleaved rounds).")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 flags.mark_flag_as_required("workdir")
 
@@ -84,9 +84,9 @@ def step_times(model, data_: data.Dataset, loss_fns: dict[str, Any], config: tra
     x, y = data_.train.x[: config.batch_size], data_.train.y[: config.batch_size]
     fns = {k: train.make_train_step(model, optimizer, fn) for k, fn in loss_fns.items()}
     rounds = {k: [] for k in fns}
-    for _ in range(3):
+    for _ in range(5):
         for k, fn in fns.items():
-            rounds[k].append(train.benchmark_step(fn, state, x, y, repeats=max(1, repeats // 3)))
+            rounds[k].append(train.benchmark_step(fn, state, x, y, repeats=max(1, repeats // 5)))
     return {k: statistics.median(v) for k, v in rounds.items()}
 
 
