@@ -25,7 +25,7 @@ from absl import app, flags, logging
 from tqdm.auto import tqdm
 
 from jaxmod import approaches, checkpoint, compose, data, metrics, models, train
-from jaxmod.activations import logits_checksum
+from jaxmod.activations import logits_checksum, predict_logits
 from jaxmod.losses import cross_entropy_loss
 from jaxmod.modules import ModuleSet, as_hashable, module_set
 from jaxmod.topology import count_parameters, resolve_topology
@@ -101,8 +101,7 @@ def timed(fn, *args, **kwargs):
 def evaluate_reuse(modules: ModuleSet, variables, std_model, std_variables, data_: data.Dataset, subtasks,
                    full_params: int, full_flops: int, progress: bool) -> list[dict[str, Any]]:
     """Accuracy, size and FLOPs of each composed sub-task model beside the restricted standard model."""
-    std_logits = np.asarray(jax.vmap(lambda xb: std_model.apply(std_variables, xb))(
-        _batched(data_.test.x, 500)).reshape(-1, std_model.num_classes)[: len(data_.test.x)])
+    std_logits = predict_logits(std_model, std_variables, data_.test.x)
     rows = []
     for classes in tqdm(subtasks, desc="reuse sub-tasks", disable=not progress, leave=False):
         sliced = compose.compose(modules, variables, classes)
@@ -117,12 +116,6 @@ def evaluate_reuse(modules: ModuleSet, variables, std_model, std_variables, data
             "composed_flops": metrics.forward_flops(sliced.model, sliced.variables, data_.input_shape) / full_flops,
         })
     return rows
-
-
-def _batched(x: np.ndarray, size: int) -> np.ndarray:
-    pad = (-len(x)) % size
-    x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-    return x.reshape(-1, size, *x.shape[1:])
 
 
 def write_json_atomic(path: str, payload: dict[str, Any]) -> None:

@@ -115,6 +115,19 @@ def logits_checksum(model: nn.Module, variables: Mapping[str, Any], x: np.ndarra
     return scan_dataset(_predict_fn(model), init, x, np.zeros(len(x), np.int32), batch_size, variables)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _map_logits(model, variables, xs):
+    return jax.lax.map(lambda xb: model.apply(variables, xb), xs)
+
+
+def predict_logits(model: nn.Module, variables: Mapping[str, Any], x: np.ndarray,
+                   batch_size: int = 512) -> np.ndarray:
+    """Eval-mode logits for every sample of ``x``, batched inside one jit (``lax.map``)."""
+    x = np.asarray(x)
+    xs, _, _ = _stack_batches(x, np.zeros(len(x), np.int32), batch_size)
+    return np.asarray(_map_logits(model, variables, xs)).reshape(-1, model.num_classes)[: len(x)]
+
+
 def activation_rates(counts: Mapping[str, jax.Array], totals: jax.Array) -> dict[str, np.ndarray]:
     """Per-class activation frequency in [0, 1]; ``ValueError`` if a class has no sample."""
     totals = np.asarray(totals)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxmod import checkpoint, compose, metrics, models
+from jaxmod.activations import predict_logits
 from jaxmod.modules import ModuleMetadata, ModuleSet
 from jaxmod.topology import count_parameters, parameter_masks, resolve_topology, unit_mask_variables
 
@@ -133,3 +134,10 @@ def test_restored_modules_compose_identically_in_a_new_process(tmp_path, name, c
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     there = np.array(json.loads(proc.stdout.strip().splitlines()[-1]), np.float32)
     np.testing.assert_array_equal(there, here)
+
+
+def test_predict_logits_matches_apply_across_a_partial_batch():
+    model, _, _, variables = _random_modules("lenet5")
+    x = np.asarray(jax.random.normal(jax.random.key(4), (7, *SHAPE)))
+    chex.assert_trees_all_close(predict_logits(model, variables, x, batch_size=3), model.apply(variables, x),
+                                atol=1e-5)
