@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmod.losses import unit_values
-from jaxmod.models.base import ACTIVATIONS
+from jaxmod.taps import ACTIVATIONS
 from jaxmod.topology import flat_activations
 
 

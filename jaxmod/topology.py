@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxmod.models.base import ACTIVATIONS, INDEX_MAPS, UNIT_MASKS
+from jaxmod.taps import ACTIVATIONS, INDEX_MAPS, UNIT_MASKS
 
 Path = tuple[str, ...]
 LeafKey = tuple[str, Path]  # (collection, path inside it)

@@ -28,7 +28,7 @@ from jaxmod import metrics
 from jaxmod.activations import scan_dataset
 from jaxmod.checkpoint import RunCheckpointer
 from jaxmod.data import Dataset, batch_iterator, check_labels, epoch_seed, num_batches
-from jaxmod.losses import LossFn, cross_entropy
+from jaxmod.losses import LossFn
 from jaxmod.models import ACTIVATIONS, check_input_shape
 from jaxmod.topology import flat_activations
 
@@ -126,9 +126,9 @@ def _eval_fn(model: nn.Module) -> Callable:
     def batch_fn(carry, xb, yb, valid, variables):
         logits = model.apply(variables, xb)
         weight = valid.astype(jnp.float32)
-        top1 = jnp.sum((metrics.top_k_hits(logits, yb, 1)) * weight)
-        top5 = jnp.sum((metrics.top_k_hits(logits, yb, min(5, logits.shape[-1]))) * weight)
-        loss = jnp.sum(jax.vmap(cross_entropy)(logits[:, None], yb[:, None]) * weight)
+        top1 = jnp.sum(metrics.top_k_hits(logits, yb, 1) * weight)
+        top5 = jnp.sum(metrics.top_k_hits(logits, yb, min(5, logits.shape[-1])) * weight)
+        loss = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, yb) * weight)
         return carry + jnp.stack([top1, top5, loss, jnp.sum(weight)])
 
     return batch_fn

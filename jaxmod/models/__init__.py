@@ -15,12 +15,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmod.models.base import ACTIVATIONS, INDEX_MAPS, UNIT_MASKS, gather_units, tap, width_of
 from jaxmod.models.dense import MLP
 from jaxmod.models.lenet import LeNet5
 from jaxmod.models.mobilenet import MobileNet
 from jaxmod.models.resnet import ResNet
 from jaxmod.models.vgg import VGG, VGG16_STAGES, VGG_NARROW_STAGES
+from jaxmod.taps import ACTIVATIONS, INDEX_MAPS, UNIT_MASKS, gather_units, tap, width_of
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "fc1": functools.partial(MLP, num_hidden=1),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from jaxmod.models.base import tap, width_of
+from jaxmod.taps import tap, width_of
 from jaxmod.topology import TopologySpec, UnitGroup, conv_out, dense_out, kernel_in
 
 

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxmod.models.base import gather_units, tap, width_of
+from jaxmod.taps import gather_units, tap, width_of
 from jaxmod.topology import IndexMapSpec, LeafAxis, TopologySpec, UnitGroup, conv_out, dense_out, kernel_in
 
 
