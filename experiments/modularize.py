@@ -152,15 +152,18 @@ def run(workdir: str) -> dict[str, Any]:
     topology = resolve_topology(model, dataset.input_shape)
     os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
 
+    run_info = {"model": FLAGS.model, "model_config": models.model_config(model), "dataset": FLAGS.dataset,
+                "train_samples": len(dataset.train.x), "val_fraction": FLAGS.val_fraction}
     std_state, std_history = train.fit(model, dataset, cross_entropy_loss(), config,
                                        os.path.join(workdir, "standard"), progress=FLAGS.progress,
-                                       description="standard")
+                                       description="standard", run_info={**run_info, "loss": "cross_entropy"})
     modular_loss = approach.training_loss()
     if modular_loss is None:  # post-training approach: decompose the standard model
         src_state, src_history = std_state, std_history
     else:
         src_state, src_history = train.fit(model, dataset, modular_loss, config, os.path.join(workdir, "modular"),
-                                           progress=FLAGS.progress, description="modular")
+                                           progress=FLAGS.progress, description="modular",
+                                           run_info={**run_info, "loss": approach.name, **approach.config()})
     std_vars, src_vars = std_state.variables(), src_state.variables()
     std_eval = train.evaluate(model, std_vars, dataset.test.x, dataset.test.y, FLAGS.eval_batch_size)
     src_eval = train.evaluate(model, src_vars, dataset.test.x, dataset.test.y, FLAGS.eval_batch_size)

@@ -30,6 +30,7 @@ from jaxmod.checkpoint import RunCheckpointer
 from jaxmod.data import Dataset, batch_iterator, check_labels, epoch_seed, num_batches
 from jaxmod.losses import LossFn
 from jaxmod.models import ACTIVATIONS, check_input_shape
+from jaxmod.modules import json_normal
 from jaxmod.topology import flat_activations
 
 
@@ -162,13 +163,16 @@ def benchmark_step(step_fn: Callable, state: TrainState, x: np.ndarray, y: np.nd
 
 
 def fit(model: nn.Module, data: Dataset, loss_fn: LossFn, config: TrainConfig, workdir: str | os.PathLike,
-        *, progress: bool = True, stop_after: int | None = None, description: str = "train") -> tuple[TrainState, list]:
+        *, progress: bool = True, stop_after: int | None = None, description: str = "train",
+        run_info: Mapping[str, Any] | None = None) -> tuple[TrainState, list]:
     """Train ``model`` on ``data.train`` with ``loss_fn``, checkpointing every epoch under ``workdir``.
 
     Rerunning with the same ``workdir`` resumes from the last complete epoch (a finished run
     returns at once). ``stop_after`` ends this call after that many epochs in total (the rest
-    can be run later). Returns the final state and the per-epoch history (train loss and
-    accuracy, validation accuracy).
+    can be run later). ``run_info`` (JSON-able: model, dataset, loss and its weights...) is
+    stored with every checkpoint; resuming a directory whose run had other settings or other
+    ``run_info`` raises ``ValueError``. Returns the final state and the per-epoch history (train
+    loss and accuracy, validation accuracy).
     """
     check_input_shape(model, data.input_shape)
     check_labels(data.train.y, model.num_classes)
@@ -184,11 +188,12 @@ def fit(model: nn.Module, data: Dataset, loss_fn: LossFn, config: TrainConfig, w
     state = init_state(model, data.input_shape, optimizer, config.seed)
     step_fn = make_train_step(model, optimizer, loss_fn)
     history: list[dict[str, float]] = []
+    run = {"config": dataclasses.asdict(config), "run_info": json_normal(dict(run_info or {}))}
     with RunCheckpointer(os.fspath(workdir)) as ckpt:
         start = ckpt.latest_step() or 0
         if start:
             state, meta = ckpt.restore(start, state)
-            _check_run_config(meta, config, description)
+            _check_same_run(meta, run, description)
             history = list(meta["history"])
         last = config.epochs if stop_after is None else stop_after
         for epoch in range(start, last):
@@ -209,14 +214,14 @@ def fit(model: nn.Module, data: Dataset, loss_fn: LossFn, config: TrainConfig, w
             if progress:
                 tqdm.write(f"{description} epoch {epoch + 1}/{config.epochs}: loss {history[-1]['train_loss']:.4f} "
                            f"train acc {history[-1]['train_accuracy']:.4f} val acc {val['top1']:.4f}")
-            ckpt.save(epoch + 1, state, {"history": history, "config": dataclasses.asdict(config)})
+            ckpt.save(epoch + 1, state, {"history": history, **run})
     return state, history
 
 
-def _check_run_config(meta: Mapping[str, Any], config: TrainConfig, description: str) -> None:
-    saved = meta.get("config")
-    if saved != dataclasses.asdict(config):
+def _check_same_run(meta: Mapping[str, Any], run: Mapping[str, Any], description: str) -> None:
+    saved = {k: meta.get(k) for k in run}
+    if saved != dict(run):
         raise ValueError(
             f"{description}: the work directory holds a run with a different configuration ({saved}); "
-            f"use another work directory or the same settings ({dataclasses.asdict(config)})"
+            f"use another work directory or the same settings ({dict(run)})"
         )

@@ -51,6 +51,12 @@ def test_resuming_with_other_settings_is_refused(mnist_small, tmp_path):
     with pytest.raises(ValueError, match="different configuration"):
         train.fit(model, mnist_small, cross_entropy_loss(), dataclasses.replace(CONFIG, epochs=2, seed=9), tmp_path,
                   progress=False)
+    # the same optimisation settings but another loss (recorded in run_info) is another run too
+    train.fit(model, mnist_small, moda_loss(), CONFIG, tmp_path / "moda", progress=False, stop_after=1,
+              run_info={"loss": "moda", "gamma": 0.3})
+    with pytest.raises(ValueError, match="different configuration"):
+        train.fit(model, mnist_small, moda_loss(gamma=0.5), CONFIG, tmp_path / "moda", progress=False,
+                  run_info={"loss": "moda", "gamma": 0.5})
 
 
 def test_evaluate_by_hand():
