@@ -25,7 +25,7 @@ from absl import app, flags, logging
 from tqdm.auto import tqdm
 
 from jaxmod import approaches, checkpoint, compose, data, metrics, models, train
-from jaxmod.activations import logits_checksum, predict_logits
+from jaxmod.activations import predict_logits
 from jaxmod.losses import cross_entropy_loss
 from jaxmod.modules import ModuleSet, as_hashable, module_set
 from jaxmod.topology import count_parameters, resolve_topology
@@ -150,7 +150,12 @@ def run(workdir: str) -> dict[str, Any]:
     subtasks = compose.sample_subtasks(dataset.num_classes, FLAGS.num_subtasks, min_size=FLAGS.min_subtask_classes,
                                        max_size=FLAGS.max_subtask_classes, seed=FLAGS.seed)
     topology = resolve_topology(model, dataset.input_shape)
-    os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
+    if len(dataset.train.x) < config.batch_size:
+        raise ValueError(f"the training split has {len(dataset.train.x)} samples, fewer than one batch of "
+                         f"{config.batch_size}")
+    missing = np.flatnonzero(np.bincount(dataset.train.y, minlength=dataset.num_classes) == 0).tolist()
+    if missing:
+        raise ValueError(f"classes {missing} have no training samples (raise --train_limit)")
 
     run_info = {"model": FLAGS.model, "model_config": models.model_config(model), "dataset": FLAGS.dataset,
                 "train_samples": len(dataset.train.x), "val_fraction": FLAGS.val_fraction}
@@ -174,7 +179,7 @@ def run(workdir: str) -> dict[str, Any]:
     # Decomposition over the training samples, timed against one forward pass over the same samples.
     x_dec, y_dec = dataset.train.x, dataset.train.y
     decomposition, decompose_s = timed_decompose(approach, model, src_vars, x_dec, y_dec, dataset.num_classes)
-    _, inference_s = timed(logits_checksum, model, src_vars, x_dec, FLAGS.eval_batch_size)
+    _, inference_s = timed(predict_logits, model, src_vars, x_dec, FLAGS.eval_batch_size)
 
     modules = module_set(decomposition.masks, approach=approach.name, model_name=FLAGS.model, model=model,
                          dataset=FLAGS.dataset, input_shape=dataset.input_shape,
@@ -189,6 +194,7 @@ def run(workdir: str) -> dict[str, Any]:
     reuse = evaluate_reuse(modules, src_vars, model, std_vars, dataset, subtasks, full_params, full_flops,
                            FLAGS.progress)
 
+    os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
     rates = decomposition.statistics.get("activation_rate")
     if rates is not None:
         metrics.activation_heatmap_png(rates, os.path.join(workdir, "plots", "activation_frequency.png"),

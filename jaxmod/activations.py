@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmod.data import check_labels
 from jaxmod.losses import unit_values
+from jaxmod.models import check_inputs
 from jaxmod.taps import ACTIVATIONS
 from jaxmod.topology import flat_activations
 
@@ -89,30 +91,14 @@ def class_activation_counts(model: nn.Module, variables: Mapping[str, Any], x: n
     as in the MODA reference code.
     """
     x, y = np.asarray(x), np.asarray(y)
+    check_inputs(model, variables, x)
+    check_labels(y, num_classes)
+    if len(y) != len(x):
+        raise ValueError(f"{len(x)} samples but {len(y)} labels")
     shapes = jax.eval_shape(lambda: forward(model, variables, jnp.zeros((1, *x.shape[1:]), jnp.float32))[1])
     init = ({k: jnp.zeros((num_classes, s.shape[-1]), jnp.int32) for k, s in shapes.items()},
             jnp.zeros(num_classes, jnp.int32))
     return scan_dataset(_count_fn(model, num_classes), init, x, y, batch_size, variables)
-
-
-@functools.lru_cache(maxsize=64)
-def _predict_fn(model: nn.Module) -> Callable:
-    def batch_fn(carry, xb, yb, valid, variables):
-        del yb, valid
-        logits = model.apply(variables, xb)
-        return carry + jnp.sum(logits, axis=0)
-
-    return batch_fn
-
-
-def logits_checksum(model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, batch_size: int = 512) -> jax.Array:
-    """One jitted eval-mode forward pass over ``x`` (the work inference costs), summed per class.
-
-    Used to time inference over exactly the samples a decomposition reads.
-    """
-    x = np.asarray(x)
-    init = jnp.zeros(model.num_classes, jnp.float32)
-    return scan_dataset(_predict_fn(model), init, x, np.zeros(len(x), np.int32), batch_size, variables)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -124,6 +110,7 @@ def predict_logits(model: nn.Module, variables: Mapping[str, Any], x: np.ndarray
                    batch_size: int = 512) -> np.ndarray:
     """Eval-mode logits for every sample of ``x``, batched inside one jit (``lax.map``)."""
     x = np.asarray(x)
+    check_inputs(model, variables, x)
     xs, _, _ = _stack_batches(x, np.zeros(len(x), np.int32), batch_size)
     return np.asarray(_map_logits(model, variables, xs)).reshape(-1, model.num_classes)[: len(x)]
 

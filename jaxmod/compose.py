@@ -7,6 +7,7 @@ outputs logits for the chosen classes only, in the order given.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -18,20 +19,7 @@ from flax import traverse_util
 
 from jaxmod.models import create_model, model_config
 from jaxmod.modules import ModuleSet, as_hashable, check_compatible
-from jaxmod.topology import SlicedModel, resolve_topology, slice_model
-
-
-def check_classes(classes: Sequence[int], available: Sequence[int]) -> tuple[int, ...]:
-    """The class list as ints; ``ValueError`` if empty, repeated or not among ``available``."""
-    classes = tuple(int(c) for c in np.asarray(classes, dtype=np.int64).reshape(-1))
-    if not classes:
-        raise ValueError("the class list is empty")
-    if len(set(classes)) != len(classes):
-        raise ValueError(f"the class list {list(classes)} repeats a class")
-    unknown = [c for c in classes if c not in set(available)]
-    if unknown:
-        raise ValueError(f"unknown classes {unknown}: modules exist for {list(available)}")
-    return classes
+from jaxmod.topology import SlicedModel, check_class_list, resolve_topology, slice_model
 
 
 def build_model(modules: ModuleSet) -> nn.Module:
@@ -40,10 +28,15 @@ def build_model(modules: ModuleSet) -> nn.Module:
     return create_model(meta.model_name, meta.num_classes, **as_hashable(dict(meta.model_config)))
 
 
+@functools.lru_cache(maxsize=64)
+def _param_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
+    expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape)), train=False))
+    return {k: v.shape for k, v in traverse_util.flatten_dict(dict(expected.get("params", {}))).items()}
+
+
 def check_variables_fit(model: nn.Module, variables: Mapping[str, Any], input_shape: Sequence[int]) -> None:
     """``ValueError`` when ``variables`` are not shaped like ``model``'s (another configuration)."""
-    expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape)), train=False))
-    want = {k: v.shape for k, v in traverse_util.flatten_dict(dict(expected.get("params", {}))).items()}
+    want = _param_shapes(model, tuple(int(d) for d in input_shape))
     have = {k: np.shape(v) for k, v in traverse_util.flatten_dict(dict(variables.get("params", {}))).items()}
     if want != have:
         diff = sorted(set(want.items()) ^ set(have.items()), key=str)[:4]
@@ -60,7 +53,7 @@ def compose(modules: ModuleSet, variables: Mapping[str, Any], classes: Sequence[
     meta = modules.metadata
     if meta.granularity != "unit":
         raise ValueError(f"merging by slicing needs unit-granularity modules, these are {meta.granularity!r}")
-    classes = check_classes(classes, meta.classes)
+    classes = check_class_list(classes, meta.classes)
     if model is not None or model_name is not None:
         check_compatible(meta, model_name=model_name or meta.model_name,
                          model_config=model_config(model) if model is not None else meta.model_config,
@@ -94,6 +87,9 @@ def sample_subtasks(num_classes: int, count: int, *, min_size: int = 2, max_size
 def subtask_samples(y: np.ndarray, classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the samples of ``classes`` and their labels as positions in ``classes``."""
     y = np.asarray(y)
+    classes = check_class_list(classes, range(max(classes, default=0) + 1) if len(classes) else ())
+    if y.size == 0 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+        raise ValueError("labels must be a non-empty array of non-negative integers")
     lookup = np.full(max(int(y.max()), max(classes)) + 1, -1, np.int64)
     lookup[list(classes)] = np.arange(len(classes))
     index = np.flatnonzero(lookup[y] >= 0)

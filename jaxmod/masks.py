@@ -42,13 +42,6 @@ def count(tree: MaskTree) -> int:
     return int(sum(int(jnp.sum(leaf)) for leaf in _leaves(tree)))
 
 
-def stacked_counts(stacked: MaskTree) -> np.ndarray:
-    """True entries per module of a stacked tree: ``int64[num_modules]``."""
-    leaves = _leaves(stacked)
-    return np.sum([np.asarray(jnp.sum(leaf.reshape(leaf.shape[0], -1), axis=1, dtype=jnp.int32), np.int64)
-                   for leaf in leaves], axis=0)
-
-
 @jax.jit
 def _gram(leaf: jax.Array) -> jax.Array:
     flat = leaf.reshape(leaf.shape[0], -1).astype(jnp.int8)

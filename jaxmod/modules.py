@@ -22,6 +22,7 @@ import numpy as np
 
 import jaxmod
 from jaxmod.masks import union_rows
+from jaxmod.topology import check_class_list
 
 GRANULARITIES = ("unit", "weight", "position")
 
@@ -101,9 +102,7 @@ class ModuleSet:
 
     def union(self, classes: Sequence[int]) -> Any:
         """The OR of the chosen classes' modules: what a composed model for them must keep."""
-        rows = [self.row(int(c)) for c in classes]
-        if not rows:
-            raise ValueError("the class list is empty")
+        rows = [self.row(c) for c in check_class_list(classes, self.metadata.classes)]
         return union_rows(self.masks, rows)
 
 

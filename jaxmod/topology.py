@@ -19,6 +19,7 @@ layer reads a group through an identity shortcut or a depthwise convolution, an
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -141,6 +142,12 @@ def flat_activations(activations: Mapping[str, Any]) -> dict[str, jax.Array]:
 
 
 def resolve_topology(model: nn.Module, input_shape: Sequence[int]) -> Topology:
+    """Cached :func:`_resolve_topology`: a topology depends only on the model and input shape."""
+    return _resolve_topology(model, tuple(int(d) for d in input_shape))
+
+
+@functools.lru_cache(maxsize=64)
+def _resolve_topology(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
     """Check ``model.topology_spec()`` against the model's shapes and size every group.
 
     ``input_shape`` excludes the batch axis. Raises ``ValueError`` when the declaration does not
@@ -204,18 +211,26 @@ def check_keep(topology: Topology, keep: Mapping[str, Any]) -> None:
             raise ValueError(f"unit mask for {name!r} has shape {shape}, expected ({size},)")
 
 
+def check_class_list(classes: Any, available: Sequence[int]) -> tuple[int, ...]:
+    """The class list as a tuple of ints; ``ValueError`` if empty, not integers, repeated or unknown."""
+    values = np.asarray(list(classes) if not isinstance(classes, np.ndarray) else classes).reshape(-1)
+    if values.size == 0:
+        raise ValueError("the class list is empty")
+    if not (np.issubdtype(values.dtype, np.integer) or np.all(np.mod(values.astype(float), 1) == 0)):
+        raise ValueError(f"class labels must be integers, got {values.tolist()}")
+    out = tuple(int(c) for c in values)
+    if len(set(out)) != len(out):
+        raise ValueError(f"the class list {list(out)} repeats a class")
+    unknown = [c for c in out if c not in set(int(a) for a in available)]
+    if unknown:
+        raise ValueError(f"unknown classes {unknown}: available classes are {list(available)}")
+    return out
+
+
 def class_vector(topology: Topology, classes: Sequence[int] | np.ndarray) -> np.ndarray:
     """A bool[num_classes] vector from a list of class indices, validated."""
-    classes = [int(c) for c in np.asarray(classes).reshape(-1)]
-    if not classes:
-        raise ValueError("the class list is empty")
-    bad = [c for c in classes if not 0 <= c < topology.num_classes]
-    if bad:
-        raise ValueError(f"unknown classes {bad}: the model has classes 0..{topology.num_classes - 1}")
-    if len(set(classes)) != len(classes):
-        raise ValueError(f"the class list {classes} repeats a class")
     vec = np.zeros(topology.num_classes, bool)
-    vec[classes] = True
+    vec[list(check_class_list(classes, range(topology.num_classes)))] = True
     return vec
 
 
@@ -274,8 +289,7 @@ def slice_variables(
     ``ValueError`` when a group would keep no unit.
     """
     check_keep(topology, keep)
-    class_vector(topology, classes)  # validates
-    class_order = np.asarray([int(c) for c in np.asarray(classes).reshape(-1)])
+    class_order = np.asarray(check_class_list(classes, range(topology.num_classes)))
     class_vec = None
     keep_np = {k: np.asarray(v, bool) for k, v in keep.items()}
     empty = [name for name, vec in keep_np.items() if not vec.any()]

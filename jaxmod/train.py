@@ -29,7 +29,7 @@ from jaxmod.activations import scan_dataset
 from jaxmod.checkpoint import RunCheckpointer
 from jaxmod.data import Dataset, batch_iterator, check_labels, epoch_seed, num_batches
 from jaxmod.losses import LossFn
-from jaxmod.models import ACTIVATIONS, check_input_shape
+from jaxmod.models import ACTIVATIONS, check_input_shape, check_inputs
 from jaxmod.modules import json_normal
 from jaxmod.topology import flat_activations
 
@@ -139,6 +139,7 @@ def evaluate(model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, y: n
              batch_size: int = 512) -> dict[str, float]:
     """Top-1, top-5 accuracy and mean cross-entropy of the eval-mode model, in one jitted scan."""
     check_labels(np.asarray(y), model.num_classes)
+    check_inputs(model, variables, np.asarray(x))
     totals = scan_dataset(_eval_fn(model), jnp.zeros(4, jnp.float32), x, np.asarray(y, np.int32), batch_size,
                           variables)
     top1, top5, loss, n = (float(v) for v in totals)
@@ -201,16 +202,17 @@ def fit(model: nn.Module, data: Dataset, loss_fn: LossFn, config: TrainConfig, w
                                      shuffle_seed=epoch_seed(config.seed, epoch), drop_remainder=True)
             bar = tqdm(batches, total=steps_per_epoch, disable=not progress, leave=False,
                        desc=f"{description} epoch {epoch + 1}/{config.epochs}")
-            sums = np.zeros(2)
+            sums = jnp.zeros(2)  # summed on the device: no host sync per step
             for i, (xb, yb) in enumerate(bar):
                 state, out = step_fn(state, xb, yb)
-                sums += np.array([float(out["loss"]), float(out["accuracy"])])
+                sums = sums + jnp.stack([out["loss"], out["accuracy"]])
                 if progress and i % 50 == 0:
                     bar.set_postfix(loss=f"{float(out['loss']):.3f}", acc=f"{float(out['accuracy']):.3f}",
                                     refresh=False)
+            loss_sum, accuracy_sum = (float(v) for v in sums)
             val = evaluate(model, state.variables(), data.val.x, data.val.y)
-            history.append({"epoch": epoch + 1, "train_loss": sums[0] / steps_per_epoch,
-                            "train_accuracy": sums[1] / steps_per_epoch, "val_accuracy": val["top1"]})
+            history.append({"epoch": epoch + 1, "train_loss": loss_sum / steps_per_epoch,
+                            "train_accuracy": accuracy_sum / steps_per_epoch, "val_accuracy": val["top1"]})
             if progress:
                 tqdm.write(f"{description} epoch {epoch + 1}/{config.epochs}: loss {history[-1]['train_loss']:.4f} "
                            f"train acc {history[-1]['train_accuracy']:.4f} val acc {val['top1']:.4f}")

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmod.activations import activation_rates, class_activation_counts, logits_checksum, predict_logits
+from jaxmod.activations import activation_rates, class_activation_counts, predict_logits
 from jaxmod.approaches import create_approach
 from jaxmod.models import create_model
 
@@ -45,6 +45,15 @@ def test_absent_class_is_an_error():
         activation_rates(counts, totals)
 
 
-def test_inference_scan_sums_the_logits():
-    np.testing.assert_allclose(logits_checksum(MODEL, VARIABLES, X, batch_size=3),
-                               predict_logits(MODEL, VARIABLES, X, batch_size=5).sum(axis=0), rtol=1e-6)
+def test_bad_inputs_are_refused_before_work():
+    with pytest.raises(ValueError, match="label"):
+        class_activation_counts(MODEL, VARIABLES, X, np.where(Y == 1, 5, 0).astype(np.int32), 2)
+    with pytest.raises(ValueError, match="does not take samples of shape"):
+        class_activation_counts(MODEL, VARIABLES, np.zeros((3, 3, 3, 1), np.float32), Y[:3], 2)
+    with pytest.raises(ValueError, match="does not take samples of shape"):
+        predict_logits(MODEL, VARIABLES, np.zeros((3, 5), np.float32))
+    moda = create_approach("moda")
+    with pytest.raises(ValueError, match="no samples"):
+        moda.decompose(MODEL, VARIABLES, X, np.zeros(7, np.int32), 2)
+    with pytest.raises(ValueError, match="num_classes"):
+        moda.decompose(MODEL, VARIABLES, X, Y, 3)

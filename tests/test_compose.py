@@ -65,8 +65,11 @@ def test_composed_flops_fall_with_kept_units():
     assert conv1_only == 2 * 28 * 28 * 6 * 25
 
 
-def test_module_metrics_match_sliced_sizes():
-    model, topo, modules, variables = _random_modules("lenet5")
+@pytest.mark.parametrize("name, config", [("lenet5", {}), ("vgg_narrow", {}), ("resnet20", {"width_multiplier": 0.5}),
+                                          ("mobilenet", {"width_multiplier": 0.25})])
+def test_module_metrics_match_sliced_sizes(name, config):
+    # sequential, flatten, residual (shared producers, identity shortcuts) and depthwise models
+    model, topo, modules, variables = _random_modules(name, **config)
     stats = metrics.module_metrics(topo, modules.masks, variables["params"])
     total = count_parameters(variables)
     for c in (0, 5):
@@ -84,7 +87,8 @@ def test_module_metrics_match_sliced_sizes():
     np.testing.assert_allclose(stats["jaccard"][0, 5], stats["overlap"][0, 5] / union)
 
 
-@pytest.mark.parametrize("classes, message", [([], "empty"), ([1, 11], "unknown"), ([2, 2], "repeats")])
+@pytest.mark.parametrize("classes, message", [([], "empty"), ([1, 11], "unknown"), ([2, 2], "repeats"),
+                                             ([1.5, 2], "integers"), ([-1, 2], "unknown")])
 def test_bad_class_lists(classes, message):
     _, _, modules, variables = _random_modules("fc1")
     with pytest.raises(ValueError, match=message):
@@ -112,6 +116,10 @@ def test_sample_subtasks():
     index, labels = compose.subtask_samples(np.array([3, 1, 3, 0, 7]), (7, 3))
     np.testing.assert_array_equal(index, [0, 2, 4])
     np.testing.assert_array_equal(labels, [1, 1, 0])
+    with pytest.raises(ValueError, match="non-negative"):
+        compose.subtask_samples(np.array([-1, 0, 3]), (0, 3))
+    with pytest.raises(ValueError, match="empty"):
+        compose.subtask_samples(np.array([0, 3]), ())
 
 
 @pytest.mark.parametrize("name, config", [("lenet5", {}), ("resnet20", {"width_multiplier": 0.5})])

@@ -56,10 +56,13 @@ def test_moda_end_to_end_on_real_mnist(tmp_path):
     ("--dataset=imagenet21k", "dataset"),
     ("--num_subtasks=0", "num_subtasks"),
     ("--model=vgg16", "does not take"),
+    ("--train_limit=100", "fewer than one batch"),
+    ("--train_limit=5 --batch_size=4", "no training samples"),
+    ("--model_config={\"units\":8}", "bad configuration"),
 ])
 def test_bad_flags_fail_before_writing(tmp_path, flag, message):
     work = tmp_path / "never"
-    proc = _run("--epochs=1", f"--workdir={work}", flag)
+    proc = _run("--epochs=1", f"--workdir={work}", *flag.split(" "))
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not work.exists()

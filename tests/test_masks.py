@@ -50,11 +50,19 @@ def test_union_rows():
 def test_threshold_with_floor():
     rates = np.array([
         [0.95, 0.90, 0.10, 0.0],   # two pass tau = 0.9 (>= is inclusive)
-        [0.50, 0.20, 0.80, 0.1],   # none pass: the floor keeps the top-1 (unit 2)
-        [0.30, 0.30, 0.10, 0.0],   # none pass, tie: lower index wins
+        [0.50, 0.20, 0.80, 0.1],   # none pass: below min_req = 1
+        [0.30, 0.30, 0.10, 0.0],   # none pass
     ])
+    # deficient classes keep their top-k, k = max(min_req 1, largest module in the layer 2) = 2;
+    # ties go to the lower unit index
     got = threshold_with_floor(rates, tau=0.9, min_fraction=0.005)
-    np.testing.assert_array_equal(got, [[1, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0]])
-    # floor(0.5 * 4) = 2 units at least per class
-    got = threshold_with_floor(rates, tau=0.9, min_fraction=0.5)
+    np.testing.assert_array_equal(got, [[1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 0]])
+    # only one unit passes anywhere: k = 1
+    got = threshold_with_floor(rates, tau=0.92, min_fraction=0.005)
+    np.testing.assert_array_equal(got, [[1, 0, 0, 0], [0, 0, 1, 0], [1, 0, 0, 0]])
+    # min_req = floor(0.75 * 4) = 3 exceeds every module: deficient classes (all three) keep 3
+    got = threshold_with_floor(rates, tau=0.9, min_fraction=0.75)
+    np.testing.assert_array_equal(got, [[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 0]])
+    # classes that meet min_req keep exactly the units that pass
+    got = threshold_with_floor(rates, tau=0.25, min_fraction=0.005)
     np.testing.assert_array_equal(got, [[1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 0]])

@@ -19,25 +19,30 @@ import numpy as np
 
 from jaxmod.activations import activation_rates, class_activation_counts
 from jaxmod.approaches.base import Decomposition
+from jaxmod.data import check_labels
 from jaxmod.losses import LossFn, moda_loss
 
 
 def threshold_with_floor(rates: np.ndarray, tau: float, min_fraction: float = 0.005) -> np.ndarray:
-    """``bool[C, U]``: units with rate >= tau, or each class's top-k units when fewer pass.
+    """``bool[C, U]``: units with rate >= tau; a class with fewer than ``min_req`` gets its top-k.
 
-    k = max(1, floor(min_fraction * U)). Ties in the top-k are broken by lower unit index.
+    As the MODA reference code (``calculate_modular_layer_masks``): ``min_req = max(1,
+    floor(min_fraction * U))`` and a deficient class keeps its ``k`` most frequent units, where
+    ``k = max(min_req, the largest thresholded module in the layer)``. The reference raises
+    classes one after another, but a raised class never exceeds that k, so every deficient class
+    gets the same k and the rule is order-free. Ties are broken by the lower unit index.
     """
     rates = np.asarray(rates)
     if rates.ndim != 2:
         raise ValueError(f"rates must be (classes, units), got shape {rates.shape}")
     keep = rates >= tau
-    k = max(1, math.floor(min_fraction * rates.shape[1]))
+    counts = keep.sum(axis=1)
+    min_req = max(1, math.floor(min_fraction * rates.shape[1]))
+    k = max(min_req, int(counts.max()))
     order = np.argsort(-rates, axis=1, kind="stable")
     rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(rates.shape[1])[None, :].repeat(rates.shape[0], 0), axis=1)
-    top_k = rank < k
-    too_few = keep.sum(axis=1, keepdims=True) < k
-    return np.where(too_few, top_k, keep)
+    np.put_along_axis(rank, order, np.broadcast_to(np.arange(rates.shape[1]), rates.shape).copy(), axis=1)
+    return np.where((counts < min_req)[:, None], rank < k, keep)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +74,12 @@ class Moda:
     def decompose(self, model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
                   num_classes: int) -> Decomposition:
         """Per-class unit masks from activation frequency on the (unaugmented) training samples."""
+        if num_classes != model.num_classes:
+            raise ValueError(f"num_classes is {num_classes} but the model has {model.num_classes} classes")
+        check_labels(np.asarray(y), num_classes)
+        missing = np.flatnonzero(np.bincount(np.asarray(y), minlength=num_classes) == 0).tolist()
+        if missing:
+            raise ValueError(f"classes {missing} have no samples to decompose from")
         counts, totals = class_activation_counts(model, variables, x, y, num_classes, self.batch_size)
         rates = activation_rates(counts, totals)
         masks = {name: threshold_with_floor(r, self.tau, self.min_unit_fraction) for name, r in rates.items()}

@@ -78,6 +78,25 @@ def check_input_shape(model: nn.Module, input_shape: tuple[int, ...]) -> None:
         raise ValueError(f"{type(model).__name__} maps inputs of shape {shape} to {out.shape}, not logits")
 
 
+def check_inputs(model: nn.Module, variables: Any, x: Any) -> None:
+    """``ValueError`` naming the problem when the batch ``x`` does not fit ``model`` and ``variables``.
+
+    Unlike :func:`check_input_shape` this also catches inputs that the trained weights do not take
+    (e.g. 32x32 images for an MLP trained on 28x28), by tracing one sample abstractly.
+    """
+    shape = tuple(getattr(x, "shape", ()))
+    if len(shape) < 2 or shape[0] == 0:
+        raise ValueError(f"expected a non-empty batch of samples, got an array of shape {shape}")
+    sample = jax.ShapeDtypeStruct((1, *shape[1:]), jnp.float32)
+    try:
+        out = jax.eval_shape(lambda v, xb: model.apply(v, xb), variables, sample)
+    except Exception as err:  # noqa: BLE001 - any failure to trace means the input does not fit
+        raise ValueError(f"{type(model).__name__} with these variables does not take samples of shape "
+                         f"{shape[1:]}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+    if getattr(out, "shape", None) != (1, model.num_classes):
+        raise ValueError(f"{type(model).__name__} maps samples of shape {shape[1:]} to {getattr(out, 'shape', out)}")
+
+
 __all__ = [
     "ACTIVATIONS",
     "INDEX_MAPS",
@@ -89,6 +108,7 @@ __all__ = [
     "VGG",
     "available_models",
     "check_input_shape",
+    "check_inputs",
     "create_model",
     "gather_units",
     "model_config",

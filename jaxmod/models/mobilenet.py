@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmod.models.layers import batch_norm, scaled
 from jaxmod.taps import gather_units, tap, width_of
 from jaxmod.topology import IndexMapSpec, TopologySpec, UnitGroup, conv_out, dense_out, kernel_in
 
@@ -28,10 +29,6 @@ MOBILENET_CIFAR_BLOCKS: tuple[tuple[int, int], ...] = (
 )
 
 
-def _bn(train: bool, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
-
-
 class DepthwiseSeparable(nn.Module):
     """dw3x3-BN-ReLU (tap ``dw_relu``), then pw1x1-BN-ReLU (tap ``pw_relu``).
 
@@ -50,9 +47,9 @@ class DepthwiseSeparable(nn.Module):
         x = nn.Conv(
             self.dw_width, (3, 3), s, padding=1, feature_group_count=self.dw_width, use_bias=False, name="dw_conv"
         )(x)
-        x = tap(self, "dw_relu", nn.relu(_bn(train, "dw_bn")(x)))
+        x = tap(self, "dw_relu", nn.relu(batch_norm(train, "dw_bn")(x)))
         x = nn.Conv(self.pw_width, (1, 1), use_bias=False, name="pw_conv")(x)
-        return tap(self, "pw_relu", nn.relu(_bn(train, "pw_bn")(x)))
+        return tap(self, "pw_relu", nn.relu(batch_norm(train, "pw_bn")(x)))
 
 
 class MobileNet(nn.Module):
@@ -73,18 +70,15 @@ class MobileNet(nn.Module):
     blocks: tuple[tuple[int, int], ...] = MOBILENET_CIFAR_BLOCKS
     width_multiplier: float = 1.0
 
-    def _width(self, width: int) -> int:
-        return max(1, int(width * self.width_multiplier))
-
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         w = lambda name, default: width_of(self.widths, name, default)  # noqa: E731
-        full = self._width(self.stem_width)
+        full = scaled(self.stem_width, self.width_multiplier)
         x = nn.Conv(w("stem_relu", full), (3, 3), padding=1, use_bias=False, name="stem_conv")(x)
-        x = tap(self, "stem_relu", nn.relu(_bn(train, "stem_bn")(x)))
+        x = tap(self, "stem_relu", nn.relu(batch_norm(train, "stem_bn")(x)))
         for i, (pw, stride) in enumerate(self.blocks, start=1):
             name = f"block{i}"
-            pw_full = self._width(pw)
+            pw_full = scaled(pw, self.width_multiplier)
             x = DepthwiseSeparable(
                 dw_width=w(f"{name}/dw_relu", full), pw_width=w(f"{name}/pw_relu", pw_full), stride=stride, name=name
             )(x, train)

@@ -6,16 +6,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmod.models.layers import batch_norm, scaled
 from jaxmod.taps import gather_units, tap, width_of
 from jaxmod.topology import IndexMapSpec, LeafAxis, TopologySpec, UnitGroup, conv_out, dense_out, kernel_in
-
-
-def _scaled(width: int, multiplier: float) -> int:
-    return max(1, int(width * multiplier))
-
-
-def _bn(train: bool, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
 
 
 class BasicBlock(nn.Module):
@@ -39,15 +32,15 @@ class BasicBlock(nn.Module):
         s = (self.stride, self.stride)
         h = nn.Conv(self.width1, (3, 3), s, padding=1, use_bias=not self.use_bn, name="conv1")(x)
         if self.use_bn:
-            h = _bn(train, "bn1")(h)
+            h = batch_norm(train, "bn1")(h)
         h = tap(self, "relu1", nn.relu(h))
         h = nn.Conv(self.width2, (3, 3), padding=1, use_bias=not self.use_bn, name="conv2")(h)
         if self.use_bn:
-            h = _bn(train, "bn2")(h)
+            h = batch_norm(train, "bn2")(h)
         if self.project:
             short = nn.Conv(self.width2, (1, 1), s, padding=0, use_bias=not self.use_bn, name="proj_conv")(x)
             if self.use_bn:
-                short = _bn(train, "proj_bn")(short)
+                short = batch_norm(train, "proj_bn")(short)
         else:
             short = gather_units(self, "shortcut", x)
         return tap(self, "relu2", nn.relu(h + short))
@@ -83,9 +76,9 @@ class ResNet(nn.Module):
     def _plan(self) -> list[tuple[str, int, int, int, bool]]:
         """(block name, full input width, full output width, stride, projection) per block."""
         plan = []
-        in_width = _scaled(self.stem_width, self.width_multiplier)
+        in_width = scaled(self.stem_width, self.width_multiplier)
         for s, (n, width) in enumerate(zip(self.stage_sizes, self.stage_widths, strict=True), start=1):
-            out_width = _scaled(width, self.width_multiplier)
+            out_width = scaled(width, self.width_multiplier)
             for b in range(n):
                 stride = 2 if (b == 0 and s > 1) else 1
                 plan.append((f"stage{s}_block{b}", in_width, out_width, stride, stride != 1 or in_width != out_width))
@@ -97,10 +90,10 @@ class ResNet(nn.Module):
         if len(self.stage_sizes) != len(self.stage_widths):
             raise ValueError(f"ResNet: {len(self.stage_sizes)} stage sizes but {len(self.stage_widths)} stage widths")
         w = lambda name, default: width_of(self.widths, name, default)  # noqa: E731
-        stem = _scaled(self.stem_width, self.width_multiplier)
+        stem = scaled(self.stem_width, self.width_multiplier)
         x = nn.Conv(w("stem_relu", stem), (3, 3), padding=1, use_bias=not self.use_bn, name="stem_conv")(x)
         if self.use_bn:
-            x = _bn(train, "stem_bn")(x)
+            x = batch_norm(train, "stem_bn")(x)
         x = tap(self, "stem_relu", nn.relu(x))
         for name, _, out_width, stride, project in self._plan():
             block = BasicBlock(

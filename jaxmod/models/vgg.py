@@ -5,16 +5,12 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from jaxmod.models.layers import batch_norm, scaled
 from jaxmod.taps import tap, width_of
 from jaxmod.topology import TopologySpec, UnitGroup, conv_out, dense_out, kernel_in
 
 VGG16_STAGES: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 VGG_NARROW_STAGES: tuple[tuple[int, ...], ...] = ((32, 32), (64, 64), (128, 128))
-
-
-def scaled(width: int, multiplier: float) -> int:
-    """``width`` scaled by a width multiplier, at least one unit."""
-    return max(1, int(width * multiplier))
 
 
 class VGG(nn.Module):
@@ -53,7 +49,7 @@ class VGG(nn.Module):
                 width = width_of(self.widths, group, scaled(default, self.width_multiplier))
                 x = nn.Conv(width, (3, 3), padding=1, use_bias=not self.use_bn, name=f"conv{i}")(x)
                 if self.use_bn:
-                    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=f"bn{i}")(x)
+                    x = batch_norm(train, f"bn{i}")(x)
                 x = tap(self, group, nn.relu(x))
             if x.shape[1] < 2 or x.shape[2] < 2:
                 raise ValueError(
