@@ -60,10 +60,15 @@ def module_statistics(stacked: MaskTree, total: int, always_kept: int = 0) -> di
     keeps but the masks do not list (leaves no unit indexes). Sizes and overlaps are fractions of
     ``total`` (MODA's module size and overlap); ``jaccard[i, j] = |A & B| / |A | B|``.
     """
+    return statistics_from_intersections(pairwise_intersections(stacked) + always_kept, total)
+
+
+def statistics_from_intersections(inter: np.ndarray, total: int) -> dict[str, np.ndarray]:
+    """Sizes, overlaps (fractions of ``total``) and Jaccard indices from ``I[i, j] = |A_i & A_j|``."""
     if total <= 0:
         raise ValueError(f"total weight count must be positive, got {total}")
-    inter = pairwise_intersections(stacked) + always_kept
-    sizes = np.diag(inter).astype(np.int64)
+    inter = np.asarray(inter, np.int64)
+    sizes = np.diag(inter)
     union_counts = sizes[:, None] + sizes[None, :] - inter
     return {
         "sizes": sizes / total,

@@ -19,12 +19,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 from jax.extend.core import ClosedJaxpr, Jaxpr
 from matplotlib.figure import Figure
 
 from jaxmod import masks as mask_algebra
-from jaxmod.topology import Topology, parameter_masks
+from jaxmod.topology import Topology, module_intersections
 
 __all__ = [
     "accuracy_counts",
@@ -578,20 +577,6 @@ def markdown_table(
 # ---------------------------------------------------------------------------
 
 
-def stacked_parameter_masks(topology: Topology, unit_masks: Mapping[str, Any]) -> dict:
-    """Each class's module as a parameter mask, stacked: class c keeps its units and logit c."""
-    num_classes = topology.num_classes
-    masks = {k: jnp.asarray(v, bool) for k, v in unit_masks.items()}
-    classes = jnp.eye(num_classes, dtype=bool)
-    return jax.vmap(lambda keep, cls: parameter_masks(topology, keep, cls))(masks, classes)
-
-
-def unindexed_parameter_count(topology: Topology, params: Mapping[str, Any]) -> int:
-    """Weights in ``params`` leaves no unit group indexes: every module keeps them."""
-    flat = traverse_util.flatten_dict(dict(params))
-    return int(sum(np.size(v) for path, v in flat.items() if ("params", path) not in topology.leaf_shapes))
-
-
 def module_metrics(topology: Topology, unit_masks: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
     """Module sizes, overlaps and Jaccard indices (fractions of the full model's weights).
 
@@ -599,8 +584,7 @@ def module_metrics(topology: Topology, unit_masks: Mapping[str, Any], params: Ma
     the pairwise ``overlap`` and ``jaccard`` matrices, plus their means over modules / pairs.
     """
     total = int(sum(np.size(v) for v in jax.tree.leaves(params)))
-    stats = mask_algebra.module_statistics(stacked_parameter_masks(topology, unit_masks), total,
-                                           unindexed_parameter_count(topology, params))
+    stats = mask_algebra.statistics_from_intersections(module_intersections(topology, unit_masks), total)
     return {
         **stats,
         "mean_size": float(np.mean(stats["sizes"])),

@@ -85,6 +85,7 @@ class Topology:
     leaf_shapes: Mapping[LeafKey, tuple[int, ...]]
     num_classes: int
     input_shape: tuple[int, ...]
+    variable_shapes: Mapping[LeafKey, tuple[int, ...]] = dataclasses.field(default_factory=dict)
 
     @property
     def group_names(self) -> tuple[str, ...]:
@@ -190,7 +191,8 @@ def _resolve_topology(model: nn.Module, input_shape: tuple[int, ...]) -> Topolog
     for im in spec.index_maps:
         if im.source not in sizes or im.target not in sizes:
             raise ValueError(f"index map {im.name!r} names an unknown group")
-    return Topology(spec, sizes, leaf_shapes, num_classes, tuple(int(d) for d in input_shape))
+    return Topology(spec, sizes, leaf_shapes, num_classes, tuple(int(d) for d in input_shape),
+                    {k: tuple(v) for k, v in flat_vars.items()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,6 +264,36 @@ def parameter_masks(topology: Topology, keep: Mapping[str, Any], classes: Any, c
             mask = mask & vec.reshape([-1 if a == axis else 1 for a in range(len(shape))])
         flat[path] = mask
     return traverse_util.unflatten_dict(flat)
+
+
+def module_intersections(topology: Topology, unit_masks: Mapping[str, Any], collection: str = "params") -> np.ndarray:
+    """``I[i, j]``: weights of ``collection`` kept by both class i's and class j's module.
+
+    Module c keeps its units (``unit_masks[g][c]``) and logit c. A leaf's mask is an outer product of
+    per-axis vectors, so the intersection of two modules on it is the product over its axes of the
+    per-axis intersections: one ``K K^T`` Gram matrix per unit group, never a parameter mask per
+    class (which for VGG16 and 100 classes would take gigabytes). Leaves no group indexes count whole.
+    """
+    c = topology.num_classes
+    if set(unit_masks) != set(topology.sizes):
+        raise ValueError(f"unit mask groups {sorted(unit_masks)} differ from the model's {sorted(topology.sizes)}")
+    for name, size in topology.sizes.items():
+        if np.shape(unit_masks[name]) != (c, size):
+            raise ValueError(f"unit masks for {name!r} have shape {np.shape(unit_masks[name])}, expected ({c}, {size})")
+    grams = {g: (lambda k: k @ k.T)(np.asarray(m, np.int64)) for g, m in unit_masks.items()}
+    grams[OUTPUT] = np.eye(c, dtype=np.int64)
+    table = topology.leaf_axes()
+    total = np.zeros((c, c), np.int64)
+    for (col, path), shape in topology.variable_shapes.items():
+        if col != collection:
+            continue
+        axes = dict(table.get((col, path), []))
+        inter = np.full((c, c), int(np.prod([d for a, d in enumerate(shape) if a not in axes], dtype=np.int64)))
+        for axis, name in axes.items():
+            size = c if name == OUTPUT else topology.sizes[name]
+            inter = inter * grams[name] * (shape[axis] // size)
+        total += inter
+    return total
 
 
 def unit_mask_variables(topology: Topology, keep: Mapping[str, Any]) -> dict:

@@ -10,11 +10,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
-from jaxmod import checkpoint, compose, metrics, models
+from jaxmod import checkpoint, compose, masks, metrics, models
 from jaxmod.activations import predict_logits
 from jaxmod.modules import ModuleMetadata, ModuleSet
-from jaxmod.topology import count_parameters, parameter_masks, resolve_topology, unit_mask_variables
+from jaxmod.topology import (
+    count_parameters,
+    module_intersections,
+    parameter_masks,
+    resolve_topology,
+    unit_mask_variables,
+)
 
 SHAPE = (28, 28, 1)
 
@@ -85,6 +92,17 @@ def test_module_metrics_match_sliced_sizes(name, config):
     union = stats["sizes"][0] + stats["sizes"][5] - stats["overlap"][0, 5]
     assert count_parameters(pair.variables) / total >= union - 1e-12
     np.testing.assert_allclose(stats["jaccard"][0, 5], stats["overlap"][0, 5] / union)
+
+
+@pytest.mark.parametrize("name, config", [("lenet5", {}), ("resnet20", {"width_multiplier": 0.5})])
+def test_factored_intersections_equal_materialised_masks(name, config):
+    _, topo, modules, variables = _random_modules(name, **config)
+    stacked = jax.vmap(lambda keep, cls: parameter_masks(topo, keep, cls))(
+        {g: jnp.asarray(m) for g, m in modules.masks.items()}, jnp.eye(10, dtype=bool))
+    unindexed = sum(np.size(v) for path, v in traverse_util.flatten_dict(variables["params"]).items()
+                    if ("params", path) not in topo.leaf_shapes)
+    np.testing.assert_array_equal(module_intersections(topo, modules.masks),
+                                  masks.pairwise_intersections(stacked) + unindexed)
 
 
 @pytest.mark.parametrize("classes, message", [([], "empty"), ([1, 11], "unknown"), ([2, 2], "repeats"),
