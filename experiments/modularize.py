@@ -150,12 +150,8 @@ def run(workdir: str) -> dict[str, Any]:
     subtasks = compose.sample_subtasks(dataset.num_classes, FLAGS.num_subtasks, min_size=FLAGS.min_subtask_classes,
                                        max_size=FLAGS.max_subtask_classes, seed=FLAGS.seed)
     topology = resolve_topology(model, dataset.input_shape)
-    if len(dataset.train.x) < config.batch_size:
-        raise ValueError(f"the training split has {len(dataset.train.x)} samples, fewer than one batch of "
-                         f"{config.batch_size}")
-    missing = np.flatnonzero(np.bincount(dataset.train.y, minlength=dataset.num_classes) == 0).tolist()
-    if missing:
-        raise ValueError(f"classes {missing} have no training samples (raise --train_limit)")
+    # Decomposition needs every class; find out before training rather than after.
+    data.check_every_class_present(dataset.train.y, dataset.num_classes, "training samples (raise --train_limit)")
 
     run_info = {"model": FLAGS.model, "model_config": models.model_config(model), "dataset": FLAGS.dataset,
                 "train_samples": len(dataset.train.x), "val_fraction": FLAGS.val_fraction}

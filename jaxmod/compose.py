@@ -87,7 +87,7 @@ def sample_subtasks(num_classes: int, count: int, *, min_size: int = 2, max_size
 def subtask_samples(y: np.ndarray, classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the samples of ``classes`` and their labels as positions in ``classes``."""
     y = np.asarray(y)
-    classes = check_class_list(classes, range(max(classes, default=0) + 1) if len(classes) else ())
+    classes = check_class_list(classes, None)
     if y.size == 0 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
         raise ValueError("labels must be a non-empty array of non-negative integers")
     lookup = np.full(max(int(y.max()), max(classes)) + 1, -1, np.int64)

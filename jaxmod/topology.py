@@ -199,8 +199,8 @@ def _resolve_topology(model: nn.Module, input_shape: tuple[int, ...]) -> Topolog
 # Checking a choice of units and classes.
 
 
-def check_keep(topology: Topology, keep: Mapping[str, Any]) -> None:
-    """ValueError unless ``keep`` has a bool vector of the right length for every group."""
+def check_keep(topology: Topology, keep: Mapping[str, Any], rows: tuple[int, ...] = ()) -> None:
+    """ValueError unless ``keep`` has a ``rows + (units,)`` array for every group (a vector by default)."""
     missing = set(topology.sizes) - set(keep)
     extra = set(keep) - set(topology.sizes)
     if missing or extra:
@@ -209,12 +209,15 @@ def check_keep(topology: Topology, keep: Mapping[str, Any]) -> None:
         )
     for name, size in topology.sizes.items():
         shape = np.shape(keep[name])
-        if shape != (size,):
-            raise ValueError(f"unit mask for {name!r} has shape {shape}, expected ({size},)")
+        if shape != (*rows, size):
+            raise ValueError(f"unit mask for {name!r} has shape {shape}, expected {(*rows, size)}")
 
 
-def check_class_list(classes: Any, available: Sequence[int]) -> tuple[int, ...]:
-    """The class list as a tuple of ints; ``ValueError`` if empty, not integers, repeated or unknown."""
+def check_class_list(classes: Any, available: Sequence[int] | None) -> tuple[int, ...]:
+    """The class list as a tuple of ints; ``ValueError`` if empty, not integers, repeated or unknown.
+
+    ``available=None`` accepts any non-negative class.
+    """
     values = np.asarray(list(classes) if not isinstance(classes, np.ndarray) else classes).reshape(-1)
     if values.size == 0:
         raise ValueError("the class list is empty")
@@ -223,9 +226,13 @@ def check_class_list(classes: Any, available: Sequence[int]) -> tuple[int, ...]:
     out = tuple(int(c) for c in values)
     if len(set(out)) != len(out):
         raise ValueError(f"the class list {list(out)} repeats a class")
-    unknown = [c for c in out if c not in set(int(a) for a in available)]
+    if available is None:
+        unknown = [c for c in out if c < 0]
+    else:
+        unknown = [c for c in out if c not in set(int(a) for a in available)]
     if unknown:
-        raise ValueError(f"unknown classes {unknown}: available classes are {list(available)}")
+        known = "non-negative integers" if available is None else list(available)
+        raise ValueError(f"unknown classes {unknown}: available classes are {known}")
     return out
 
 
@@ -275,12 +282,11 @@ def module_intersections(topology: Topology, unit_masks: Mapping[str, Any], coll
     class (which for VGG16 and 100 classes would take gigabytes). Leaves no group indexes count whole.
     """
     c = topology.num_classes
-    if set(unit_masks) != set(topology.sizes):
-        raise ValueError(f"unit mask groups {sorted(unit_masks)} differ from the model's {sorted(topology.sizes)}")
-    for name, size in topology.sizes.items():
-        if np.shape(unit_masks[name]) != (c, size):
-            raise ValueError(f"unit masks for {name!r} have shape {np.shape(unit_masks[name])}, expected ({c}, {size})")
-    grams = {g: (lambda k: k @ k.T)(np.asarray(m, np.int64)) for g, m in unit_masks.items()}
+    check_keep(topology, unit_masks, rows=(c,))
+    grams = {}
+    for g, m in unit_masks.items():
+        k = np.asarray(m, np.int64)
+        grams[g] = k @ k.T
     grams[OUTPUT] = np.eye(c, dtype=np.int64)
     table = topology.leaf_axes()
     total = np.zeros((c, c), np.int64)
@@ -322,7 +328,6 @@ def slice_variables(
     """
     check_keep(topology, keep)
     class_order = np.asarray(check_class_list(classes, range(topology.num_classes)))
-    class_vec = None
     keep_np = {k: np.asarray(v, bool) for k, v in keep.items()}
     empty = [name for name, vec in keep_np.items() if not vec.any()]
     if empty:
@@ -339,7 +344,7 @@ def slice_variables(
                 if name == OUTPUT:  # the classes, in the order asked for
                     leaf = np.take(leaf, class_order, axis=axis)
                     continue
-                vec = _axis_vector(topology, (col, path), axis, name, keep_np, class_vec, np)
+                vec = _axis_vector(topology, (col, path), axis, name, keep_np, None, np)
                 leaf = np.compress(vec, leaf, axis=axis)
             flat[path] = jax.device_put(leaf)
         out[col] = traverse_util.unflatten_dict(flat)

@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxmod.activations import activation_rates, class_activation_counts
 from jaxmod.approaches.base import Decomposition
-from jaxmod.data import check_labels
+from jaxmod.data import check_every_class_present, check_labels
 from jaxmod.losses import LossFn, moda_loss
 
 
@@ -77,9 +77,7 @@ class Moda:
         if num_classes != model.num_classes:
             raise ValueError(f"num_classes is {num_classes} but the model has {model.num_classes} classes")
         check_labels(np.asarray(y), num_classes)
-        missing = np.flatnonzero(np.bincount(np.asarray(y), minlength=num_classes) == 0).tolist()
-        if missing:
-            raise ValueError(f"classes {missing} have no samples to decompose from")
+        check_every_class_present(y, num_classes, "samples to decompose from")
         counts, totals = class_activation_counts(model, variables, x, y, num_classes, self.batch_size)
         rates = activation_rates(counts, totals)
         masks = {name: threshold_with_floor(r, self.tau, self.min_unit_fraction) for name, r in rates.items()}

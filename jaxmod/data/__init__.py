@@ -10,7 +10,7 @@ Prefetch with `python -m jaxmod.data.fetch mnist fashion_mnist`; the cache lives
 
 from jaxmod.data.batching import batch_iterator, epoch_seed, num_batches
 from jaxmod.data.core import SPLIT_NAMES, Dataset, Split, load_dataset
-from jaxmod.data.raw import DataCheckError, check_labels
+from jaxmod.data.raw import DataCheckError, check_every_class_present, check_labels
 from jaxmod.data.registry import DATASET_NAMES, SOURCES
 from jaxmod.data.sources import DatasetUnavailableError, cache_dir
 
@@ -24,6 +24,7 @@ __all__ = [
     "Split",
     "batch_iterator",
     "cache_dir",
+    "check_every_class_present",
     "check_labels",
     "epoch_seed",
     "load_dataset",

@@ -67,6 +67,13 @@ def check_labels(y: np.ndarray, num_classes: int) -> None:
         )
 
 
+def check_every_class_present(y: np.ndarray, num_classes: int, what: str = "samples") -> None:
+    """Raise ValueError naming the classes in [0, num_classes) that have no label in `y`."""
+    missing = np.flatnonzero(np.bincount(np.asarray(y), minlength=num_classes)[:num_classes] == 0).tolist()
+    if missing:
+        raise ValueError(f"classes {missing} have no {what}")
+
+
 def check_raw(
     raw: RawData,
     *,
