@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 from jaxmod.approaches.base import Approach, Decomposition
 from jaxmod.approaches.moda import Moda, threshold_with_floor
 
-_APPROACHES: dict[str, Callable[..., Approach]] = {"moda": Moda}
+# A factory, or "module:attribute" imported on first use (keeps heavy approaches out of import time).
+_APPROACHES: dict[str, Callable[..., Approach] | str] = {
+    "moda": Moda,
+    "mwt": "jaxmod.approaches.mwt:MwT",
+    "concern": "jaxmod.approaches.concern:Concern",
+    "rnn": "jaxmod.approaches.rnn:RnnDecomposition",
+    "supermask": "jaxmod.approaches.supermask:Supermask",
+}
+
+
+def _factory(name: str) -> Callable[..., Approach]:
+    factory = _APPROACHES[name]
+    if isinstance(factory, str):
+        module, attribute = factory.split(":")
+        factory = _APPROACHES[name] = getattr(importlib.import_module(module), attribute)
+    return factory
 
 
 def register_approach(name: str, factory: Callable[..., Approach]) -> None:
@@ -25,7 +41,7 @@ def create_approach(name: str, **options: Any) -> Approach:
     if name not in _APPROACHES:
         raise ValueError(f"unknown approach {name!r}; available: {', '.join(available_approaches())}")
     try:
-        return _APPROACHES[name](**options)
+        return _factory(name)(**options)
     except TypeError as err:
         raise ValueError(f"bad options {options} for approach {name!r}: {err}") from err
 

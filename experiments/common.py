@@ -1,0 +1,148 @@
+"""Pieces every experiment runner shares: flag parsing helpers, timing, atomic JSON, the results schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxmod import data, metrics, train
+from jaxmod.modules import as_hashable
+
+# Every approach's results.json has these top-level keys (post-training approaches repeat the
+# standard model under "modular"); approach-specific figures go under the same sections as extra keys.
+RESULTS_SCHEMA: dict[str, tuple[str, ...]] = {
+    "approach": (), "model": (), "dataset": (), "seed": (), "num_classes": (), "config": (),
+    "standard": ("test_accuracy",),
+    "modular": ("test_accuracy",),
+    "composed": ("test_accuracy",),
+    "modules": ("mean_size", "mean_jaccard"),
+    "reuse": ("subtasks", "mean_accuracy", "mean_standard_accuracy"),
+    "timing": ("decompose_seconds",),
+    "backend": (),
+}
+
+
+def check_results(results: Mapping[str, Any]) -> None:
+    """``ValueError`` naming the first key of the common schema a results dict lacks."""
+    for key, subkeys in RESULTS_SCHEMA.items():
+        if key not in results:
+            raise ValueError(f"results lack the common key {key!r}")
+        for sub in subkeys:
+            if sub not in results[key]:
+                raise ValueError(f"results[{key!r}] lacks {sub!r}")
+
+
+def parse_json_object(text: str, flag: str) -> dict[str, Any]:
+    """A flag holding a JSON object, as a hashable mapping; ``ValueError`` otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--{flag} is not JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise ValueError(f"--{flag} must be a JSON object, got {text!r}")
+    return as_hashable(value)
+
+
+def option(value: Any, default: Any) -> Any:
+    """A shared flag left unset (``None``) takes the approach's own default."""
+    return default if value is None else value
+
+
+def step_times(model, data_: data.Dataset, loss_fns: Mapping[str, Any], config: train.TrainConfig,
+               repeats: int) -> dict[str, float]:
+    """Median jitted train-step time (ms) per loss on the same batch, interleaved to share noise."""
+    steps_per_epoch = data.num_batches(len(data_.train.x), config.batch_size, drop_remainder=True)
+    optimizer = train.make_optimizer(config, steps_per_epoch)
+    state = train.init_state(model, data_.input_shape, optimizer, config.seed)
+    x, y = data_.train.x[: config.batch_size], data_.train.y[: config.batch_size]
+    fns = {k: train.make_train_step(model, optimizer, fn) for k, fn in loss_fns.items()}
+    rounds = {k: [] for k in fns}
+    for _ in range(5):
+        for k, fn in fns.items():
+            rounds[k].append(train.benchmark_step(fn, state, x, y, repeats=max(1, repeats // 5)))
+    return {k: statistics.median(v) for k, v in rounds.items()}
+
+
+def timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """(result, seconds) of a call whose jitted work is compiled already (second call timed)."""
+    jax.block_until_ready(fn(*args, **kwargs))
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args, **kwargs))
+    return out, time.perf_counter() - start
+
+
+def timed_decompose(approach: Any, model: Any, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
+                    num_classes: int) -> tuple[Any, float]:
+    """Decompose twice (the first call compiles) and time the second."""
+    approach.decompose(model, variables, x, y, num_classes)
+    start = time.perf_counter()
+    out = approach.decompose(model, variables, x, y, num_classes)
+    jax.block_until_ready(jax.tree.leaves(out.masks))
+    return out, time.perf_counter() - start
+
+
+def write_json_atomic(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:
+    """Write JSON through a temporary file and a rename: a reader never sees half a file."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2, default=_json_default)
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value)}")
+
+
+def _dig(results: Mapping[str, Any], path: Sequence[str]) -> Any:
+    for key in path:
+        if not isinstance(results, Mapping) or key not in results:
+            return None
+        results = results[key]
+    return results
+
+
+# (label, path into results.json); rows whose value a run lacks are left out of the table.
+SUMMARY_ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("standard test accuracy", ("standard", "test_accuracy")),
+    ("modular test accuracy", ("modular", "test_accuracy")),
+    ("composed (all classes) accuracy", ("composed", "test_accuracy")),
+    ("composed (all classes) top-5", ("composed", "test_top5")),
+    ("mean module size", ("modules", "mean_size")),
+    ("mean module overlap", ("modules", "mean_overlap")),
+    ("mean Jaccard index", ("modules", "mean_jaccard")),
+    ("reuse accuracy", ("reuse", "mean_accuracy")),
+    ("standard accuracy, same sub-tasks", ("reuse", "mean_standard_accuracy")),
+    ("mean composed size", ("reuse", "mean_composed_size")),
+    ("mean composed FLOPs", ("reuse", "mean_composed_flops")),
+    ("standard step (ms)", ("timing", "standard_step_ms")),
+    ("modular step (ms)", ("timing", "modular_step_ms")),
+    ("decompose (s)", ("timing", "decompose_seconds")),
+    ("inference, same samples (s)", ("timing", "inference_seconds")),
+)
+
+
+def summary(results: Mapping[str, Any], extra_rows: Sequence[tuple[str, tuple[str, ...]]] = ()) -> str:
+    """The readable end-of-run table: the common figures, then the approach's own."""
+    rows = []
+    for label, path in (*SUMMARY_ROWS, *extra_rows):
+        value = _dig(results, path)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            rows.append({"metric": label, "value": value})
+    std, mod = _dig(results, ("timing", "standard_step_ms")), _dig(results, ("timing", "modular_step_ms"))
+    if std and mod:
+        rows.append({"metric": "modular / standard step", "value": mod / std})
+    return metrics.summary_table(rows)

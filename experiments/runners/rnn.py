@@ -1,0 +1,9 @@
+"""Runner of the rnn approach (being built: see its issue)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def run(workdir: str) -> dict[str, Any]:
+    raise ValueError("--approach=rnn is not built yet")
