@@ -536,8 +536,10 @@ def save_modules(directory: PathLike, modules: ModuleSet, variables: Mapping[str
         "library_version": jaxmod.__version__,
         "modules": _json_metadata(modules.metadata.to_json(), "module metadata"),
     }
-    save_tree(directory, {"masks": _nest_group_names(modules), "variables": variables}, metadata,
-              overwrite=overwrite)
+    tree = {"masks": _nest_group_names(modules), "variables": variables}
+    if modules.heads is not None:
+        tree["heads"] = modules.heads
+    save_tree(directory, tree, metadata, overwrite=overwrite)
 
 
 def _nest_group_names(modules: ModuleSet) -> Any:
@@ -552,14 +554,14 @@ def restore_modules(directory: PathLike) -> tuple[ModuleSet, dict[str, Any]]:
     path = _path(directory)
     tree, metadata = restore_tree(path)
     _check_kind(path, metadata, "modules", ("modules",))
-    if set(tree) != {"masks", "variables"}:
-        raise ValueError(f"checkpoint {path}: expected 'masks' and 'variables', found {sorted(tree)}")
+    if set(tree) not in ({"masks", "variables"}, {"masks", "variables", "heads"}):
+        raise ValueError(f"checkpoint {path}: expected 'masks', 'variables' (and 'heads'), found {sorted(tree)}")
     try:
         module_metadata = ModuleMetadata.from_json(metadata["modules"])
         masks = tree["masks"]
         if module_metadata.granularity == "unit":
             masks = traverse_util.flatten_dict(masks, sep="/")
-        modules = ModuleSet(masks=masks, metadata=module_metadata)
+        modules = ModuleSet(masks=masks, metadata=module_metadata, heads=tree.get("heads"))
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"checkpoint {path}: invalid module set ({type(e).__name__}: {e})") from e
     return modules, tree["variables"]

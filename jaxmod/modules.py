@@ -7,7 +7,12 @@ Mask granularity:
 
 * ``"unit"``: ``{group: bool[num_modules, units]}`` over the model's unit groups (MODA, MwT,
   Pan & Rajan, Imtiaz et al.; an unrolled RNN adds a time axis);
-* ``"weight"``: a pytree shaped like ``params`` with a leading module axis (supermasks).
+* ``"weight"``: a pytree shaped like ``params`` with a leading module axis (supermasks);
+* ``"position"``: masks over conv output positions, applied to activations (Pan & Rajan's CNN method).
+
+Some methods give each module parameters of its own besides the shared, masked ones (Pan & Rajan's
+channeled output layer, the supermask grafting layer): those go in ``heads``, a pytree whose leaves
+also carry a leading module axis.
 """
 
 from __future__ import annotations
@@ -80,14 +85,18 @@ class ModuleSet:
 
     masks: Mapping[str, Any]
     metadata: ModuleMetadata
+    heads: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        rows = {np.shape(leaf)[0] for leaf in jax.tree.leaves(self.masks)}
-        if rows != {len(self.metadata.classes)}:
-            raise ValueError(
-                f"mask leaves have leading sizes {sorted(rows)}, expected one row per class "
-                f"({len(self.metadata.classes)})"
-            )
+        for what, tree in (("mask", self.masks), ("head", self.heads or {})):
+            rows = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in jax.tree.leaves(tree)}
+            if what == "mask" and not rows:
+                raise ValueError("a module set needs at least one mask leaf")
+            if rows and rows != {len(self.metadata.classes)}:
+                raise ValueError(
+                    f"{what} leaves have leading sizes {sorted(rows, key=str)}, expected one row per class "
+                    f"({len(self.metadata.classes)})"
+                )
 
     def row(self, cls: int) -> int:
         """Position of class ``cls``'s module in the mask leaves."""
@@ -100,6 +109,11 @@ class ModuleSet:
         i = self.row(cls)
         return jax.tree.map(lambda m: m[i], self.masks)
 
+    def head(self, cls: int) -> Any:
+        """The module-specific parameters of one class's module (``None`` if the method has none)."""
+        i = self.row(cls)
+        return None if self.heads is None else jax.tree.map(lambda h: h[i], self.heads)
+
     def union(self, classes: Sequence[int]) -> Any:
         """The OR of the chosen classes' modules: what a composed model for them must keep."""
         rows = [self.row(c) for c in check_class_list(classes, self.metadata.classes)]
@@ -107,8 +121,8 @@ class ModuleSet:
 
 
 def module_set(masks: Mapping[str, Any], *, approach: str, model_name: str, model: Any, dataset: str,
-               input_shape: Sequence[int], granularity: str = "unit", extra: Mapping[str, Any] | None = None
-               ) -> ModuleSet:
+               input_shape: Sequence[int], granularity: str = "unit", extra: Mapping[str, Any] | None = None,
+               heads: Mapping[str, Any] | None = None) -> ModuleSet:
     """A module set for every class of ``model`` (built as ``create_model(model_name, ...)``)."""
     from jaxmod.models import model_config  # models do not depend on modules; keep it that way
 
@@ -116,7 +130,7 @@ def module_set(masks: Mapping[str, Any], *, approach: str, model_name: str, mode
                           dataset=dataset, input_shape=tuple(int(d) for d in input_shape),
                           num_classes=int(model.num_classes), classes=tuple(range(int(model.num_classes))),
                           granularity=granularity, extra=dict(extra or {}))
-    return ModuleSet(masks, meta)
+    return ModuleSet(masks, meta, heads)
 
 
 def json_normal(value: Any) -> Any:

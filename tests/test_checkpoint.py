@@ -314,6 +314,20 @@ def test_modules_round_trip_is_self_contained(tmp_path):
     check_compatible(restored.metadata, model_name="dense", model_config=MODEL_CONFIG, input_shape=(6,), num_classes=3)
 
 
+def test_module_heads_round_trip_and_are_checked(tmp_path):
+    base = _module_set()
+    heads = {"out": {"kernel": np.arange(3 * 4 * 2, dtype=np.float32).reshape(3, 4, 2),
+                     "bias": np.ones((3, 2), np.float32)}}
+    modules = ModuleSet(base.masks, base.metadata, heads)
+    save_modules(tmp_path / "modules", modules, _variables())
+    restored, _ = restore_modules(tmp_path / "modules")
+    chex.assert_trees_all_equal(restored.heads, heads, strict=True)
+    np.testing.assert_array_equal(restored.head(2)["out"]["kernel"], heads["out"]["kernel"][2])
+    assert base.head(1) is None
+    with pytest.raises(ValueError, match="head leaves have leading sizes"):
+        ModuleSet(base.masks, base.metadata, {"out": np.zeros((2, 4))})
+
+
 def test_restoring_the_wrong_kind_raises(tmp_path):
     save_modules(tmp_path / "modules", _module_set(), _variables())
     save_model(tmp_path / "model", _variables(), model_name="dense", model_config=MODEL_CONFIG, dataset="mnist",

@@ -14,11 +14,13 @@ from jaxmod.losses import LossFn
 
 @dataclasses.dataclass(frozen=True)
 class Decomposition:
-    """Stacked per-class masks (row i = module of class i) and the statistics they came from."""
+    """Stacked per-class masks (row i = module of class i), module-specific parameters (``heads``,
+    same leading axis; ``None`` for methods without them) and the statistics they came from."""
 
     masks: Mapping[str, Any]
     granularity: str
     statistics: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    heads: Mapping[str, Any] | None = None
 
 
 class Approach(Protocol):
