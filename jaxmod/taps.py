@@ -6,6 +6,9 @@ through :func:`tap`. A tap does two things:
 * it applies an optional *unit mask* (variable collection ``unit_masks``), which zeroes units as
   if they had been removed from the model: the "masked full model" that physical slicing must
   reproduce exactly;
+* it applies an optional *position mask* (collection ``position_masks``, shaped like one sample's
+  activation, e.g. ``(H, W, C)``): Pan & Rajan's maps of conv outputs that stay inactive for a
+  concern act on activations, because conv weights are shared across positions;
 * it sows the activation into the ``activations`` collection, so that losses and decomposition read
   every hidden layer without side effects outside ``apply``.
 
@@ -25,6 +28,7 @@ import jax.numpy as jnp
 
 ACTIVATIONS = "activations"
 UNIT_MASKS = "unit_masks"
+POSITION_MASKS = "position_masks"
 INDEX_MAPS = "index_maps"
 
 
@@ -33,13 +37,18 @@ def _overwrite(_previous, value):
 
 
 def tap(module: nn.Module, name: str, h: jax.Array) -> jax.Array:
-    """Mask (if a unit mask is given) and sow the hidden activation ``h`` under ``name``.
+    """Mask (if a unit or position mask is given) and sow the hidden activation ``h`` under ``name``.
 
-    Units lie on the last axis of ``h``. Returns the masked activation, which the layer must use
-    as its output.
+    Units lie on the last axis of ``h``; a position mask covers ``h.shape[1:]``. Returns the
+    masked activation, which the layer must use as its output.
     """
     if module.has_variable(UNIT_MASKS, name):
         mask = module.get_variable(UNIT_MASKS, name)
+        h = h * mask.astype(h.dtype)
+    if module.has_variable(POSITION_MASKS, name):
+        mask = module.get_variable(POSITION_MASKS, name)
+        if mask.shape != h.shape[1:]:
+            raise ValueError(f"position mask for {name!r} has shape {mask.shape}, activation is {h.shape[1:]}")
         h = h * mask.astype(h.dtype)
     module.sow(ACTIVATIONS, name, h, init_fn=lambda: None, reduce_fn=_overwrite)
     return h

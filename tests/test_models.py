@@ -372,3 +372,21 @@ class WrongAxisMobileNet(MobileNet):
 def test_wrong_spec_raises(model, match):
     with pytest.raises(ValueError, match=match):
         resolve_topology(model, CIFAR)
+
+
+def test_position_masks_zero_exactly_the_masked_positions():
+    from jaxmod.models import create_model
+
+    model = create_model("lenet5", 10)
+    x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (2, 28, 28, 1)))
+    variables = model.init(jax.random.PRNGKey(1), x)
+    _, state = model.apply(variables, x, mutable=["activations"])
+    full = np.asarray(state["activations"]["conv2_relu"])  # (2, 10, 10, 16)
+    mask = np.ones(full.shape[1:], bool)
+    mask[3, 4, :] = False
+    mask[:, :, 5] = False
+    _, state = model.apply({**variables, "position_masks": {"conv2_relu": mask}}, x, mutable=["activations"])
+    masked = np.asarray(state["activations"]["conv2_relu"])
+    np.testing.assert_array_equal(masked, full * mask)
+    with pytest.raises(ValueError, match="position mask for 'conv2_relu'"):
+        model.apply({**variables, "position_masks": {"conv2_relu": mask[:5]}}, x)

@@ -1,0 +1,50 @@
+"""Voting composition on constructed module outputs."""
+
+import chex
+import numpy as np
+import pytest
+
+from jaxmod.voting import vote, vote_top_k, voting_accuracy
+
+# 3 modules x 4 samples: module i's confidence that the sample is its class.
+CONF = np.array([
+    [0.9, 0.2, 0.40, 0.1],
+    [0.8, 0.7, 0.45, 0.1],
+    [0.1, 0.6, 0.30, 0.1],
+])
+
+
+def test_most_confident_module_wins_and_ties_go_to_the_first():
+    chex.assert_trees_all_equal(np.asarray(vote(CONF)), np.array([0, 1, 1, 0]))
+    # with the modules' own class ids (a sub-task of classes 7, 2, 5)
+    chex.assert_trees_all_equal(np.asarray(vote(CONF, classes=[7, 2, 5])), np.array([7, 2, 2, 7]))
+
+
+def test_top_k_and_accuracy_by_hand():
+    chex.assert_trees_all_equal(np.asarray(vote_top_k(CONF, 2)), np.array([[0, 1], [1, 2], [1, 0], [0, 1]]))
+    labels = np.array([1, 2, 1, 2])
+    assert voting_accuracy(CONF, labels) == pytest.approx(0.25)  # only sample 2
+    assert voting_accuracy(CONF, labels, k=2) == pytest.approx(0.75)  # samples 0, 1, 2
+    assert voting_accuracy(CONF, labels, k=3) == pytest.approx(1.0)
+
+
+def test_many_output_votes_per_step_and_skip_padding():
+    conf = np.stack([CONF, CONF[::-1]], axis=-1)  # (modules, batch, time=2)
+    labels = np.array([[0, 2], [1, 0], [1, 0], [0, 0]])
+    valid = np.array([[True, True], [True, False], [True, True], [True, False]])
+    chex.assert_shape(vote(conf), (4, 2))
+    # step 0 votes as CONF (0,1,1,0): all four right; step 1 (modules reversed) votes (2,0,0,2)
+    # -> right on sample 0 only; samples 1 and 3 at step 1 are padding.
+    assert voting_accuracy(conf, labels, valid=valid) == pytest.approx(5 / 6)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: vote(np.zeros(3)), "confidences must be"),
+    (lambda: vote(CONF, classes=[0, 1]), "3 modules vote but 2 classes"),
+    (lambda: vote(CONF, classes=[0, 1, 1]), "its own class"),
+    (lambda: vote_top_k(CONF, 4), "k must be in 1..3"),
+    (lambda: voting_accuracy(CONF, np.zeros(5)), "labels have shape"),
+])
+def test_bad_inputs(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
