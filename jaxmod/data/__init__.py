@@ -13,14 +13,25 @@ from jaxmod.data.core import SPLIT_NAMES, Dataset, Split, load_dataset
 from jaxmod.data.raw import DataCheckError, check_every_class_present, check_labels
 from jaxmod.data.registry import DATASET_NAMES, SOURCES
 from jaxmod.data.sources import DatasetUnavailableError, cache_dir
+from jaxmod.data.text import (
+    SEQUENCE_DATASET_NAMES,
+    SEQUENCE_SHAPES,
+    SequenceDataset,
+    SequenceSplit,
+    load_sequence_dataset,
+)
 
 __all__ = [
     "DATASET_NAMES",
+    "SEQUENCE_DATASET_NAMES",
+    "SEQUENCE_SHAPES",
     "SOURCES",
     "SPLIT_NAMES",
     "DataCheckError",
     "Dataset",
     "DatasetUnavailableError",
+    "SequenceDataset",
+    "SequenceSplit",
     "Split",
     "batch_iterator",
     "cache_dir",
@@ -28,5 +39,6 @@ __all__ = [
     "check_labels",
     "epoch_seed",
     "load_dataset",
+    "load_sequence_dataset",
     "num_batches",
 ]

@@ -1,5 +1,8 @@
 """Prefetch datasets into the cache so later runs work offline: `python -m jaxmod.data.fetch mnist fashion_mnist`.
 
+Text datasets (`jaxmod.data.text.SEQUENCE_DATASET_NAMES`, e.g. `brown_tags translation`) fetch their pinned
+archives into `<cache>/text/`.
+
 Prints one line per dataset saying where the data came from and where it is cached; exits 1 (after
 trying every dataset asked for) if any could not be had, with the error listing the sources tried.
 """
@@ -13,6 +16,10 @@ from collections.abc import Sequence
 
 from jaxmod.data import registry
 from jaxmod.data.sources import OFFLINE_SPECS, DatasetUnavailableError, cache_dir, cache_path, load_raw
+from jaxmod.data.text import SEQUENCE_DATASET_NAMES
+from jaxmod.data.text_sources import fetch_dataset_archives
+
+ALL_NAMES: tuple[str, ...] = registry.DATASET_NAMES + SEQUENCE_DATASET_NAMES
 
 
 def fetch_one(name: str, *, source: str = "auto", data_dir: str | None = None, force: bool = False) -> str:
@@ -38,9 +45,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "datasets",
         nargs="+",
-        choices=registry.DATASET_NAMES,
+        choices=ALL_NAMES,
         metavar="DATASET",
-        help=f"one or more of: {', '.join(registry.DATASET_NAMES)}",
+        help=f"one or more of: {', '.join(ALL_NAMES)}",
     )
     parser.add_argument(
         "--source",
@@ -55,6 +62,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"cache directory: {cache_dir()} (set $JAXMOD_DATA_DIR to change)")
     failed = []
     for name in dict.fromkeys(args.datasets):
+        if name in SEQUENCE_DATASET_NAMES:
+            try:
+                print(fetch_dataset_archives(name, force=args.force), flush=True)
+            except DatasetUnavailableError as error:
+                print(f"error: {error}", file=sys.stderr)
+                failed.append(name)
+            continue
         spec = registry.get_spec(name)
         source = args.source
         if (source == "offline" and not spec.offline) or (source == "tfds" and spec.tfds_name is None):
