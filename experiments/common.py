@@ -56,17 +56,22 @@ def option(value: Any, default: Any) -> Any:
 
 
 def step_times(model, data_: data.Dataset, loss_fns: Mapping[str, Any], config: train.TrainConfig,
-               repeats: int) -> dict[str, float]:
-    """Median jitted train-step time (ms) per loss on the same batch, interleaved to share noise."""
+               repeats: int, models: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """Median jitted train-step time (ms) per loss on the same batch, interleaved to share noise.
+
+    ``models`` (loss name -> model) times a loss on another model than ``model`` (e.g. MwT's modular
+    loss on the model with its mask generators).
+    """
     steps_per_epoch = data.num_batches(len(data_.train.x), config.batch_size, drop_remainder=True)
     optimizer = train.make_optimizer(config, steps_per_epoch)
-    state = train.init_state(model, data_.input_shape, optimizer, config.seed)
+    model_of = {k: (models or {}).get(k, model) for k in loss_fns}
+    states = {k: train.init_state(m, data_.input_shape, optimizer, config.seed) for k, m in model_of.items()}
     x, y = data_.train.x[: config.batch_size], data_.train.y[: config.batch_size]
-    fns = {k: train.make_train_step(model, optimizer, fn) for k, fn in loss_fns.items()}
+    fns = {k: train.make_train_step(model_of[k], optimizer, fn) for k, fn in loss_fns.items()}
     rounds = {k: [] for k in fns}
     for _ in range(5):
         for k, fn in fns.items():
-            rounds[k].append(train.benchmark_step(fn, state, x, y, repeats=max(1, repeats // 5)))
+            rounds[k].append(train.benchmark_step(fn, states[k], x, y, repeats=max(1, repeats // 5)))
     return {k: statistics.median(v) for k, v in rounds.items()}
 
 

@@ -109,3 +109,77 @@ def moda_loss(alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.3,
         return loss, {"cross_entropy": ce, **terms}
 
     return loss_fn
+
+
+# ---------------------------------------------------------------------------------------------
+# MwT (Qi et al.): cohesion and coupling of the mask generators' per-sample kernel masks.
+
+MWT_AVERAGING = ("class", "pair")
+
+
+def mwt_layer_terms(masks: jax.Array, labels: jax.Array, averaging: str = "class") -> dict[str, jax.Array]:
+    """MwT's cohesion and coupling losses on one layer's masks ``(B, kernels)`` (values in [0, 1]).
+
+    ``averaging="class"`` is the paper's Eq. 4 and 5: cosine similarities averaged within each class
+    (pairs j < k), then over the classes; averaged over each pair of classes, then over the class
+    pairs. Only the classes in the batch count (Eq. 4 needs two samples of a class), and a batch
+    without any such class (class pair) contributes 0. With sample weights ``1 / n_class`` both
+    reduce to weighted sums over one ``(B, B)`` similarity matrix, so no class count is needed.
+    ``"pair"`` is the reference code: one mean over all same-label (different-label) pairs i < j.
+    All-zero masks have cosine 0.
+    """
+    if averaging not in MWT_AVERAGING:
+        raise ValueError(f"averaging must be one of {MWT_AVERAGING}, got {averaging!r}")
+    sim = cosine_similarity_matrix(masks)
+    if averaging == "pair":
+        same, diff = pair_masks(labels)
+        return {"cohesion": masked_mean(1.0 - sim, same), "coupling": masked_mean(sim, diff)}
+    eye = jnp.eye(labels.shape[0], dtype=bool)
+    same = labels[:, None] == labels[None, :]
+    n = jnp.sum(same, axis=1).astype(sim.dtype)  # size of each sample's class in the batch
+    w = 1.0 / n
+    # cohesion: per sample, its summed similarity to the rest of its class over n (n - 1); summing a
+    # class's samples gives the class mean; weighting by 1 / n and dividing by the class count averages
+    has_pair = n >= 2
+    row_same = jnp.sum(jnp.where(same & ~eye, sim, 0.0), axis=1) / jnp.maximum(n * (n - 1.0), 1.0)
+    classes_with_pair = jnp.sum(jnp.where(has_pair, w, 0.0))
+    mean_within = jnp.sum(jnp.where(has_pair, row_same, 0.0)) / jnp.maximum(classes_with_pair, 1.0)
+    cohesion = jnp.where(classes_with_pair > 0, 1.0 - mean_within, 0.0)
+    # coupling: sum over different-label pairs of S w_a w_b is the sum over ordered class pairs of
+    # their mean similarity; there are P (P - 1) ordered pairs of the P classes in the batch
+    classes = jnp.sum(w)
+    ordered_pairs = classes * (classes - 1.0)
+    cross = jnp.sum(jnp.where(~same, sim * w[:, None] * w[None, :], 0.0))
+    coupling = jnp.where(ordered_pairs > 0.5, cross / jnp.maximum(ordered_pairs, 1.0), 0.0)
+    return {"cohesion": cohesion, "coupling": coupling}
+
+
+def mwt_terms(activations: Mapping[str, jax.Array], labels: jax.Array,
+              averaging: str = "class") -> dict[str, jax.Array]:
+    """MwT's losses averaged over the masked layers (every ``mask@`` entry of ``activations``)."""
+    from jaxmod.taps import is_gate_name
+
+    names = [n for n in activations if is_gate_name(n)]
+    if not names:
+        raise ValueError("MwT needs a model built with mask generators (mask_generators=True); "
+                         f"no generator masks among {sorted(activations)}")
+    per_layer = [mwt_layer_terms(activations[n], labels, averaging) for n in names]
+    terms = {k: jnp.mean(jnp.stack([t[k] for t in per_layer])) for k in per_layer[0]}
+    terms["kernel_rate"] = jnp.mean(jnp.stack([jnp.mean(activations[n] > 0) for n in names]))
+    return terms
+
+
+def mwt_loss(alpha: float = 0.5, beta: float = 1.5, averaging: str = "class") -> LossFn:
+    """MwT's Eq. 6: CE + alpha cohesion + beta coupling (cohesion = 1 - mean same-class cosine)."""
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if not value >= 0:
+            raise ValueError(f"MwT weight {name} must be >= 0, got {value}")
+    if averaging not in MWT_AVERAGING:
+        raise ValueError(f"averaging must be one of {MWT_AVERAGING}, got {averaging!r}")
+
+    def loss_fn(logits, activations, labels):
+        ce = cross_entropy(logits, labels)
+        terms = mwt_terms(activations, labels, averaging)
+        return ce + alpha * terms["cohesion"] + beta * terms["coupling"], {"cross_entropy": ce, **terms}
+
+    return loss_fn

@@ -597,3 +597,224 @@ def forward_flops(model: Any, variables: Mapping[str, Any], input_shape: Sequenc
     """FLOPs of one eval-mode forward pass on a single input, counted from the jaxpr."""
     x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
     return count_flops(lambda v, xb: model.apply(v, xb), variables, x)
+
+
+# ---------------------------------------------------------------------------
+# Pan & Rajan: Jaccard index between a module and the model; CO2e (ICSE 2022, Eq. 1 and 2)
+# ---------------------------------------------------------------------------
+
+
+def module_model_jaccard(stacked: Any) -> np.ndarray:
+    """Per module, |module & model| / |module | model| over the elements its masks cover.
+
+    A module is a subset of its model (which keeps every element), so this is the kept fraction.
+    ``stacked`` is a mask tree with a leading module axis.
+    """
+    leaves = [np.asarray(leaf).reshape(np.shape(leaf)[0], -1) for leaf in mask_algebra._leaves(stacked)]
+    if not leaves:
+        raise ValueError("no mask leaves to compare with the model")
+    kept = np.sum([leaf.sum(axis=1) for leaf in leaves], axis=0)
+    return kept / sum(leaf.shape[1] for leaf in leaves)
+
+
+PUE = 1.58  # power usage effectiveness in Eq. 1 (Strubell et al.)
+CO2E_PER_KWH = 0.954  # pounds of CO2e per kWh in Eq. 2
+
+
+def co2e(seconds: float, cpu_watts: float, dram_watts: float, gpu_watts: float = 0.0,
+         gpus: int = 0) -> dict[str, float]:
+    """Energy ``pt = 1.58 t (pc + pr + g pg) / 1000`` (kWh, t in hours) and ``CO2e = 0.954 pt`` (lbs)."""
+    values = {"seconds": seconds, "cpu_watts": cpu_watts, "dram_watts": dram_watts, "gpu_watts": gpu_watts}
+    bad = [k for k, v in values.items() if not (isinstance(v, numbers.Real) and math.isfinite(v) and v >= 0)]
+    if bad or gpus < 0:
+        raise ValueError(f"co2e needs finite non-negative inputs, got {values} and gpus={gpus}")
+    kwh = PUE * (seconds / 3600.0) * (cpu_watts + dram_watts + gpus * gpu_watts) / 1000.0
+    return {"kwh": kwh, "co2e_lbs": CO2E_PER_KWH * kwh}
+
+
+# ---------------------------------------------------------------------------
+# MwT's kernel metrics: KRR, cohesion and coupling by the Jaccard index (Eq. 1-3), exact pairwise
+# ---------------------------------------------------------------------------
+
+
+@partial(jax.jit, static_argnames="block")
+def _jaccard_pair_sum(x: jax.Array, valid: jax.Array, block: int) -> jax.Array:
+    """Sum of JI(row i, row j) over ordered pairs i != j of valid rows, ``block`` rows at a time."""
+    sizes = jnp.sum(x, axis=1)
+    n = x.shape[0]
+
+    def one_block(start):
+        xb = jax.lax.dynamic_slice_in_dim(x, start, block)
+        vb = jax.lax.dynamic_slice_in_dim(valid, start, block)
+        sb = jax.lax.dynamic_slice_in_dim(sizes, start, block)
+        inter = xb @ x.T
+        union = sb[:, None] + sizes[None, :] - inter
+        ji = jnp.where(union > 0, inter / jnp.maximum(union, 1.0), 1.0)  # two empty sets are the same set
+        rows = start + jnp.arange(block)
+        pair = vb[:, None] & valid[None, :] & (rows[:, None] != jnp.arange(n)[None, :])
+        return jnp.sum(jnp.where(pair, ji, 0.0))
+
+    return jnp.sum(jax.lax.map(one_block, jnp.arange(0, n, block)))
+
+
+def mean_pairwise_jaccard(sets: Any, block: int = 512) -> float:
+    """Exact mean Jaccard index (Eq. 1) over all unordered pairs of rows of a 0/1 matrix ``(n, K)``.
+
+    Every pair is computed (intersections as one matmul per block of rows, unions from the row
+    sizes): no sampling. Two empty sets count as identical (JI 1). ``ValueError`` for fewer than two rows.
+    """
+    x = np.asarray(sets)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"need a (sets >= 2, elements) matrix, got shape {x.shape}")
+    if not np.isin(x, (0, 1)).all():
+        raise ValueError("sets must be 0/1 (or bool) membership rows")
+    n = x.shape[0]
+    block = max(1, min(block, n))
+    pad = (-n) % block
+    xp = np.concatenate([x.astype(np.float32), np.zeros((pad, x.shape[1]), np.float32)])
+    valid = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)])
+    total = float(_jaccard_pair_sum(jnp.asarray(xp), jnp.asarray(valid), block))
+    return total / (n * (n - 1))
+
+
+def kernel_retention_rate(module_kernels: Any) -> float:
+    """KRR: mean over modules of the fraction of kernels a module keeps (``bool[modules, kernels]``)."""
+    k = np.asarray(module_kernels, bool)
+    if k.ndim != 2 or k.shape[1] == 0:
+        raise ValueError(f"module kernels must be (modules, kernels), got shape {k.shape}")
+    return float(np.mean(k.mean(axis=1)))
+
+
+def kernel_cohesion(sample_kernels: Any, labels: Any, module_kernels: Any, *, filter_by_module: bool = True,
+                    block: int = 512) -> np.ndarray:
+    """Cohesion of each module (Eq. 2): mean JI over all pairs of its class's samples' kernel sets.
+
+    ``sample_kernels`` is ``bool[samples, kernels]`` (the kernels relevant to each sample),
+    ``module_kernels`` ``bool[classes, kernels]``. As the MwT reference code does, a sample's set is
+    first restricted to its module's kernels (``filter_by_module``). A class with one sample has
+    cohesion 1. Returns ``float[classes]``.
+    """
+    s = np.asarray(sample_kernels, bool)
+    y = np.asarray(labels)
+    k = np.asarray(module_kernels, bool)
+    if s.ndim != 2 or k.ndim != 2 or s.shape[1] != k.shape[1]:
+        raise ValueError(f"sample kernels {s.shape} and module kernels {k.shape} must be (n, K) and (C, K)")
+    if y.shape != (s.shape[0],) or y.min() < 0 or y.max() >= k.shape[0]:
+        raise ValueError(f"labels must be {s.shape[0]} integers in [0, {k.shape[0]})")
+    out = np.ones(k.shape[0])
+    for c in range(k.shape[0]):  # classes are configuration; the pairs inside are one matmul per block
+        rows = s[y == c] & k[c] if filter_by_module else s[y == c]
+        if len(rows) >= 2:
+            out[c] = mean_pairwise_jaccard(rows, block)
+    return out
+
+
+def kernel_coupling(module_kernels: Any) -> float:
+    """Coupling (Eq. 3) averaged over all pairs of modules: mean JI of their kernel sets."""
+    return mean_pairwise_jaccard(np.asarray(module_kernels, bool))
+
+
+# ------------------------------------------------------------------------------------------------- BLEU
+
+
+def _ngram_keys(codes: np.ndarray, lengths: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sentence id, n-gram as an (K, n) row) of every n-gram of a flat, ragged corpus of integer codes."""
+    starts = np.cumsum(lengths) - lengths
+    sentence = np.repeat(np.arange(lengths.shape[0]), lengths)
+    position = np.arange(codes.shape[0]) - np.repeat(starts, lengths)
+    ok = position + n <= lengths[sentence]
+    begin = np.flatnonzero(ok)
+    grams = codes[begin[:, None] + np.arange(n)[None, :]] if begin.size else np.zeros((0, n), dtype=codes.dtype)
+    return sentence[begin], grams
+
+
+def bleu_statistics(
+    references: Sequence[Sequence[Any]], hypotheses: Sequence[Sequence[Any]], max_order: int = 4
+) -> dict[str, Any]:
+    """Corpus n-gram statistics for BLEU: clipped matches and totals per order 1..max_order, and the hypothesis and
+    reference lengths. One reference per hypothesis; tokens are any comparable hashables (strings or ints).
+
+    Vectorised over the corpus: tokens are coded once with `np.unique`, each order's n-grams become rows that are
+    counted per sentence with `np.unique(axis=0)`, and a hypothesis n-gram's count is clipped by the same n-gram's
+    count in its own reference (Papineni et al.'s modified precision).
+    """
+    if isinstance(max_order, bool) or not isinstance(max_order, numbers.Integral) or max_order < 1:
+        raise ValueError(f"max_order must be a positive integer, got {max_order!r}")
+    if isinstance(references, (str, bytes)) or isinstance(hypotheses, (str, bytes)):
+        raise TypeError("references and hypotheses must be sequences of token sequences, not strings")
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    if len(hypotheses) == 0:
+        raise ValueError("BLEU needs at least one hypothesis")
+    for what, corpus in (("reference", references), ("hypothesis", hypotheses)):
+        bad = next((i for i, s in enumerate(corpus) if isinstance(s, (str, bytes))), None)
+        if bad is not None:
+            raise TypeError(f"{what} {bad} is a string; pass a list of tokens (e.g. text.split())")
+    ref_len = np.array([len(s) for s in references], dtype=np.int64)
+    hyp_len = np.array([len(s) for s in hypotheses], dtype=np.int64)
+    tokens = [t for s in references for t in s] + [t for s in hypotheses for t in s]
+    flat = np.empty(len(tokens), dtype=object)
+    flat[:] = tokens
+    try:
+        _, codes = np.unique(flat, return_inverse=True) if flat.size else (None, np.zeros(0, dtype=np.int64))
+    except TypeError:
+        raise TypeError("tokens must be mutually comparable (all strings or all integers)") from None
+    codes = np.asarray(codes, dtype=np.int64).reshape(-1)
+    ref_codes, hyp_codes = codes[: ref_len.sum()], codes[ref_len.sum() :]
+    matches = np.zeros(max_order, dtype=np.int64)
+    totals = np.zeros(max_order, dtype=np.int64)
+    for n in range(1, max_order + 1):  # loop over n-gram orders
+        ref_sentence, ref_grams = _ngram_keys(ref_codes, ref_len, n)
+        hyp_sentence, hyp_grams = _ngram_keys(hyp_codes, hyp_len, n)
+        totals[n - 1] = hyp_sentence.shape[0]
+        if hyp_sentence.size == 0 or ref_sentence.size == 0:
+            continue
+        rows = np.concatenate([np.column_stack([ref_sentence, ref_grams]), np.column_stack([hyp_sentence, hyp_grams])])
+        _, key = np.unique(rows, axis=0, return_inverse=True)
+        key = key.reshape(-1)
+        ref_count = np.bincount(key[: ref_sentence.shape[0]], minlength=int(key.max()) + 1)
+        hyp_count = np.bincount(key[ref_sentence.shape[0] :], minlength=int(key.max()) + 1)
+        matches[n - 1] = int(np.minimum(ref_count, hyp_count).sum())
+    return {
+        "matches": matches,
+        "totals": totals,
+        "hyp_len": int(hyp_len.sum()),
+        "ref_len": int(ref_len.sum()),
+    }
+
+
+def corpus_bleu(
+    references: Sequence[Sequence[Any]],
+    hypotheses: Sequence[Sequence[Any]],
+    max_order: int = 4,
+    smooth: str = "none",
+) -> float:
+    """Corpus BLEU (Papineni et al. 2002) on token lists, on the 0..1 scale (multiply by 100 for sacrebleu's scale).
+
+    BLEU = BP * exp(mean over n = 1..max_order of log p_n), with p_n the clipped n-gram precision pooled over the
+    corpus and BP = min(1, exp(1 - r / c)) the brevity penalty (c, r: total hypothesis and reference lengths). One
+    reference per hypothesis, no tokenisation of its own (the caller's tokens are used as they are, as in the
+    reference code's `nltk` `corpus_bleu` on word lists; `max_order` 1..4 gives its '1-grams' .. '1-4-grams').
+    `smooth="none"` returns 0 when some order has no match; `smooth="exp"` is sacrebleu's default smoothing
+    (the k-th order without a match counts as 1 / (2^k * total)).
+    """
+    if smooth not in ("none", "exp"):
+        raise ValueError(f"smooth must be 'none' or 'exp', got {smooth!r}")
+    stats = bleu_statistics(references, hypotheses, max_order)
+    matches, totals = stats["matches"].astype(np.float64), stats["totals"].astype(np.float64)
+    c, r = stats["hyp_len"], stats["ref_len"]
+    if c == 0:
+        return 0.0
+    if smooth == "none":
+        if np.any(matches == 0):
+            return 0.0
+        precisions = matches / totals
+    else:
+        zero = (matches == 0) & (totals > 0)
+        k = np.cumsum(zero)
+        safe_totals = np.maximum(totals, 1.0)
+        precisions = np.where(zero, 1.0 / (2.0**k * safe_totals), matches / safe_totals)
+        if np.any(totals == 0):
+            return 0.0
+    brevity = 1.0 if c > r else math.exp(1.0 - r / c)
+    return float(brevity * math.exp(np.mean(np.log(precisions))))

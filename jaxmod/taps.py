@@ -26,10 +26,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmod.mask_generators import MaskGenerator
+
 ACTIVATIONS = "activations"
 UNIT_MASKS = "unit_masks"
 POSITION_MASKS = "position_masks"
 INDEX_MAPS = "index_maps"
+GATE_PREFIX = "mask@"  # sown name of a mask generator's output: "mask@<group>" beside the taps
 
 
 def _overwrite(_previous, value):
@@ -66,6 +69,40 @@ def gather_units(module: nn.Module, name: str, x: jax.Array) -> jax.Array:
     index = module.get_variable(INDEX_MAPS, name)
     padded = jnp.concatenate([x, jnp.zeros_like(x[..., :1])], axis=-1)
     return jnp.take(padded, index, axis=-1)
+
+
+def gate(module: nn.Module, name: str, x_in: jax.Array, h: jax.Array) -> jax.Array:
+    """MwT's hook at a maskable conv: ``h`` (the conv [+ BN] output, before the activation) times the
+    per-sample channel mask a generator computes from the layer input ``x_in``.
+
+    Does nothing unless ``module.mask_generators`` is true. Then it builds the generator
+    ``<name>_generator`` (see :mod:`jaxmod.mask_generators`) and sows its mask ``(B, channels)`` into
+    ``activations`` as ``mask@<name>``, ``name`` being the unit group the mask's channels belong to.
+    """
+    if not getattr(module, "mask_generators", False):
+        return h
+    mask = MaskGenerator(h.shape[-1], name=f"{name}_generator")(x_in)
+    module.sow(ACTIVATIONS, f"{GATE_PREFIX}{name}", mask, init_fn=lambda: None, reduce_fn=_overwrite)
+    return h * mask.reshape(mask.shape[:1] + (1,) * (h.ndim - 2) + mask.shape[-1:]).astype(h.dtype)
+
+
+def mask_units(module: nn.Module, name: str, h: jax.Array) -> jax.Array:
+    """``h`` times the unit mask ``name`` of collection ``unit_masks`` if there is one (else ``h``)."""
+    if module.has_variable(UNIT_MASKS, name):
+        h = h * module.get_variable(UNIT_MASKS, name).astype(h.dtype)
+    return h
+
+
+def is_gate_name(name: str) -> bool:
+    """Whether a flat activation name (``a/b/mask@g``) is a generator mask rather than a tap."""
+    return name.rsplit("/", 1)[-1].startswith(GATE_PREFIX)
+
+
+def gate_group(name: str) -> str:
+    """The unit group of a flat generator-mask name: ``a/mask@g`` -> ``a/g``."""
+    head, _, last = name.rpartition("/")
+    group = last[len(GATE_PREFIX):]
+    return f"{head}/{group}" if head else group
 
 
 def width_of(widths: tuple[tuple[str, int], ...], name: str, default: int) -> int:

@@ -372,3 +372,42 @@ def slice_model(
 def count_parameters(variables: Mapping[str, Any], collection: str = "params") -> int:
     """Number of scalar weights in one collection (the papers count biases and BN affine too)."""
     return int(sum(np.size(x) for x in jax.tree.leaves(variables.get(collection, {}))))
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel sets inside residual sums (MwT's padding).
+
+
+def split_residual_producers(topology: Topology, splits: Sequence[tuple[str, str, Sequence[str]]]) -> Topology:
+    """A topology where some producers of a residual group become groups of their own.
+
+    Each split ``(group, parent, layers)`` moves the parent group's producer axes whose leaf lies
+    under one of ``layers`` (e.g. a block's ``conv2`` and ``bn2``) into a new group ``group`` of the
+    parent's size, which the model reads through the index map ``<group>_pad`` (source ``group``,
+    target ``parent``): a sliced model keeps only the split group's own kernels and zero-pads them to
+    the residual sum's units, as MwT does. The parent keeps its consumers and index maps; a parent
+    left without producers is fine (its units are the sum's). ``ValueError`` for an unknown parent,
+    an existing group name or a layer that produces none of the parent's axes.
+    """
+    groups = {g.name: g for g in topology.spec.groups}
+    new_groups = list(topology.spec.groups)
+    sizes = dict(topology.sizes)
+    maps = list(topology.spec.index_maps)
+    for group, parent, layers in splits:
+        if parent not in groups:
+            raise ValueError(f"split {group!r}: unknown residual group {parent!r}")
+        if group in sizes:
+            raise ValueError(f"split {group!r}: a group of that name exists already")
+        prefixes = [_as_path(layer) for layer in layers]
+        index = next(i for i, g in enumerate(new_groups) if g.name == parent)
+        current = new_groups[index]
+        moved = tuple(la for la in current.producers if any(la.path[: len(p)] == p for p in prefixes))
+        if not moved:
+            raise ValueError(f"split {group!r}: layers {list(layers)} produce no axis of group {parent!r}")
+        new_groups[index] = dataclasses.replace(current, producers=tuple(
+            la for la in current.producers if la not in moved))
+        new_groups.insert(index, UnitGroup(group, moved))
+        sizes[group] = sizes[parent]
+        maps.append(IndexMapSpec(f"{group}_pad", source=group, target=parent))
+    spec = TopologySpec(tuple(new_groups), topology.spec.output, tuple(maps))
+    return dataclasses.replace(topology, spec=spec, sizes=sizes)

@@ -98,15 +98,22 @@ def init_state(model: nn.Module, input_shape: tuple[int, ...], optimizer: optax.
     )
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
-                    loss_fn: LossFn) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
-    """The jitted step: forward in train mode with activation taps, ``loss_fn``, SGD update."""
+def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, loss_fn: LossFn,
+                    constants: Mapping[str, Any] | None = None,
+                    ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
+    """The jitted step: forward in train mode with activation taps, ``loss_fn``, SGD update.
+
+    ``constants`` are extra variable collections the model reads but never trains (e.g. the
+    ``index_maps`` of a sliced model being fine-tuned).
+    """
+    constants = dict(constants or {})
 
     def step(state: TrainState, x: jax.Array, y: jax.Array) -> tuple[TrainState, dict]:
         dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
 
         def objective(params):
-            variables = {"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+            variables = {"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats else {}),
+                         **constants}
             logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats", ACTIVATIONS],
                                           rngs={"dropout": dropout_key})
             loss, aux = loss_fn(logits, flat_activations(updates.get(ACTIVATIONS, {})), y)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jaxmod.models.dense import MLP
 from jaxmod.models.lenet import LeNet5
 from jaxmod.models.mobilenet import MobileNet
+from jaxmod.models.recurrent import RecurrentClassifier
 from jaxmod.models.resnet import ResNet
 from jaxmod.models.vgg import VGG, VGG16_STAGES, VGG_NARROW_STAGES
 from jaxmod.taps import ACTIVATIONS, INDEX_MAPS, UNIT_MASKS, gather_units, tap, width_of
@@ -35,6 +36,9 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "resnet32": functools.partial(ResNet, stage_sizes=(5, 5, 5), stage_widths=(16, 32, 64), stem_width=16),
     "resnet56": functools.partial(ResNet, stage_sizes=(9, 9, 9), stage_widths=(16, 32, 64), stem_width=16),
     "mobilenet": MobileNet,
+    "rnn_vanilla": functools.partial(RecurrentClassifier, cell="vanilla"),
+    "rnn_lstm": functools.partial(RecurrentClassifier, cell="lstm"),
+    "rnn_gru": functools.partial(RecurrentClassifier, cell="gru"),
 }
 
 
@@ -104,6 +108,7 @@ __all__ = [
     "LeNet5",
     "MLP",
     "MobileNet",
+    "RecurrentClassifier",
     "ResNet",
     "VGG",
     "available_models",

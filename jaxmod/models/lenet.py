@@ -5,7 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from jaxmod.taps import tap, width_of
+from jaxmod.taps import gate, tap, width_of
 from jaxmod.topology import TopologySpec, UnitGroup, conv_out, dense_out, kernel_in
 
 
@@ -15,17 +15,22 @@ class LeNet5(nn.Module):
     Taps (post-ReLU, channels before pooling): ``conv1_relu``, ``conv2_relu``, ``fc1_relu``,
     ``fc2_relu``. The flatten after the second pooling makes each ``conv2_relu`` channel feed
     ``fc1`` at every spatial position.
+
+    ``mask_generators=True`` adds MwT's mask generator to every conv but the first (here ``conv2``,
+    mask ``mask@conv2_relu``), as MwT masks VGG.
     """
 
     num_classes: int = 10
     widths: tuple[tuple[str, int], ...] = ()
+    mask_generators: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         w = lambda name, default: width_of(self.widths, name, default)  # noqa: E731
         x = tap(self, "conv1_relu", nn.relu(nn.Conv(w("conv1_relu", 6), (5, 5), padding="SAME", name="conv1")(x)))
         x = nn.max_pool(x, (2, 2), (2, 2))
-        x = tap(self, "conv2_relu", nn.relu(nn.Conv(w("conv2_relu", 16), (5, 5), padding="VALID", name="conv2")(x)))
+        h = nn.Conv(w("conv2_relu", 16), (5, 5), padding="VALID", name="conv2")(x)
+        x = tap(self, "conv2_relu", nn.relu(gate(self, "conv2_relu", x, h)))
         x = nn.max_pool(x, (2, 2), (2, 2))
         x = x.reshape((x.shape[0], -1))
         x = tap(self, "fc1_relu", nn.relu(nn.Dense(w("fc1_relu", 120), name="fc1")(x)))

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmod.models.layers import batch_norm, scaled
-from jaxmod.taps import gather_units, tap, width_of
+from jaxmod.taps import gate, gather_units, tap, width_of
 from jaxmod.topology import IndexMapSpec, TopologySpec, UnitGroup, conv_out, dense_out, kernel_in
 
 # (pointwise width, depthwise stride) of the 13 blocks: the CIFAR variant of the ImageNet plan, whose
@@ -34,22 +34,24 @@ class DepthwiseSeparable(nn.Module):
 
     The depthwise channels are the input's units: the input is read through the index map
     ``dw_in`` (a sliced model keeps ``dw_width`` of them, zero for those the producer dropped).
+    With ``mask_generators`` both convs are gated (MwT masks ``mask@dw_relu``, ``mask@pw_relu``).
     """
 
     dw_width: int
     pw_width: int
     stride: int = 1
+    mask_generators: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = gather_units(self, "dw_in", x)
         s = (self.stride, self.stride)
-        x = nn.Conv(
+        h = nn.Conv(
             self.dw_width, (3, 3), s, padding=1, feature_group_count=self.dw_width, use_bias=False, name="dw_conv"
         )(x)
-        x = tap(self, "dw_relu", nn.relu(batch_norm(train, "dw_bn")(x)))
-        x = nn.Conv(self.pw_width, (1, 1), use_bias=False, name="pw_conv")(x)
-        return tap(self, "pw_relu", nn.relu(batch_norm(train, "pw_bn")(x)))
+        h = tap(self, "dw_relu", nn.relu(gate(self, "dw_relu", x, batch_norm(train, "dw_bn")(h))))
+        p = nn.Conv(self.pw_width, (1, 1), use_bias=False, name="pw_conv")(h)
+        return tap(self, "pw_relu", nn.relu(gate(self, "pw_relu", h, batch_norm(train, "pw_bn")(p))))
 
 
 class MobileNet(nn.Module):
@@ -62,6 +64,9 @@ class MobileNet(nn.Module):
     follows every conv, which has no bias. Taps: ``stem_relu`` and, per block ``block<i>`` (from 1),
     ``block<i>/dw_relu`` and ``block<i>/pw_relu``. A block's depthwise group has the same full width
     as the group before it and reads it through the index map ``block<i>/dw_in``.
+
+    ``mask_generators=True`` adds MwT's mask generators to every conv but the stem (the paper leaves
+    MobileNet open; this follows its rule for VGG: every conv but the first).
     """
 
     num_classes: int = 10
@@ -69,6 +74,7 @@ class MobileNet(nn.Module):
     stem_width: int = 32
     blocks: tuple[tuple[int, int], ...] = MOBILENET_CIFAR_BLOCKS
     width_multiplier: float = 1.0
+    mask_generators: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -80,7 +86,8 @@ class MobileNet(nn.Module):
             name = f"block{i}"
             pw_full = scaled(pw, self.width_multiplier)
             x = DepthwiseSeparable(
-                dw_width=w(f"{name}/dw_relu", full), pw_width=w(f"{name}/pw_relu", pw_full), stride=stride, name=name
+                dw_width=w(f"{name}/dw_relu", full), pw_width=w(f"{name}/pw_relu", pw_full), stride=stride,
+                mask_generators=self.mask_generators, name=name
             )(x, train)
             full = pw_full
         x = jnp.mean(x, axis=(1, 2))

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxmod.models.layers import batch_norm, scaled
-from jaxmod.taps import gather_units, tap, width_of
+from jaxmod.taps import gate, gather_units, mask_units, tap, width_of
 from jaxmod.topology import IndexMapSpec, LeafAxis, TopologySpec, UnitGroup, conv_out, dense_out, kernel_in
 
 
@@ -19,6 +19,12 @@ class BasicBlock(nn.Module):
     1x1 conv (+ BN) shortcut ``proj_conv``/``proj_bn``; otherwise the shortcut is the identity,
     re-indexed through the index map ``shortcut`` in a sliced model. Without batch norm the convs
     have biases.
+
+    MwT (``mask_generators``): ``conv1``, ``conv2`` and ``proj_conv`` are gated (masks ``mask@relu1``,
+    ``mask@conv2``, ``mask@proj_conv``). ``conv2`` and the projection then have kernel sets of their
+    own inside the residual sum: ``conv2_width``/``proj_width`` (default ``width2``) size them in a
+    sliced model, whose index maps ``conv2_pad``/``proj_conv_pad`` zero-pad them to the sum's units (the
+    MwT padding); the unit masks ``conv2``/``proj_conv`` give the masked full model.
     """
 
     width1: int
@@ -26,6 +32,9 @@ class BasicBlock(nn.Module):
     stride: int = 1
     project: bool = False
     use_bn: bool = True
+    mask_generators: bool = False
+    conv2_width: int | None = None
+    proj_width: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -33,14 +42,19 @@ class BasicBlock(nn.Module):
         h = nn.Conv(self.width1, (3, 3), s, padding=1, use_bias=not self.use_bn, name="conv1")(x)
         if self.use_bn:
             h = batch_norm(train, "bn1")(h)
-        h = tap(self, "relu1", nn.relu(h))
-        h = nn.Conv(self.width2, (3, 3), padding=1, use_bias=not self.use_bn, name="conv2")(h)
+        h1 = tap(self, "relu1", nn.relu(gate(self, "relu1", x, h)))
+        width = self.width2 if self.conv2_width is None else self.conv2_width
+        h = nn.Conv(width, (3, 3), padding=1, use_bias=not self.use_bn, name="conv2")(h1)
         if self.use_bn:
             h = batch_norm(train, "bn2")(h)
+        h = gather_units(self, "conv2_pad", mask_units(self, "conv2", gate(self, "conv2", h1, h)))
         if self.project:
-            short = nn.Conv(self.width2, (1, 1), s, padding=0, use_bias=not self.use_bn, name="proj_conv")(x)
+            width = self.width2 if self.proj_width is None else self.proj_width
+            short = nn.Conv(width, (1, 1), s, padding=0, use_bias=not self.use_bn, name="proj_conv")(x)
             if self.use_bn:
                 short = batch_norm(train, "proj_bn")(short)
+            short = mask_units(self, "proj_conv", gate(self, "proj_conv", x, short))
+            short = gather_units(self, "proj_conv_pad", short)
         else:
             short = gather_units(self, "shortcut", x)
         return tap(self, "relu2", nn.relu(h + short))
@@ -63,6 +77,10 @@ class ResNet(nn.Module):
     Taps: ``stem_relu``; per block ``stage<s>_block<b>/relu1`` and ``stage<s>_block<b>/relu2``
     (stages from 1, blocks from 0), ``relu2`` being the units of the residual sum after ReLU.
     Takes 32x32 and 28x28 inputs (3x3 convs with padding 1; 28 -> 14 -> 7 -> 4).
+
+    ``mask_generators=True`` adds MwT's mask generators to every block conv and projection (not
+    the stem), as the MwT reference does for ResNet18; :meth:`residual_splits` names the kernel
+    sets that then live inside each residual sum.
     """
 
     num_classes: int = 10
@@ -72,6 +90,7 @@ class ResNet(nn.Module):
     stem_width: int = 16
     use_bn: bool = True
     width_multiplier: float = 1.0
+    mask_generators: bool = False
 
     def _plan(self) -> list[tuple[str, int, int, int, bool]]:
         """(block name, full input width, full output width, stride, projection) per block."""
@@ -102,11 +121,28 @@ class ResNet(nn.Module):
                 stride=stride,
                 project=project,
                 use_bn=self.use_bn,
+                mask_generators=self.mask_generators,
+                conv2_width=w(f"{name}/conv2", w(f"{name}/relu2", out_width)),
+                proj_width=w(f"{name}/proj_conv", w(f"{name}/relu2", out_width)) if project else None,
                 name=name,
             )
             x = block(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, name="logits")(x)
+
+    def residual_splits(self) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+        """MwT's kernel sets inside residual sums: (group, residual group, layers that produce it).
+
+        ``conv2`` (with ``bn2``) and the projection (with ``proj_bn``) each get a group of their own,
+        padded into the sum's group ``relu2`` by the index maps ``<group>_pad``
+        (:func:`jaxmod.topology.split_residual_producers`).
+        """
+        out = []
+        for name, _, _, _, project in self._plan():
+            out.append((f"{name}/conv2", f"{name}/relu2", (f"{name}/conv2", f"{name}/bn2")))
+            if project:
+                out.append((f"{name}/proj_conv", f"{name}/relu2", (f"{name}/proj_conv", f"{name}/proj_bn")))
+        return tuple(out)
 
     def topology_spec(self) -> TopologySpec:
         bias = not self.use_bn

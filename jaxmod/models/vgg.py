@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 
 from jaxmod.models.layers import batch_norm, scaled
-from jaxmod.taps import tap, width_of
+from jaxmod.taps import gate, tap, width_of
 from jaxmod.topology import TopologySpec, UnitGroup, conv_out, dense_out, kernel_in
 
 VGG16_STAGES: tuple[tuple[int, ...], ...] = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
@@ -26,6 +26,9 @@ class VGG(nn.Module):
     Every stage halves the spatial size (floor), so the input must keep at least 2x2 pixels before each
     pooling: the 5-stage VGG16 needs 32x32 inputs (28x28 would reach 1x1 before the last pooling, and
     tracing raises ``ValueError``); the 3-stage narrow VGG takes 28x28 (28 -> 14 -> 7 -> 3) and 32x32.
+
+    ``mask_generators=True`` adds MwT's mask generator to every conv but the first (masks
+    ``mask@conv<i>_relu``, applied to the conv [+ BN] output before the ReLU).
     """
 
     num_classes: int = 10
@@ -35,6 +38,7 @@ class VGG(nn.Module):
     use_bn: bool = True
     dropout: float = 0.5
     width_multiplier: float = 1.0
+    mask_generators: bool = False
 
     def _conv_widths(self) -> list[int]:
         return [c for stage in self.stages for c in stage]
@@ -47,10 +51,12 @@ class VGG(nn.Module):
                 i += 1
                 group = f"conv{i}_relu"
                 width = width_of(self.widths, group, scaled(default, self.width_multiplier))
-                x = nn.Conv(width, (3, 3), padding=1, use_bias=not self.use_bn, name=f"conv{i}")(x)
+                h = nn.Conv(width, (3, 3), padding=1, use_bias=not self.use_bn, name=f"conv{i}")(x)
                 if self.use_bn:
-                    x = batch_norm(train, f"bn{i}")(x)
-                x = tap(self, group, nn.relu(x))
+                    h = batch_norm(train, f"bn{i}")(h)
+                if i > 1:
+                    h = gate(self, group, x, h)
+                x = tap(self, group, nn.relu(h))
             if x.shape[1] < 2 or x.shape[2] < 2:
                 raise ValueError(
                     f"VGG: spatial size {x.shape[1:3]} before pooling after conv{i} is below 2x2; the input "

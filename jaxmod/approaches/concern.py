@@ -1,0 +1,561 @@
+"""Pan & Rajan: post-training decomposition of dense (FSE 2020) and convolutional (ICSE 2022) models.
+
+A module for class ``c`` is the trained model with some *nodes* removed (a dense unit, or one output
+position of a conv map, since conv weights are shared) plus, where the variant channels, a binary
+output (concerned / unconcerned). Nodes are removed by zeroing them at their tap (the
+``position_masks`` collection of :func:`jaxmod.taps.tap`; a dense layer's "positions" are its units).
+
+Steps, each a pure function over stacked masks ``{group: bool[C, *node_shape]}`` (row c = module c):
+
+* **statistics** (:func:`node_counts`): one jitted ``lax.scan`` over the selected samples counts, per
+  class, how often every node is active (> 0) on the class's positives and on its negative quota
+  (a segment sum as a one-hot matmul). Negatives of class ``k`` are a prefix of class ``k``'s
+  samples, so one pass serves every module (a module's negatives are the other classes' prefixes).
+* **concern identification** (CI): ICSE 2022 removes a node inactive on *every* positive
+  (``rule="any"``); the FSE 2020 code keeps only nodes active on *every* positive
+  (``rule="all"``, the intersection of ``modifyThroughInterSection``).
+* **tangling identification** (TI): a node active on any negative comes back.
+* **channeling** (MC): the output becomes (concerned logit, mean of the other logits); the output
+  layer is linear, so this is a ``(C, 2)`` matrix on the logits: the per-module ``heads``.
+* **MC-BLN** (:func:`backtrack_dense`): from the channeled output back through the dense layers to the
+  last conv map (through pooling, flatten and global average pooling).
+* **MC-BI** (:func:`backtrack_conv`): through convolutions by the sliding-window mapping of
+  Algorithm 3: an input position whose every consumer output is removed is removed.
+* **CM-RIE** (FSE 2020 approach 6): channeling plus removal of last-hidden units whose edge to the
+  concerned output is irrelevant (|w| < 0.05).
+
+Composition is by voting (:mod:`jaxmod.voting`) on each module's confidence in its own class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from jaxmod import masks as mask_algebra
+from jaxmod.activations import forward, predict_logits, scan_dataset
+from jaxmod.approaches.base import Decomposition
+from jaxmod.compose import subtask_samples
+from jaxmod.data import check_every_class_present, check_labels
+from jaxmod.losses import LossFn
+from jaxmod.metrics import module_metrics, module_model_jaccard
+from jaxmod.models import MLP, LeNet5, ResNet, check_inputs
+from jaxmod.taps import POSITION_MASKS
+from jaxmod.topology import resolve_topology
+from jaxmod.voting import voting_accuracy
+
+DENSE_VARIANTS = ("ti_i", "ti_sne", "cm_rie")
+CNN_VARIANTS = ("ci_ti_mc", "ci_ti_mc_bln", "ci_ti_mc_bln_bi")
+VARIANTS = DENSE_VARIANTS + CNN_VARIANTS
+CHANNELED = ("cm_rie", *CNN_VARIANTS)
+
+Masks = dict[str, np.ndarray]  # flat: group name ('a/b') -> bool[C, *node_shape]
+
+
+# ---------------------------------------------------------------------------------------------
+# What the method needs to know about a model's layers.
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvEdge:
+    """A consumer of group ``src`` producing group ``dst``: a conv (``kernel``, ``stride``,
+    ``padding`` per side, optional 2x2 ``pool`` in between) or the identity shortcut (``kernel=None``)."""
+
+    src: str
+    dst: str
+    kernel: tuple[int, int] | None = None
+    stride: int = 1
+    padding: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+    pool: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The layer facts backtracking needs.
+
+    ``dense``: the hidden dense groups in forward order, each with the kernel that consumes it (the
+    last one's is the output layer). ``flatten``: the conv group feeding the first dense layer (or
+    the output), how it is reduced (``"pool2"`` then flatten, or ``"gap"``) and the consuming kernel.
+    ``conv_edges``: every conv-to-conv consumer, for MC-BI. ``groups``: all groups in forward order.
+    """
+
+    dense: tuple[tuple[str, tuple[str, ...]], ...]
+    flatten: tuple[str, str, tuple[str, ...]] | None
+    conv_edges: tuple[ConvEdge, ...]
+    groups: tuple[str, ...]
+
+
+def model_plan(model: nn.Module) -> Plan:
+    """The plan for FC1-FC4, LeNet-5 and batch-norm-free ResNets; ``ValueError`` for other models."""
+    if isinstance(model, MLP):
+        names = [f"fc{i}_relu" for i in range(1, model.num_hidden + 1)]
+        consumers = [(f"fc{i}", "kernel") for i in range(2, model.num_hidden + 1)] + [("logits", "kernel")]
+        return Plan(tuple(zip(names, consumers, strict=True)), None, (), tuple(names))
+    if isinstance(model, LeNet5):
+        dense = (("fc1_relu", ("fc2", "kernel")), ("fc2_relu", ("logits", "kernel")))
+        edges = (ConvEdge("conv1_relu", "conv2_relu", (5, 5), 1, ((0, 0), (0, 0)), pool=2),)
+        groups = ("conv1_relu", "conv2_relu", "fc1_relu", "fc2_relu")
+        return Plan(dense, ("conv2_relu", "pool2", ("fc1", "kernel")), edges, groups)
+    if isinstance(model, ResNet):
+        if model.use_bn:
+            raise ValueError("the concern approach supports ResNets without batch norm (Pan & Rajan's models); "
+                             "build it with model_config {'use_bn': false}")
+        edges, groups, previous = [], ["stem_relu"], "stem_relu"
+        for name, _, _, stride, project in model._plan():
+            r1, r2 = f"{name}/relu1", f"{name}/relu2"
+            edges.append(ConvEdge(previous, r1, (3, 3), stride, ((1, 1), (1, 1))))
+            edges.append(ConvEdge(r1, r2, (3, 3), 1, ((1, 1), (1, 1))))
+            edges.append(ConvEdge(previous, r2, (1, 1), stride) if project else ConvEdge(previous, r2))
+            groups += [r1, r2]
+            previous = r2
+        return Plan((), (previous, "gap", ("logits", "kernel")), tuple(edges), tuple(groups))
+    raise ValueError(f"the concern approach does not support {type(model).__name__}: it handles FC1-FC4 (MLP), "
+                     "LeNet5 and ResNets without batch norm")
+
+
+# ---------------------------------------------------------------------------------------------
+# Samples and statistics.
+
+
+def rank_in_class(y: np.ndarray, eligible: np.ndarray | None = None) -> np.ndarray:
+    """Position of each sample among the (eligible) samples of its class, in data order; -1 if not eligible."""
+    y = np.asarray(y)
+    ok = np.ones(len(y), bool) if eligible is None else np.asarray(eligible, bool)
+    key = np.where(ok, y, -1)
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    starts = np.searchsorted(sorted_key, sorted_key, side="left")
+    rank = np.empty(len(y), np.int64)
+    rank[order] = np.arange(len(y)) - starts
+    return np.where(ok, rank, -1)
+
+
+def select_samples(y: np.ndarray, num_classes: int, positives: int, negatives: int,
+                   eligible: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(is_positive, is_negative)`` per sample: the first ``positives`` eligible samples of each class
+    (its concern's inputs) and the first ``negatives`` samples of each class (the quota it gives every
+    other class's module as tangling negatives). ``ValueError`` when a class has no positive."""
+    pos = (rank_in_class(y, eligible) >= 0) & (rank_in_class(y, eligible) < positives)
+    neg = rank_in_class(y) < negatives
+    missing = np.flatnonzero(np.bincount(np.asarray(y)[pos], minlength=num_classes) == 0).tolist()
+    if missing:
+        raise ValueError(f"classes {missing} have no samples to identify their concern from")
+    return pos, neg
+
+
+@functools.lru_cache(maxsize=32)
+def _count_fn(model: nn.Module, num_classes: int) -> Callable:
+    def batch_fn(carry, xb, code, valid, variables):
+        pos_counts, neg_counts = carry
+        _, acts = forward(model, variables, xb)
+        label, pos, neg = code // 4, (code % 2) == 1, (code // 2) % 2 == 1
+        onehot = jax.nn.one_hot(label, num_classes, dtype=jnp.float32) * valid[:, None]
+        one_p, one_n = onehot * pos[:, None], onehot * neg[:, None]
+        new_p, new_n = {}, {}
+        for k, a in acts.items():
+            active = (a > 0).reshape(a.shape[0], -1).astype(jnp.float32)
+            new_p[k] = pos_counts[k] + jnp.round(one_p.T @ active).astype(jnp.int32)
+            new_n[k] = neg_counts[k] + jnp.round(one_n.T @ active).astype(jnp.int32)
+        return new_p, new_n
+
+    return batch_fn
+
+
+def node_shapes(model: nn.Module, variables: Mapping[str, Any], input_shape: Sequence[int]) -> dict[str, tuple]:
+    """Per tapped group, the shape of one sample's activation (its nodes)."""
+    shapes = jax.eval_shape(lambda v: forward(model, v, jnp.zeros((1, *input_shape), jnp.float32))[1], variables)
+    return {k: tuple(s.shape[1:]) for k, s in shapes.items()}
+
+
+def node_counts(model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
+                is_pos: np.ndarray, is_neg: np.ndarray, num_classes: int,
+                batch_size: int = 512) -> tuple[Masks, Masks, np.ndarray, np.ndarray]:
+    """Per class and node: active counts over its positives and over its negative quota.
+
+    Only selected samples are scanned, in one jitted pass. Returns ``(pos_counts, neg_counts,
+    n_pos, n_neg)`` with counts ``int32[C, *node_shape]`` per group.
+    """
+    keep = np.flatnonzero(is_pos | is_neg)
+    code = (np.asarray(y)[keep] * 4 + is_pos[keep] * 1 + is_neg[keep] * 2).astype(np.int32)
+    shapes = node_shapes(model, variables, x.shape[1:])
+    init = tuple({k: jnp.zeros((num_classes, int(np.prod(s))), jnp.int32) for k, s in shapes.items()}
+                 for _ in range(2))
+    pos_c, neg_c = scan_dataset(_count_fn(model, num_classes), init, np.asarray(x)[keep], code, batch_size,
+                                variables)
+    reshape = lambda d: {k: np.asarray(v).reshape(num_classes, *shapes[k]) for k, v in d.items()}  # noqa: E731
+    n_pos = np.bincount(np.asarray(y)[is_pos], minlength=num_classes)
+    n_neg = np.bincount(np.asarray(y)[is_neg], minlength=num_classes)
+    return reshape(pos_c), reshape(neg_c), n_pos, n_neg
+
+
+def concern_masks(pos_counts: Masks, neg_counts: Masks, n_pos: np.ndarray, rule: str) -> Masks:
+    """CI then TI for every module at once.
+
+    CI keeps a node active on some positive (``rule="any"``, ICSE 2022) or on every positive
+    (``rule="all"``, FSE 2020); TI restores a node active on a negative, i.e. on a sample of another
+    class's quota (``neg_counts`` summed over the other classes).
+    """
+    if rule not in ("any", "all"):
+        raise ValueError(f"rule must be 'any' or 'all', got {rule!r}")
+    out = {}
+    for k, pc in pos_counts.items():
+        need = np.reshape(n_pos, (-1,) + (1,) * (pc.ndim - 1))
+        ci = pc > 0 if rule == "any" else pc >= need
+        nc = neg_counts[k]
+        others = nc.sum(axis=0, keepdims=True) - nc
+        out[k] = ci | (others > 0)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Channeling and backtracking.
+
+
+def channel_heads(num_classes: int) -> np.ndarray:
+    """``float32[C, C, 2]``: module c's output (concerned, unconcerned) = logits @ head[c].
+
+    The concerned node keeps class c's edges and bias; the unconcerned node's edges and bias are the
+    mean of the other classes' (the output layer is linear, so this is exact on the logits).
+    """
+    eye = np.eye(num_classes, dtype=np.float32)
+    return np.stack([eye, (1.0 - eye) / (num_classes - 1)], axis=-1)
+
+
+def _leaf(params: Mapping[str, Any], path: tuple[str, ...]) -> np.ndarray:
+    return np.asarray(traverse_util.flatten_dict(dict(params))[path])
+
+
+def _strong_removal(kept_next: np.ndarray, kernel: np.ndarray, delta: float) -> np.ndarray:
+    """``bool[C, U]``: nodes with a strong edge (|w| >= delta) whose strong edges all reach removed nodes."""
+    strong = np.abs(kernel) >= delta  # (U, V)
+    reach_kept = kept_next.astype(np.int32) @ strong.T.astype(np.int32)  # (C, U)
+    return strong.any(axis=1)[None, :] & (reach_kept == 0)
+
+
+def output_removal(kernel: np.ndarray, delta: float) -> np.ndarray:
+    """``bool[C, U]``: last-hidden nodes strongly tied (|w| >= delta) only to module c's unconcerned node."""
+    concerned = kernel.T  # (C, U)
+    unconcerned = (kernel.sum(axis=1)[None, :] - concerned) / (kernel.shape[1] - 1)
+    return (np.abs(unconcerned) >= delta) & (np.abs(concerned) < delta)
+
+
+def backtrack_dense(masks: Masks, params: Mapping[str, Any], plan: Plan, delta: float,
+                    classes: Sequence[int] | None = None) -> Masks:
+    """MC-BLN: remove nodes that only feed the unconcerned output, layer by layer back to the last conv.
+
+    At the output a node goes when its edge to the unconcerned node is strong (|w| >= delta) and its
+    edge to the concerned node is not; further back a node goes when it has strong edges and all of
+    them reach removed (or cut) nodes. Through flatten the removal maps one-to-one onto the pooled
+    map and each pooled node onto its 2x2 window; through global average pooling onto every position.
+    ``classes[i]`` is the class of mask row ``i`` (default: row i is class i).
+    """
+    masks = dict(masks)
+    logits = _leaf(params, ("logits", "kernel"))
+    rows = np.arange(logits.shape[1]) if classes is None else np.asarray(classes)
+    if plan.dense:
+        last = plan.dense[-1][0]
+        masks[last] = masks[last] & ~output_removal(logits, delta)[rows]
+        for i in range(len(plan.dense) - 2, -1, -1):
+            group, consumer = plan.dense[i]
+            masks[group] = masks[group] & ~_strong_removal(masks[plan.dense[i + 1][0]], _leaf(params, consumer), delta)
+    if plan.flatten is None:
+        return masks
+    group, reduce, consumer = plan.flatten
+    shape = masks[group].shape  # (C, H, W, Ch)
+    if reduce == "gap":
+        removed = output_removal(logits, delta)[rows][:, None, None, :]
+    else:
+        removed_flat = _strong_removal(masks[plan.dense[0][0]], _leaf(params, consumer), delta)
+        pooled = removed_flat.reshape(shape[0], shape[1] // 2, shape[2] // 2, shape[3])
+        removed = np.zeros(shape, bool)
+        up = pooled.repeat(2, axis=1).repeat(2, axis=2)
+        removed[:, : up.shape[1], : up.shape[2]] = up
+    masks[group] = masks[group] & ~removed
+    return masks
+
+
+def _conv_cover(alive: jax.Array, edge: ConvEdge, src_shape: tuple[int, ...]) -> jax.Array:
+    """How many kept consumer outputs each source position reaches (the sliding-window mapping)."""
+    if edge.kernel is None:  # identity shortcut: position and channel map one to one
+        return alive.astype(jnp.float32)
+    out_any = jnp.any(alive, axis=-1, keepdims=True).astype(jnp.float32)  # (C, H', W', 1)
+    c, hs, ws = alive.shape[0], src_shape[0], src_shape[1]
+    hin, win = hs // edge.pool, ws // edge.pool
+
+    def conv(x):
+        return jax.lax.conv_general_dilated(x, jnp.ones((*edge.kernel, 1, 1), jnp.float32), (edge.stride,) * 2,
+                                            edge.padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    cover = jax.linear_transpose(conv, jax.ShapeDtypeStruct((c, hin, win, 1), jnp.float32))(out_any)[0]
+    if edge.pool > 1:
+        def pool(x):
+            return nn.avg_pool(x, (edge.pool, edge.pool), (edge.pool, edge.pool))
+
+        cover = jax.linear_transpose(pool, jax.ShapeDtypeStruct((c, hs, ws, 1), jnp.float32))(cover)[0]
+        cover = cover * edge.pool**2  # a sum pooling's transpose: counts stay integers
+    return cover
+
+
+def backtrack_conv(masks: Masks, plan: Plan) -> Masks:
+    """MC-BI: a conv-map position whose every consumer output is removed is removed too.
+
+    Groups are visited in reverse forward order so that each consumer's map is final first. A conv
+    consumer reaches every output whose sliding window (padding and stride included, through a 2x2
+    pooling where there is one) contains the position, whatever the channel; an identity shortcut
+    reaches the same position and channel of the sum. Removing such positions leaves every kept
+    output unchanged, so MC-BI shrinks a module without changing its predictions.
+    """
+    masks = dict(masks)
+    for group in reversed(plan.groups):
+        edges = [e for e in plan.conv_edges if e.src == group]
+        if not edges:
+            continue
+        src_shape = masks[group].shape[1:]
+        cover = sum(_conv_cover(jnp.asarray(masks[e.dst]), e, src_shape) for e in edges)
+        masks[group] = masks[group] & np.asarray(cover > 0)
+    return masks
+
+
+def remove_irrelevant_edges(masks: Masks, params: Mapping[str, Any], plan: Plan, threshold: float,
+                            classes: Sequence[int] | None = None) -> Masks:
+    """CM-RIE: last-hidden units whose edge to the concerned output is near zero (|w| < threshold) go.
+
+    The FSE 2020 code merges such units into one averaged unit; here they are removed (see notes).
+    """
+    if not plan.dense:
+        return dict(masks)
+    last = plan.dense[-1][0]
+    weak = np.abs(_leaf(params, ("logits", "kernel")).T) < threshold  # (C, U)
+    weak = weak if classes is None else weak[np.asarray(classes)]
+    return {**masks, last: masks[last] & ~weak}
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules: confidences and voting.
+
+
+def nest(masks: Masks) -> dict:
+    """Flat ``'a/b'`` keys -> the nested tree the ``position_masks`` collection takes."""
+    return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in masks.items()})
+
+
+def flatten(masks: Mapping[str, Any]) -> Masks:
+    """Nested mask tree -> flat ``'a/b'`` keys."""
+    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(dict(masks), sep="/").items()}
+
+
+@functools.lru_cache(maxsize=32)
+def _confidence_fn(model: nn.Module) -> Callable:
+    def batch_fn(carry, xb, index, valid, variables, masks, heads, classes):
+        del valid
+
+        def one(mask, head, cls):
+            logits = model.apply({**variables, POSITION_MASKS: mask}, xb)
+            if head is None:
+                return jax.nn.softmax(logits)[:, cls]
+            return jax.nn.softmax(logits @ head)[:, 0]
+
+        conf = jax.vmap(one, in_axes=(0, None if heads is None else 0, 0))(masks, heads, classes)
+        return jax.lax.dynamic_update_slice(carry, conf, (0, index[0]))
+
+    return batch_fn
+
+
+def module_confidences(model: nn.Module, variables: Mapping[str, Any], masks: Mapping[str, Any],
+                       heads: np.ndarray | None, classes: Sequence[int], x: np.ndarray,
+                       batch_size: int = 256) -> np.ndarray:
+    """``float[M, N]``: each module's confidence that each sample is its class (one jitted scan, vmap
+    over modules). ``masks`` is nested with a leading module axis; ``heads`` is ``(M, C, 2)`` for
+    channeled modules (softmax of the binary output) or ``None`` (softmax of the model's class)."""
+    x = np.asarray(x)
+    check_inputs(model, variables, x)
+    classes = np.asarray(classes, np.int32)
+    n = len(x)
+    init = jnp.zeros((len(classes), n + (-n) % batch_size), jnp.float32)  # padded rows land past n
+    heads = None if heads is None else jnp.asarray(heads)
+    out = scan_dataset(_confidence_fn(model), init, x, np.arange(n, dtype=np.int32), batch_size, variables,
+                       jax.tree.map(jnp.asarray, masks), heads, jnp.asarray(classes))
+    return np.asarray(out)[:, :n]
+
+
+def check_same_input(shapes: Sequence[Sequence[int]]) -> tuple[int, ...]:
+    """``ValueError`` unless every module to be composed takes inputs of the same shape."""
+    distinct = sorted({tuple(int(d) for d in s) for s in shapes})
+    if len(distinct) != 1:
+        raise ValueError(f"modules with different input shapes cannot be composed: {distinct}")
+    return distinct[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# The approach.
+
+
+@dataclasses.dataclass(frozen=True)
+class Concern:
+    """Pan & Rajan's decomposition.
+
+    ``variant``: ``ti_i``, ``ti_sne``, ``cm_rie`` (FSE 2020, dense models) or ``ci_ti_mc``,
+    ``ci_ti_mc_bln``, ``ci_ti_mc_bln_bi`` (ICSE 2022). ``positives`` per concern (1000, as both
+    papers' code); ``negatives`` per other class (``None``: 1 for TI-I, else balanced 1:1,
+    ``positives // (C - 1)``). ``confidence``: the FSE variants take only positives the model predicts
+    with at least this probability (0.9). ``delta``: MC-BLN's strong-edge threshold (0.5).
+    """
+
+    variant: str = "ci_ti_mc_bln"
+    delta: float = 0.5
+    positives: int = 1000
+    negatives: int | None = None
+    confidence: float = 0.9
+    irrelevant: float = 0.05
+    batch_size: int = 512
+    name: str = dataclasses.field(default="concern", init=False)
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if not self.delta > 0:
+            raise ValueError(f"delta must be > 0, got {self.delta}")
+        if self.positives < 1 or (self.negatives is not None and self.negatives < 0):
+            raise ValueError(f"positives must be >= 1 and negatives >= 0, got {self.positives}, {self.negatives}")
+        if not 0 <= self.confidence < 1:
+            raise ValueError(f"confidence must be in [0, 1), got {self.confidence}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @property
+    def channeled(self) -> bool:
+        return self.variant in CHANNELED
+
+    def training_loss(self) -> LossFn | None:
+        return None
+
+    def negatives_per_class(self, num_classes: int) -> int:
+        if self.negatives is not None:
+            return self.negatives
+        return 1 if self.variant == "ti_i" else max(1, self.positives // (num_classes - 1))
+
+    def check(self, model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
+              num_classes: int) -> Plan:
+        """Every check before any work: classes, labels, supported layers, input shape."""
+        if num_classes != model.num_classes:
+            raise ValueError(f"num_classes is {num_classes} but the model has {model.num_classes} classes")
+        check_labels(np.asarray(y), num_classes)
+        check_every_class_present(y, num_classes, "samples to decompose from")
+        plan = model_plan(model)
+        if self.variant in DENSE_VARIANTS and not isinstance(model, MLP):
+            raise ValueError(f"variant {self.variant!r} is the dense (FSE 2020) method; for {type(model).__name__} "
+                             f"use one of {CNN_VARIANTS}")
+        check_inputs(model, variables, np.asarray(x))
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} samples but {len(y)} labels")
+        return plan
+
+    def decompose(self, model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
+                  num_classes: int) -> Decomposition:
+        """One module per class: masks ``{group: bool[C, *nodes]}`` (nested) and channel heads."""
+        plan = self.check(model, variables, x, y, num_classes)
+        x, y = np.asarray(x), np.asarray(y)
+        eligible = None
+        if self.variant in DENSE_VARIANTS and self.confidence > 0:
+            probs = jax.nn.softmax(predict_logits(model, variables, x, self.batch_size))
+            eligible = np.asarray(probs[np.arange(len(y)), y] > self.confidence)
+        is_pos, is_neg = select_samples(y, num_classes, self.positives, self.negatives_per_class(num_classes),
+                                        eligible)
+        pos_c, neg_c, n_pos, n_neg = node_counts(model, variables, x, y, is_pos, is_neg, num_classes,
+                                                 self.batch_size)
+        rule = "all" if self.variant in DENSE_VARIANTS else "any"
+        masks = concern_masks(pos_c, neg_c, n_pos, rule)
+        masks = self.backtrack(masks, variables["params"], plan)
+        stats = {"positives": n_pos, "negatives_per_class": n_neg,
+                 "activation_rate": {k: v / np.reshape(np.maximum(n_pos, 1), (-1,) + (1,) * (v.ndim - 1))
+                                     for k, v in pos_c.items()}}
+        heads = {"channel": channel_heads(num_classes)} if self.channeled else None
+        return Decomposition(masks=nest(masks), granularity="position", statistics=stats, heads=heads)
+
+    def backtrack(self, masks: Masks, params: Mapping[str, Any], plan: Plan,
+                  classes: Sequence[int] | None = None) -> Masks:
+        """The variant's modularization after CI and TI (none for TI-I/TI-SNE and CI+TI+MC); ``classes[i]`` is
+        the class of mask row i (default row i = class i)."""
+        if self.variant == "cm_rie":
+            return remove_irrelevant_edges(masks, params, plan, self.irrelevant, classes)
+        if self.variant in ("ci_ti_mc_bln", "ci_ti_mc_bln_bi"):
+            masks = backtrack_dense(masks, params, plan, self.delta, classes)
+        if self.variant == "ci_ti_mc_bln_bi":
+            masks = backtrack_conv(masks, plan)
+        return masks
+
+    def continue_learning(self, model: nn.Module, variables: Mapping[str, Any], masks: Mapping[str, Any],
+                          x_negative: np.ndarray, rows: Sequence[int] | None = None,
+                          classes: Sequence[int] | None = None) -> dict:
+        """Continuous learning (ICSE 2022, Sec. 3.5): re-apply tangling identification with the unseen
+        classes of another dataset. Nodes of the module's model active on any of ``x_negative`` are
+        restored, then the variant's backtracking runs again. ``rows`` picks the modules to update
+        (default all); ``classes[i]`` is the class of mask row i (default row i = class i). Returns the
+        new nested masks."""
+        plan = model_plan(model)
+        x_negative = np.asarray(x_negative)
+        check_inputs(model, variables, x_negative)
+        flat = flatten(masks)
+        n = next(iter(flat.values())).shape[0]
+        rows = list(range(n)) if rows is None else list(rows)
+        if not rows or min(rows) < 0 or max(rows) >= n:
+            raise ValueError(f"rows must be module indices in 0..{n - 1}, got {rows}")
+        y0 = np.zeros(len(x_negative), np.int32)
+        ones = np.ones(len(x_negative), bool)
+        _, neg_c, _, _ = node_counts(model, variables, x_negative, y0, ~ones, ones, 1, self.batch_size)
+        selected = np.zeros(n, bool)
+        selected[rows] = True
+        restored = {k: v | (selected.reshape((-1,) + (1,) * (v.ndim - 1)) & (neg_c[k] > 0)) for k, v in flat.items()}
+        if classes is not None and len(classes) != n:
+            raise ValueError(f"{n} module rows but {len(classes)} classes")
+        updated = self.backtrack(restored, variables["params"], plan, classes)
+        return nest({k: np.where(selected.reshape((-1,) + (1,) * (v.ndim - 1)), updated[k], v)
+                     for k, v in flat.items()})
+
+    def config(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring modules.
+
+
+def voted(confidences: np.ndarray, y: np.ndarray, classes: Sequence[int]) -> dict[str, float]:
+    """Top-1 and top-5 accuracy of the modules of ``classes`` voting on the samples of those classes.
+
+    ``confidences`` is ``float[C, N]`` for every class's module; labels outside ``classes`` are dropped.
+    """
+    classes = [int(c) for c in classes]
+    index, labels = subtask_samples(y, classes)
+    conf = np.asarray(confidences)[np.asarray(classes)][:, index]
+    k5 = min(5, len(classes))
+    return {"top1": voting_accuracy(conf, labels), "top5": voting_accuracy(conf, labels, k=k5)}
+
+
+def jaccard_figures(model: nn.Module, variables: Mapping[str, Any], masks: Mapping[str, Any],
+                    input_shape: Sequence[int]) -> dict[str, Any]:
+    """Module-model and pairwise Jaccard indices and sizes.
+
+    Over nodes (dense units and conv-map positions: what the method removes) for every model; for
+    dense models also over weights (a module keeps the weights between its kept units, counted as
+    :func:`jaxmod.metrics.module_metrics` does), the measure the FSE 2020 code and the supermask paper use.
+    """
+    flat = flatten(masks)
+    total = int(sum(np.prod(v.shape[1:]) for v in flat.values()))
+    node = mask_algebra.module_statistics(flat, total)
+    out = {"node_module_model": module_model_jaccard(flat).tolist(),
+           "node_mean_module_model": float(np.mean(module_model_jaccard(flat))),
+           "node_mean_pairwise": mask_algebra.mean_off_diagonal(node["jaccard"])}
+    if isinstance(model, MLP):
+        weights = module_metrics(resolve_topology(model, input_shape), flat, variables["params"])
+        out.update({"weight_mean_pairwise": weights["mean_jaccard"], "weight_mean_size": weights["mean_size"],
+                    "weight_sizes": weights["sizes"].tolist()})
+    return out

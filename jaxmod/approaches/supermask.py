@@ -1,0 +1,584 @@
+"""Supermask decomposition and recomposition (Kingetsu, Kobayashi, Suzuki).
+
+A trained N-class model is frozen. Each class gets a *module*: a supermask over the model's edge
+weights (every ``kernel`` leaf of ``params``: dense and conv weights) and a *grafting layer*, a
+``Dense(N -> 2)`` after the model's logits that says "my class" or "not my class".
+
+* **Edge-popup mask** (:func:`top_k_mask`): a score per weight (Kaiming-normal initialisation); the
+  forward pass keeps the top ``k`` fraction of ``|score|`` in each layer (the edge-popup rule, per
+  layer, ``numel - floor((1 - k) * numel)`` kept); the backward pass is straight-through (the gradient
+  of the mask is passed to ``|score|`` unchanged). The weights never change.
+* **Module stemming** (:func:`stemming_loss`, Eq. 1): ``alpha`` times the mean over all scores of
+  ``|S_c - S_avg|^p``, where ``S_avg`` is the average of all modules' scores at the end of the previous
+  epoch; **initial score sharing** gives every module the same initial scores.
+* **Module co-training** (Algorithm 1, method B): all modules train together in one jitted step (a
+  ``vmap`` over the module axis; one epoch is one ``lax.scan``). Epoch 1 has no stemming term.
+* **Recomposition** (:func:`recompose`): the union of the chosen classes' supermasks is the deployed
+  subnetwork; each module runs its own supermask and grafting layer on it and the most confident
+  positive output wins (:func:`jaxmod.voting.vote`). :func:`remaining_ratio` is the paper's RPs.
+
+Masks are weight granularity: a nested dict shaped like ``params`` that holds only the masked
+(``kernel``) leaves, each ``bool[num_modules, *kernel_shape]``; unmasked leaves (biases, batch-norm
+scale and bias) are absent rather than ``None`` so that orbax can store the tree. The grafting layers
+are the module set's ``heads``: ``{"graft": {"kernel": [M, N, 2], "bias": [M, 2]}}``.
+
+The frozen model runs in inference mode (batch norm uses its running statistics, dropout is off).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct, traverse_util
+from tqdm.auto import tqdm
+
+from jaxmod import masks as mask_algebra
+from jaxmod.activations import scan_dataset
+from jaxmod.approaches.base import Decomposition
+from jaxmod.data import check_every_class_present, check_labels, epoch_seed
+from jaxmod.models import check_inputs
+from jaxmod.modules import ModuleSet, check_compatible, module_set
+from jaxmod.topology import check_class_list
+from jaxmod.voting import vote
+
+MASKED_LEAF = "kernel"
+POSITIVE = 1  # grafting-layer output 1 is "my class", output 0 "another class"
+FINGERPRINT_KEY = "base_fingerprint"
+
+Path = tuple[str, ...]
+
+
+# ---------------------------------------------------------------------------
+# The edge-popup mask and the stemming loss
+
+
+def kept_count(size: int, k: float) -> int:
+    """Weights an edge-popup layer of ``size`` weights keeps: ``size - floor((1 - k) * size)``."""
+    check_fraction(k)
+    return size - int((1 - k) * size)
+
+
+def check_fraction(k: float) -> None:
+    """``ValueError`` unless ``0 < k <= 1`` (the fraction of weights a supermask keeps)."""
+    if isinstance(k, bool) or not isinstance(k, (int, float, np.floating, np.integer)) or not 0 < k <= 1:
+        raise ValueError(f"k (the fraction of weights each supermask keeps) must be in (0, 1], got {k!r}")
+
+
+def hard_top_k(scores: jax.Array, k: float) -> jax.Array:
+    """``bool`` mask of the ``kept_count`` largest ``|scores|`` of one layer (ties: lower index).
+
+    The same mask as ``lax.top_k`` plus a scatter, found without sorting: the bit patterns of
+    non-negative floats are ordered like their values, so the k-th largest value is a 32-step bisection
+    over int32 thresholds, each step one compare-and-count over the layer; a second bisection over
+    positions keeps the first ties at that value. No sort, scatter or cumsum (all slow on the CPU,
+    worse under ``vmap`` over modules).
+    """
+    bits = jax.lax.bitcast_convert_type(jnp.abs(scores).astype(jnp.float32), jnp.int32).reshape(-1)
+    kept = kept_count(bits.size, k)
+
+    def bisect(_, bounds):  # invariant: count(bits >= lo) >= kept > count(bits >= hi)
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        enough = jnp.sum(bits >= mid) >= kept
+        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+    hi = jnp.max(bits)
+    lo, _ = jax.lax.fori_loop(0, 32, bisect, (jnp.zeros_like(hi), hi + 1))
+    above = bits > lo
+    ties = bits == lo
+    need = kept - jnp.sum(above)  # >= 1 ties at the k-th value are kept: the first ``need`` by index
+    position = jnp.arange(bits.size, dtype=jnp.int32)
+
+    def first_ties(_, bounds):  # invariant: count(ties before lo) < need <= count(ties before hi)
+        lo_i, hi_i = bounds
+        mid = lo_i + (hi_i - lo_i) // 2
+        short = jnp.sum(ties & (position < mid)) < need
+        return jnp.where(short, mid, lo_i), jnp.where(short, hi_i, mid)
+
+    _, end = jax.lax.fori_loop(0, max(1, math.ceil(math.log2(bits.size + 1))), first_ties,
+                               (jnp.int32(0), jnp.int32(bits.size)))
+    return (above | (ties & (position < end))).reshape(scores.shape)
+
+
+def top_k_mask(scores: jax.Array, k: float) -> jax.Array:
+    """Float 0/1 edge-popup mask of one layer with a straight-through gradient.
+
+    Forward: 1 for the top ``k`` fraction of ``|scores|``, else 0. Backward: the mask's gradient
+    reaches ``|scores|`` unchanged (so ``scores`` get it times ``sign(scores)``, as in edge-popup).
+    """
+    magnitude = jnp.abs(scores)
+    hard = jax.lax.stop_gradient(hard_top_k(scores, k).astype(scores.dtype))
+    return hard + (magnitude - jax.lax.stop_gradient(magnitude))
+
+
+def stemming_loss(scores: Any, average: Any, p: float) -> jax.Array:
+    """Eq. 1's regulariser without ``alpha``: mean over every score of ``|S - S_avg|^p``.
+
+    The paper's ``1 / (L x M x N)`` is one over the number of scores when layers are equal; with
+    unequal layers we divide by the total number of scores, so every score is pulled equally.
+    ``|d|^p`` is written ``(d * sign(d))^p`` so that its gradient at ``d = 0`` is 0.
+    """
+    leaves = jax.tree.leaves(scores)
+    total = sum(leaf.size for leaf in leaves)
+    terms = jax.tree.map(lambda s, a: jnp.sum(jnp.power((s - a) * jnp.sign(s - a), p)), scores, average)
+    return sum(jax.tree.leaves(terms)) / total
+
+
+# ---------------------------------------------------------------------------
+# Mask trees
+
+
+def masked_paths(params: Mapping[str, Any]) -> tuple[Path, ...]:
+    """Paths of the leaves a supermask covers: every ``kernel`` (dense and conv weights)."""
+    return tuple(path for path in traverse_util.flatten_dict(dict(params)) if path[-1] == MASKED_LEAF)
+
+
+def mask_template(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The masked leaves of ``params`` as a nested dict (the shape every mask tree has)."""
+    flat = traverse_util.flatten_dict(dict(params))
+    return traverse_util.unflatten_dict({path: flat[path] for path in masked_paths(params)})
+
+
+def masked_weight_count(params: Mapping[str, Any]) -> int:
+    """Number of weights a supermask covers (the denominator of RPs and of module sizes)."""
+    return int(sum(np.size(leaf) for leaf in jax.tree.leaves(mask_template(params))))
+
+
+def apply_mask(params: Mapping[str, Any], mask: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` with each masked leaf multiplied by its mask (one module's, no module axis)."""
+    flat_mask = traverse_util.flatten_dict(dict(mask))
+    flat = traverse_util.flatten_dict(dict(params))
+    unknown = set(flat_mask) - set(flat)
+    if unknown:
+        raise ValueError(f"mask leaves {sorted('/'.join(p) for p in unknown)} are not parameters")
+    return traverse_util.unflatten_dict(
+        {path: leaf * flat_mask[path].astype(leaf.dtype) if path in flat_mask else leaf for path, leaf in flat.items()})
+
+
+def remaining_ratio(stacked: Mapping[str, Any], rows: Sequence[int] | None = None) -> float:
+    """RPs: the fraction of maskable weights the union of the chosen modules keeps (all rows by default)."""
+    leaves = jax.tree.leaves(stacked)
+    total = sum(int(np.prod(np.shape(leaf)[1:])) for leaf in leaves)
+    rows = range(np.shape(leaves[0])[0]) if rows is None else rows
+    return mask_algebra.count(mask_algebra.union_rows(stacked, list(rows))) / total
+
+
+def pair_statistics(stacked: Mapping[str, Any]) -> dict[str, Any]:
+    """Module sizes, overlaps, Jaccard indices and two-class RPs from one pairwise-intersection matrix.
+
+    ``rps_pairs[i, j] = |A_i | A_j| / maskable weights`` (the diagonal is each module's size); the
+    paper's "average ratio of RPs for two-class recomposition" is its mean over pairs ``i < j``.
+    """
+    leaves = jax.tree.leaves(stacked)
+    total = sum(int(np.prod(np.shape(leaf)[1:])) for leaf in leaves)
+    inter = mask_algebra.pairwise_intersections(stacked)
+    stats = mask_algebra.statistics_from_intersections(inter, total)
+    sizes = np.diag(inter)
+    rps = (sizes[:, None] + sizes[None, :] - inter) / total
+    upper = rps[np.triu_indices(len(sizes), 1)]
+    return {
+        **stats,
+        "rps_pairs": rps,
+        "mean_size": float(np.mean(stats["sizes"])),
+        "mean_overlap": mask_algebra.mean_off_diagonal(stats["overlap"]),
+        "mean_jaccard": mask_algebra.mean_off_diagonal(stats["jaccard"]),
+        "two_class_rps_mean": float(np.mean(upper)) if upper.size else float("nan"),
+        "two_class_rps_min": float(np.min(upper)) if upper.size else float("nan"),
+        "two_class_rps_max": float(np.max(upper)) if upper.size else float("nan"),
+    }
+
+
+def fingerprint(variables: Mapping[str, Any]) -> str:
+    """SHA-256 over the frozen model's variables (paths, shapes, dtypes, bytes): which base model."""
+    digest = hashlib.sha256()
+    for path, leaf in sorted(traverse_util.flatten_dict(dict(variables)).items()):
+        array = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(f"{'/'.join(map(str, path))}:{array.shape}:{array.dtype};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------
+# Co-training
+
+
+@struct.dataclass
+class CotrainState:
+    """What co-training carries: scores and grafting layers (leading module axis) and their optimizers."""
+
+    step: jax.Array
+    scores: Any
+    graft: Any
+    score_opt: Any
+    graft_opt: Any
+
+
+def init_scores(params: Mapping[str, Any], num_modules: int, key: jax.Array, share: bool) -> dict[str, Any]:
+    """Kaiming-normal (ReLU gain, fan-in) scores shaped like the masked leaves, stacked per module.
+
+    ``share``: every module starts from the same draw (initial score sharing); otherwise each module
+    draws its own.
+    """
+    template = mask_template(params)
+    init = jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+    flat = traverse_util.flatten_dict(template)
+    keys = jax.random.split(key, len(flat))
+    out = {}
+    for leaf_key, (path, leaf) in zip(keys, flat.items(), strict=True):
+        shape = np.shape(leaf)
+        if share:
+            out[path] = jnp.broadcast_to(init(leaf_key, shape, jnp.float32), (num_modules, *shape))
+        else:
+            out[path] = jax.vmap(lambda k, s=shape: init(k, s, jnp.float32))(jax.random.split(leaf_key, num_modules))
+    return traverse_util.unflatten_dict(out)
+
+
+def init_graft(num_classes: int, classes: Sequence[int]) -> dict[str, jax.Array]:
+    """Grafting layers ``Dense(N -> 2)`` initialised as a channeling: "positive" reads the module's own
+    logit, "negative" the mean of the others (the paper leaves the initialisation open)."""
+    own = jax.nn.one_hot(jnp.asarray(classes), num_classes)
+    kernel = jnp.stack([(1.0 - own) / (num_classes - 1), own], axis=-1)  # [M, N, 2]
+    return {"kernel": kernel, "bias": jnp.zeros((len(classes), 2))}
+
+
+def graft_logits(graft: Mapping[str, jax.Array], logits: jax.Array) -> jax.Array:
+    """One module's grafting layer on the model's logits: ``[B, N] -> [B, 2]``."""
+    return logits @ graft["kernel"] + graft["bias"]
+
+
+def module_forward(model: nn.Module, variables: Mapping[str, Any], mask: Mapping[str, Any],
+                   graft: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
+    """One module's two-way output: the masked frozen model in inference mode, then its grafting layer."""
+    params = apply_mask(variables["params"], mask)
+    logits = model.apply({**variables, "params": params}, x, train=False)
+    return graft_logits(graft, logits)
+
+
+def _objective(model, variables, k, p, scores, graft, target, average, alpha, x):
+    masks = jax.tree.map(lambda s: top_k_mask(s, k), scores)
+    out = module_forward(model, variables, masks, graft, x)
+    ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out, target))
+    stem = stemming_loss(scores, average, p)
+    accuracy = jnp.mean(jnp.argmax(out, -1) == target)
+    return ce + alpha * stem, jnp.stack([ce, stem, accuracy])
+
+
+def make_epoch_fn(model: nn.Module, k: float, p: float, score_opt: optax.GradientTransformation,
+                  graft_opt: optax.GradientTransformation):
+    """``epoch(state, variables, x, y, order, classes, average, alpha) -> (state, metrics[steps, M, 3])``.
+
+    One jitted ``lax.scan`` over the epoch's batches (``order`` is ``int[steps, batch]`` into ``x``);
+    each step ``vmap``s the module objective over the module axis, with the batch shared.
+    """
+
+    def step(carry, index, variables, x, y, classes, average, alpha):
+        state = carry
+        xb, yb = x[index], y[index]
+        targets = (yb[None, :] == classes[:, None]).astype(jnp.int32)
+
+        def total(scores, graft):
+            per_module = jax.vmap(functools.partial(_objective, model, variables, k, p),
+                                  in_axes=(0, 0, 0, None, None, None))
+            losses, metrics = per_module(scores, graft, targets, average, alpha, xb)
+            return jnp.sum(losses), metrics  # modules are independent: the sum's gradient is per module
+
+        (_, metrics), (g_scores, g_graft) = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(
+            state.scores, state.graft)
+        s_updates, score_opt_state = score_opt.update(g_scores, state.score_opt, state.scores)
+        g_updates, graft_opt_state = graft_opt.update(g_graft, state.graft_opt, state.graft)
+        state = state.replace(step=state.step + 1, scores=optax.apply_updates(state.scores, s_updates),
+                              graft=optax.apply_updates(state.graft, g_updates), score_opt=score_opt_state,
+                              graft_opt=graft_opt_state)
+        return state, metrics
+
+    def epoch(state, variables, x, y, order, classes, average, alpha):
+        body = functools.partial(step, variables=variables, x=x, y=y, classes=classes, average=average, alpha=alpha)
+        return jax.lax.scan(body, state, order)
+
+    return jax.jit(epoch, donate_argnums=0)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def hard_masks(scores: Any, k: float) -> Any:
+    """``bool`` masks of stacked scores (leading module axis), layer by layer."""
+    return jax.tree.map(jax.vmap(lambda s: hard_top_k(s, k)), scores)
+
+
+# ---------------------------------------------------------------------------
+# The approach
+
+
+@dataclasses.dataclass(frozen=True)
+class Supermask:
+    """Supermask modules over a frozen model; defaults from the paper (k 10%, alpha 1, p 1, sharing and
+    stemming on; decomposition SGD with Nesterov momentum 0.9, score lr 0.1, batch 32)."""
+
+    k: float = 0.1
+    alpha: float = 1.0
+    p: float = 1.0
+    share_init: bool = True
+    stemming: bool = True
+    epochs: int = 5
+    batch_size: int = 32
+    score_lr: float = 0.1
+    graft_lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    seed: int = 0
+    progress: bool = dataclasses.field(default=False, compare=False)
+    name: str = dataclasses.field(default="supermask", init=False)
+
+    def __post_init__(self) -> None:
+        check_fraction(self.k)
+        if not (isinstance(self.alpha, (int, float)) and self.alpha >= 0):
+            raise ValueError(f"alpha (stemming weight) must be >= 0, got {self.alpha!r}")
+        if not (isinstance(self.p, (int, float)) and self.p >= 1):
+            raise ValueError(f"p (the stemming loss's Lp exponent) must be >= 1, got {self.p!r}")
+        for field in ("epochs", "batch_size"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{field} must be a positive integer, got {value!r}")
+        for field in ("score_lr", "graft_lr"):
+            if not getattr(self, field) > 0:
+                raise ValueError(f"{field} must be > 0, got {getattr(self, field)!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+
+    def training_loss(self) -> None:
+        """Post-training: supermasks decompose the standard model."""
+        return None
+
+    def config(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("name", "progress")}
+
+    def _optimizer(self, lr: float, total_steps: int) -> optax.GradientTransformation:
+        schedule = optax.cosine_decay_schedule(lr, max(1, total_steps))
+        sgd = optax.sgd(schedule, momentum=self.momentum or None, nesterov=self.momentum > 0)
+        return optax.chain(optax.add_decayed_weights(self.weight_decay), sgd) if self.weight_decay else sgd
+
+    def check_inputs(self, model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
+                     num_classes: int, classes: Sequence[int] | None = None) -> tuple[int, ...]:
+        """Every check :meth:`train_modules` makes before any work; returns the class tuple."""
+        if num_classes != model.num_classes:
+            raise ValueError(f"num_classes is {num_classes} but the model has {model.num_classes} classes")
+        if not isinstance(variables, Mapping) or "params" not in variables:
+            raise ValueError("variables must be a mapping of collections that includes 'params'")
+        if not masked_paths(variables["params"]):
+            raise ValueError("the model has no 'kernel' weights for a supermask to cover")
+        x, y = np.asarray(x), np.asarray(y)
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} samples but {len(y)} labels")
+        check_labels(y, num_classes)
+        check_inputs(model, variables, x)
+        if len(x) < self.batch_size:
+            raise ValueError(f"{len(x)} samples, fewer than one decomposition batch of {self.batch_size}")
+        classes = check_class_list(range(num_classes) if classes is None else classes, range(num_classes))
+        check_every_class_present(y, num_classes, "samples to decompose from")
+        return classes
+
+    def train_modules(self, model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
+                      num_classes: int, classes: Sequence[int] | None = None) -> tuple[CotrainState, dict]:
+        """Co-train the modules of ``classes`` (all by default) for ``epochs`` (Algorithm 1, method B).
+
+        Returns the final state and a history: per epoch the mean cross-entropy, stemming term and
+        training accuracy of each module and the masks' two-class RPs and mean Jaccard index, plus
+        ``train_seconds`` (the epochs alone, after compilation) and ``compile_seconds``.
+        """
+        classes = self.check_inputs(model, variables, x, y, num_classes, classes)
+        x = jnp.asarray(np.asarray(x, np.float32))
+        y = jnp.asarray(np.asarray(y, np.int32))
+        variables = jax.tree.map(jnp.asarray, dict(variables))
+        steps = len(x) // self.batch_size
+        score_opt = self._optimizer(self.score_lr, self.epochs * steps)
+        graft_opt = self._optimizer(self.graft_lr, self.epochs * steps)
+        scores = init_scores(variables["params"], len(classes), jax.random.key(self.seed), self.share_init)
+        graft = init_graft(num_classes, classes)
+        state = CotrainState(step=jnp.zeros((), jnp.int32), scores=scores, graft=graft,
+                             score_opt=score_opt.init(scores), graft_opt=graft_opt.init(graft))
+        class_array = jnp.asarray(classes, jnp.int32)
+        average = jax.tree.map(lambda s: jnp.mean(s, axis=0), state.scores)
+
+        def order(epoch: int) -> jax.Array:
+            perm = np.random.default_rng(epoch_seed(self.seed, epoch)).permutation(len(x))
+            return jnp.asarray(perm[: steps * self.batch_size].reshape(steps, self.batch_size), jnp.int32)
+
+        start = time.perf_counter()
+        epoch_fn = make_epoch_fn(model, self.k, self.p, score_opt, graft_opt).lower(
+            state, variables, x, y, order(0), class_array, average, jnp.float32(0)).compile()
+        compile_seconds = time.perf_counter() - start
+        history: list[dict[str, Any]] = []
+        train_seconds = 0.0
+        for epoch in tqdm(range(self.epochs), desc=f"supermask modules ({len(classes)})", disable=not self.progress,
+                          leave=False):
+            # Algorithm 1: the first epoch trains without stemming; later ones pull towards the average of
+            # all modules' scores at the end of the previous epoch.
+            alpha = self.alpha if (self.stemming and epoch > 0) else 0.0
+            start = time.perf_counter()
+            state, metrics = epoch_fn(state, variables, x, y, order(epoch), class_array, average, jnp.float32(alpha))
+            average = jax.tree.map(lambda s: jnp.mean(s, axis=0), state.scores)
+            jax.block_until_ready((state, average))
+            train_seconds += time.perf_counter() - start
+            means = np.asarray(jnp.mean(metrics, axis=0))  # [M, 3]
+            pairs = pair_statistics(hard_masks(state.scores, self.k))
+            history.append({"epoch": epoch + 1, "alpha": alpha, "cross_entropy": means[:, 0].tolist(),
+                            "stemming": means[:, 1].tolist(), "train_accuracy": means[:, 2].tolist(),
+                            "two_class_rps": pairs["two_class_rps_mean"], "mean_jaccard": pairs["mean_jaccard"]})
+        return state, {"epochs": history, "train_seconds": train_seconds, "compile_seconds": compile_seconds,
+                       "classes": list(classes)}
+
+    def decompose(self, model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
+                  num_classes: int) -> Decomposition:
+        """One module per class, co-trained on the (unaugmented) training samples."""
+        state, history = self.train_modules(model, variables, x, y, num_classes)
+        epochs = history["epochs"]
+        statistics = {
+            "two_class_rps": np.asarray([e["two_class_rps"] for e in epochs]),
+            "mean_jaccard": np.asarray([e["mean_jaccard"] for e in epochs]),
+            "cross_entropy": np.asarray([e["cross_entropy"] for e in epochs]),
+            "stemming": np.asarray([e["stemming"] for e in epochs]),
+            "train_accuracy": np.asarray([e["train_accuracy"] for e in epochs]),
+            "train_seconds": np.asarray(history["train_seconds"]),
+            "compile_seconds": np.asarray(history["compile_seconds"]),
+        }
+        masks = jax.tree.map(np.asarray, hard_masks(state.scores, self.k))
+        heads = {"graft": jax.tree.map(np.asarray, state.graft)}
+        return Decomposition(masks=masks, granularity="weight", statistics=statistics, heads=heads)
+
+
+def supermask_module_set(decomposition: Decomposition, *, model_name: str, model: nn.Module, dataset: str,
+                         input_shape: Sequence[int], variables: Mapping[str, Any],
+                         config: Mapping[str, Any] | None = None) -> ModuleSet:
+    """The module set of a supermask decomposition, stamped with the base model's :func:`fingerprint`."""
+    if decomposition.granularity != "weight" or decomposition.heads is None:
+        raise ValueError("a supermask module set needs weight-granularity masks and grafting-layer heads")
+    extra = {**dict(config or {}), FINGERPRINT_KEY: fingerprint(variables)}
+    return module_set(decomposition.masks, approach="supermask", model_name=model_name, model=model,
+                      dataset=dataset, input_shape=input_shape, granularity="weight", extra=extra,
+                      heads=decomposition.heads)
+
+
+# ---------------------------------------------------------------------------
+# Recomposition
+
+
+@dataclasses.dataclass(frozen=True)
+class Recomposition:
+    """Modules recomposed for ``classes``: the deployed subnetwork (``deployed``, the frozen variables with
+    every weight outside the union of the supermasks zeroed), the chosen modules' masks and grafting layers
+    (row i = ``classes[i]``), and RPs (the union's fraction of the maskable weights)."""
+
+    model: nn.Module
+    deployed: Mapping[str, Any]
+    masks: Mapping[str, Any]
+    heads: Mapping[str, Any]
+    classes: tuple[int, ...]
+    union: Mapping[str, Any]
+    rps: float
+
+
+def _check_supermask_set(modules: Any, i: int) -> None:
+    if not isinstance(modules, ModuleSet):
+        raise TypeError(f"module set {i} is a {type(modules).__name__}, not a ModuleSet")
+    meta = modules.metadata
+    if meta.approach != "supermask" or meta.granularity != "weight":
+        raise ValueError(f"module set {i} holds {meta.approach!r} modules of granularity {meta.granularity!r}, "
+                         "not supermask (weight) modules")
+    if modules.heads is None or "graft" not in modules.heads:
+        raise ValueError(f"module set {i} has no grafting layers (heads['graft'])")
+    if FINGERPRINT_KEY not in meta.extra:
+        raise ValueError(f"module set {i} does not record its base model ({FINGERPRINT_KEY!r} in metadata.extra)")
+
+
+def recompose(modules: ModuleSet | Sequence[ModuleSet], variables: Mapping[str, Any],
+              classes: Sequence[int]) -> Recomposition:
+    """Recompose supermask modules for ``classes`` over the frozen model ``variables``.
+
+    ``modules`` is one module set or several (each class must come from exactly one). ``ValueError``
+    before any work when a set is not supermask modules, the sets come from different base models (other
+    architecture, configuration, input shape, or other trained weights), ``variables`` are not that base
+    model, or a class is unknown, repeated or provided twice.
+    """
+    sets = [modules] if isinstance(modules, ModuleSet) else list(modules)
+    if not sets:
+        raise ValueError("no module sets to recompose")
+    for i, s in enumerate(sets):
+        _check_supermask_set(s, i)
+    first = sets[0].metadata
+    for i, s in enumerate(sets[1:], start=1):
+        check_compatible(s.metadata, model_name=first.model_name, model_config=first.model_config,
+                         input_shape=first.input_shape, num_classes=first.num_classes)
+        if s.metadata.extra[FINGERPRINT_KEY] != first.extra[FINGERPRINT_KEY]:
+            raise ValueError(f"module sets 0 and {i} were decomposed from different base models "
+                             "(same architecture, different trained weights); they cannot be recomposed together")
+    if fingerprint(variables) != first.extra[FINGERPRINT_KEY]:
+        raise ValueError("the variables are not the base model these modules were decomposed from")
+    available = [c for s in sets for c in s.metadata.classes]
+    classes = check_class_list(classes, sorted(set(available)))
+    twice = sorted({c for c in classes if available.count(c) > 1})
+    if twice:
+        raise ValueError(f"classes {twice} have modules in more than one module set; pass one module per class")
+    from jaxmod.compose import build_model  # compose imports topology only; keep this module light
+
+    model = build_model(sets[0])
+    owner = {c: s for s in sets for c in s.metadata.classes}
+    masks = jax.tree.map(lambda *rows: np.stack(rows), *[owner[c].module(c) for c in classes])
+    heads = jax.tree.map(lambda *rows: np.stack(rows), *[owner[c].head(c) for c in classes])
+    union = jax.tree.map(lambda m: np.any(m, axis=0), masks)
+    deployed = {**dict(variables), "params": apply_mask(variables["params"], union)}
+    total = sum(np.size(leaf) for leaf in jax.tree.leaves(union))
+    rps = mask_algebra.count(union) / total
+    return Recomposition(model=model, deployed=deployed, masks=masks, heads=heads, classes=classes, union=union,
+                         rps=rps)
+
+
+@functools.lru_cache(maxsize=32)
+def _confidence_fn(model: nn.Module, batch_size: int):
+    def batch_fn(carry, xb, yb, valid, variables, masks, heads):
+        del yb, valid  # padded rows are written past the end and sliced off
+        index, out = carry
+        outputs = jax.vmap(lambda m, h: module_forward(model, variables, m, h, xb))(masks, heads)  # [M, B, 2]
+        positive = jax.nn.softmax(outputs, axis=-1)[..., POSITIVE]
+        return index + 1, jax.lax.dynamic_update_slice_in_dim(out, positive, index * batch_size, axis=1)
+
+    return batch_fn
+
+
+def module_confidences(model: nn.Module, variables: Mapping[str, Any], masks: Mapping[str, Any],
+                       heads: Mapping[str, Any], x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """``float[M, n]``: each module's softmax confidence that each sample is its class (one jitted scan)."""
+    x = np.asarray(x)
+    check_inputs(model, variables, x)
+    num_modules = np.shape(jax.tree.leaves(masks)[0])[0]
+    padded = math.ceil(len(x) / batch_size) * batch_size
+    init = (jnp.zeros((), jnp.int32), jnp.zeros((num_modules, padded), jnp.float32))
+    graft = heads["graft"] if "graft" in heads else heads
+    _, out = scan_dataset(_confidence_fn(model, batch_size), init, x, np.zeros(len(x), np.int32), batch_size,
+                          variables, masks, graft)
+    return np.asarray(out[:, : len(x)])
+
+
+def recomposed_confidences(recomposition: Recomposition, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """The recomposed modules' confidences on ``x`` (``float[len(classes), n]``), run on the deployed subnetwork."""
+    return module_confidences(recomposition.model, recomposition.deployed, recomposition.masks,
+                              recomposition.heads, x, batch_size)
+
+
+def recomposed_predict(recomposition: Recomposition, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """Predicted classes (from ``recomposition.classes``) by confidence voting, without retraining."""
+    return np.asarray(vote(recomposed_confidences(recomposition, x, batch_size), recomposition.classes))
+

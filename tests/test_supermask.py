@@ -1,0 +1,261 @@
+"""Supermask decomposition (Kingetsu et al.): the edge-popup mask, the stemming loss, co-training,
+recomposition by union and voting, the orbax round trip, and the refusal of bad inputs."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxmod import checkpoint, models
+from jaxmod.approaches import create_approach
+from jaxmod.approaches import supermask as sm
+from jaxmod.modules import ModuleMetadata, ModuleSet
+from jaxmod.voting import vote
+
+# ---------------------------------------------------------------------------
+# The edge-popup mask
+
+
+def test_kept_count_follows_edge_popup():
+    assert sm.kept_count(6, 0.5) == 3
+    assert sm.kept_count(490, 0.1) == 49
+    assert sm.kept_count(10, 0.25) == 3  # 10 - int(7.5)
+    assert sm.kept_count(7, 1.0) == 7
+    assert sm.kept_count(7, 0.01) == 1  # never empty
+
+
+def test_top_k_mask_on_a_hand_made_score_array():
+    scores = jnp.array([[0.3, -0.9], [0.1, 0.5], [-0.2, 0.05]])
+    # the three largest |scores| (0.9, 0.5, 0.3); the sign does not matter
+    chex.assert_trees_all_equal(np.asarray(sm.top_k_mask(scores, 0.5)), np.array([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]]))
+    chex.assert_trees_all_equal(np.asarray(sm.hard_top_k(scores, 0.1)), np.array([[0, 1], [0, 0], [0, 0]], bool))
+    # ties at the k-th value go to the lower index, as lax.top_k does
+    ties = jnp.array([0.5, -0.5, 0.5, 0.1, 0.5])
+    chex.assert_trees_all_equal(np.asarray(sm.hard_top_k(ties, 0.4)), np.array([True, True, False, False, False]))
+
+
+def test_straight_through_gradient_reaches_the_scores_times_their_sign():
+    scores = jnp.array([[0.3, -0.9], [0.1, 0.5], [-0.2, 0.05]])
+    upstream = jnp.array([[1.0, 2.0], [3.0, -4.0], [5.0, 6.0]])
+    grad = jax.grad(lambda s: jnp.sum(sm.top_k_mask(s, 0.5) * upstream))(scores)
+    # the mask's gradient goes to |s| unchanged, kept or not: d/ds = upstream * sign(s)
+    chex.assert_trees_all_close(grad, jnp.array([[1.0, -2.0], [3.0, -4.0], [-5.0, 6.0]]))
+
+
+@settings(max_examples=12, deadline=None)
+@given(values=st.lists(st.integers(-6, 6), min_size=24, max_size=24), k=st.sampled_from([0.05, 0.3, 0.5, 1.0]))
+def test_hard_top_k_equals_top_k_and_scatter(values, k):
+    scores = jnp.asarray(values, jnp.float32).reshape(4, 6) / 4  # many ties, some zeros
+    order = np.argsort(-np.abs(np.asarray(scores).reshape(-1)), kind="stable")  # ties: lower index first
+    expected = np.zeros(24, bool)
+    expected[order[: sm.kept_count(24, k)]] = True
+    chex.assert_trees_all_equal(np.asarray(sm.hard_top_k(scores, k)), expected.reshape(4, 6))
+
+
+# ---------------------------------------------------------------------------
+# The stemming loss
+
+
+def test_stemming_loss_by_hand():
+    scores = {"a": {"kernel": jnp.array([[1.0, 2.0], [3.0, 4.0]])}, "b": {"kernel": jnp.array([0.0, -1.0])}}
+    average = {"a": {"kernel": jnp.array([[0.0, 2.0], [5.0, 4.0]])}, "b": {"kernel": jnp.array([0.5, -1.0])}}
+    # p = 1: (|1| + 0 + |-2| + 0 + |-0.5| + 0) / 6 scores
+    assert float(sm.stemming_loss(scores, average, 1.0)) == pytest.approx(3.5 / 6)
+    # p = 2: (1 + 4 + 0.25) / 6
+    assert float(sm.stemming_loss(scores, average, 2.0)) == pytest.approx(5.25 / 6)
+    grad = jax.grad(lambda s: sm.stemming_loss(s, average, 1.0))(scores)
+    # sign(S - S_avg) / number of scores, and 0 where a score equals the average
+    chex.assert_trees_all_close(grad, {"a": {"kernel": jnp.array([[1.0, 0.0], [-1.0, 0.0]]) / 6},
+                                       "b": {"kernel": jnp.array([-1.0, 0.0]) / 6}})
+
+
+# ---------------------------------------------------------------------------
+# A tiny FC1 (3 classes, 4 hidden units, 2x2 inputs) with hand-set weights
+
+
+def _tiny():
+    model = models.create_model("fc1", 3, units=4)
+    w1 = np.array([[1.0, 0.0, 0.5, -1.0], [0.0, 1.0, 0.5, 2.0], [1.0, 1.0, -0.5, 0.0], [-1.0, 0.0, 1.0, 1.0]])
+    w2 = np.array([[1.0, -1.0, 0.0], [0.0, 2.0, 1.0], [1.0, 1.0, -1.0], [0.5, 0.0, 2.0]])
+    params = {"fc1": {"kernel": w1, "bias": np.array([0.1, 0.0, -0.1, 0.2])},
+              "logits": {"kernel": w2, "bias": np.array([0.0, 0.1, -0.1])}}
+    return model, {"params": jax.tree.map(lambda a: np.asarray(a, np.float32), params)}
+
+
+def _tiny_modules(variables, rng_seed=0, classes=(0, 1, 2), fingerprint=None):
+    rng = np.random.default_rng(rng_seed)
+    n = len(classes)
+    masks = {"fc1": {"kernel": rng.random((n, 4, 4)) < 0.5}, "logits": {"kernel": rng.random((n, 4, 3)) < 0.5}}
+    heads = {"graft": {"kernel": rng.normal(size=(n, 3, 2)).astype(np.float32),
+                       "bias": rng.normal(size=(n, 2)).astype(np.float32)}}
+    meta = ModuleMetadata(approach="supermask", model_name="fc1", model_config={"num_hidden": 1, "units": 4},
+                          dataset="synthetic", input_shape=(2, 2, 1), num_classes=3, classes=tuple(classes),
+                          granularity="weight",
+                          extra={sm.FINGERPRINT_KEY: fingerprint or sm.fingerprint(variables)})
+    return ModuleSet(masks, meta, heads)
+
+
+def _by_hand(variables, mask, head, x):
+    """The module's positive confidence in plain numpy."""
+    p = variables["params"]
+    h = np.maximum(x.reshape(len(x), -1) @ (p["fc1"]["kernel"] * mask["fc1"]["kernel"]) + p["fc1"]["bias"], 0)
+    logits = h @ (p["logits"]["kernel"] * mask["logits"]["kernel"]) + p["logits"]["bias"]
+    out = logits @ head["graft"]["kernel"] + head["graft"]["bias"]
+    e = np.exp(out - out.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True))[:, 1]
+
+
+def test_recomposition_union_rps_and_voting_on_constructed_modules():
+    model, variables = _tiny()
+    modules = _tiny_modules(variables)
+    x = np.random.default_rng(1).normal(size=(7, 2, 2, 1)).astype(np.float32)
+    rec = sm.recompose(modules, variables, [2, 0])
+    assert rec.classes == (2, 0)
+    union = {k: {"kernel": modules.masks[k]["kernel"][2] | modules.masks[k]["kernel"][0]} for k in ("fc1", "logits")}
+    chex.assert_trees_all_equal(rec.union, union)
+    assert rec.rps == pytest.approx((union["fc1"]["kernel"].sum() + union["logits"]["kernel"].sum()) / 28)
+    assert rec.rps == pytest.approx(sm.remaining_ratio(modules.masks, [0, 2]))
+    # the deployed subnetwork keeps exactly the union's weights (biases are not masked)
+    np.testing.assert_array_equal(rec.deployed["params"]["fc1"]["kernel"] != 0,
+                                  union["fc1"]["kernel"] & (variables["params"]["fc1"]["kernel"] != 0))
+    chex.assert_trees_all_equal(rec.deployed["params"]["fc1"]["bias"], variables["params"]["fc1"]["bias"])
+    conf = sm.recomposed_confidences(rec, x, batch_size=3)  # batches that do not divide the samples
+    expected = np.stack([_by_hand(variables, modules.module(c), modules.head(c), x) for c in (2, 0)])
+    np.testing.assert_allclose(conf, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(sm.recomposed_predict(rec, x), np.where(expected[0] >= expected[1], 2, 0))
+    chex.assert_trees_all_equal(sm.recomposed_predict(rec, x), np.asarray(vote(expected, (2, 0))))
+
+
+def test_modules_from_two_sets_of_one_base_model_recompose_together():
+    model, variables = _tiny()
+    whole = _tiny_modules(variables)
+    part_a = ModuleSet(jax.tree.map(lambda m: m[:1], whole.masks),
+                       ModuleMetadata(**{**whole.metadata.to_json(), "classes": (0,), "input_shape": (2, 2, 1)}),
+                       jax.tree.map(lambda m: m[:1], whole.heads))
+    part_b = ModuleSet(jax.tree.map(lambda m: m[1:], whole.masks),
+                       ModuleMetadata(**{**whole.metadata.to_json(), "classes": (1, 2), "input_shape": (2, 2, 1)}),
+                       jax.tree.map(lambda m: m[1:], whole.heads))
+    x = np.random.default_rng(2).normal(size=(5, 2, 2, 1)).astype(np.float32)
+    together = sm.recomposed_confidences(sm.recompose([part_b, part_a], variables, [0, 2]), x)
+    np.testing.assert_allclose(together, sm.recomposed_confidences(sm.recompose(whole, variables, [0, 2]), x))
+    with pytest.raises(ValueError, match="more than one module set"):
+        sm.recompose([whole, part_a], variables, [0, 1])
+
+
+# ---------------------------------------------------------------------------
+# Bad inputs are refused first
+
+
+@pytest.mark.parametrize("k", [0.0, -0.1, 1.5, float("nan"), True])
+def test_k_outside_the_unit_interval_is_refused(k):
+    with pytest.raises(ValueError, match="k"):
+        sm.Supermask(k=k)
+    with pytest.raises(ValueError, match="k"):
+        create_approach("supermask", k=k)
+
+
+@pytest.mark.parametrize("option, value", [("p", 0.5), ("alpha", -1.0), ("epochs", 0), ("score_lr", 0.0),
+                                           ("batch_size", 0), ("momentum", 1.0)])
+def test_bad_options_are_refused(option, value):
+    with pytest.raises(ValueError, match=option):
+        sm.Supermask(**{option: value})
+
+
+def test_recomposition_refuses_unknown_classes_and_other_base_models():
+    model, variables = _tiny()
+    modules = _tiny_modules(variables)
+    with pytest.raises(ValueError, match="unknown classes"):
+        sm.recompose(modules, variables, [0, 7])
+    with pytest.raises(ValueError, match="repeats"):
+        sm.recompose(modules, variables, [1, 1])
+    retrained = jax.tree.map(lambda a: a + 0.01, variables)
+    other = _tiny_modules(retrained, rng_seed=3)
+    with pytest.raises(ValueError, match="different base models"):
+        sm.recompose([modules, other], variables, [0, 1])
+    with pytest.raises(ValueError, match="not the base model"):
+        sm.recompose(modules, retrained, [0, 1])
+    wider = ModuleSet(modules.masks, ModuleMetadata(**{**modules.metadata.to_json(), "input_shape": (2, 2, 1),
+                                                      "model_config": {"num_hidden": 1, "units": 5}}), modules.heads)
+    with pytest.raises(ValueError, match="different model"):
+        sm.recompose([modules, wider], variables, [0, 1])
+    unit = ModuleSet({"fc1_relu": np.ones((3, 4), bool)},
+                     ModuleMetadata(**{**modules.metadata.to_json(), "input_shape": (2, 2, 1), "granularity": "unit",
+                                       "approach": "moda"}))
+    with pytest.raises(ValueError, match="not supermask"):
+        sm.recompose(unit, variables, [0])
+
+
+def test_decompose_refuses_bad_samples_before_training():
+    model, variables = _tiny()
+    approach = sm.Supermask(epochs=1, batch_size=4)
+    x = np.zeros((12, 2, 2, 1), np.float32)
+    with pytest.raises(ValueError, match="no samples|missing"):
+        approach.decompose(model, variables, x, np.zeros(12, np.int32), 3)  # classes 1 and 2 absent
+    with pytest.raises(ValueError, match="num_classes"):
+        approach.decompose(model, variables, x, np.arange(12) % 3, 4)
+    with pytest.raises(ValueError, match="does not take"):
+        approach.decompose(model, variables, np.zeros((12, 3, 3, 1), np.float32), np.arange(12) % 3, 3)
+    with pytest.raises(ValueError, match="unknown classes"):
+        approach.train_modules(model, variables, x, np.arange(12) % 3, 3, classes=(5,))
+
+
+# ---------------------------------------------------------------------------
+# Co-training
+
+
+def _synthetic(n=96, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = rng.normal(size=(n, 2, 2, 1)).astype(np.float32) + np.eye(4)[y].reshape(n, 2, 2, 1) * 2
+    return x, y.astype(np.int32)
+
+
+def test_cotraining_equals_training_each_module_alone_without_stemming():
+    model, variables = _tiny()
+    x, y = _synthetic()
+    approach = sm.Supermask(k=0.5, epochs=2, batch_size=16, stemming=False, share_init=True)
+    together, history = approach.train_modules(model, variables, x, y, 3)
+    assert [e["alpha"] for e in history["epochs"]] == [0.0, 0.0]
+    alone, _ = approach.train_modules(model, variables, x, y, 3, classes=(2,))
+    row = jax.tree.map(lambda a: a[2:3], (together.scores, together.graft))
+    chex.assert_trees_all_close(row, (alone.scores, alone.graft), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(together.scores["fc1"]["kernel"][0], alone.scores["fc1"]["kernel"][0])  # modules differ
+
+
+def test_stemming_starts_in_epoch_two_and_pulls_modules_together():
+    model, variables = _tiny()
+    x, y = _synthetic()
+    loose = sm.Supermask(k=0.5, epochs=3, batch_size=16, share_init=False, stemming=False)
+    tight = sm.Supermask(k=0.5, epochs=3, batch_size=16, share_init=False, alpha=500.0)
+    _, h_loose = loose.train_modules(model, variables, x, y, 3)
+    state, h_tight = tight.train_modules(model, variables, x, y, 3)
+    assert [e["alpha"] for e in h_tight["epochs"]] == [0.0, 500.0, 500.0]
+    # identical first epochs (no stemming yet), then the stemming term pulls the scores together
+    assert h_tight["epochs"][0]["mean_jaccard"] == pytest.approx(h_loose["epochs"][0]["mean_jaccard"])
+    assert h_tight["epochs"][-1]["mean_jaccard"] > h_loose["epochs"][-1]["mean_jaccard"]
+    assert h_tight["epochs"][-1]["two_class_rps"] < h_loose["epochs"][-1]["two_class_rps"]
+    # every module keeps exactly kept_count weights per layer
+    masks = sm.hard_masks(state.scores, 0.5)
+    assert [int(m[0].sum()) for m in jax.tree.leaves(masks)] == [8, 6]
+
+
+def test_decomposition_round_trips_through_orbax(tmp_path):
+    model, variables = _tiny()
+    x, y = _synthetic()
+    approach = sm.Supermask(k=0.5, epochs=1, batch_size=16)
+    decomposition = approach.decompose(model, variables, x, y, 3)
+    assert decomposition.granularity == "weight"
+    assert set(jax.tree.leaves(jax.tree.map(lambda m: m.dtype, decomposition.masks))) == {np.dtype(bool)}
+    modules = sm.supermask_module_set(decomposition, model_name="fc1", model=model, dataset="synthetic",
+                                      input_shape=(2, 2, 1), variables=variables, config=approach.config())
+    checkpoint.save_modules(tmp_path / "modules", modules, variables)
+    restored, restored_vars = checkpoint.restore_modules(tmp_path / "modules")
+    assert restored.metadata == modules.metadata
+    chex.assert_trees_all_equal(restored.masks, modules.masks)
+    chex.assert_trees_all_equal(restored.heads, modules.heads)
+    before = sm.recomposed_predict(sm.recompose(modules, variables, [0, 1, 2]), x)
+    after = sm.recomposed_predict(sm.recompose(restored, restored_vars, [0, 1, 2]), x)
+    chex.assert_trees_all_equal(before, after)
