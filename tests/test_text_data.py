@@ -273,4 +273,4 @@ def test_translation_scenario_languages() -> None:
     ds = text.load_sequence_dataset("translation", languages=("uk", "et"))
     assert ds.groups == ("uk", "et")
     counts = np.bincount(np.concatenate([ds.train.group, ds.val.group, ds.test.group]), minlength=2)
-    assert counts[0] > 4000 and counts[1] > 1500  # measured: see notes/issue-5-data.md
+    assert counts[0] > 4000 and counts[1] > 1500  # measured: see BUILD_NOTES.md, "Recurrent models: data"
