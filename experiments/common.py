@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import statistics
@@ -12,7 +13,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxmod import data, metrics, train
+from jaxmod import compose, data, metrics, models, train
+from jaxmod.losses import cross_entropy_loss
 from jaxmod.modules import as_hashable
 
 # Every approach's results.json has these top-level keys (post-training approaches repeat the
@@ -53,6 +55,69 @@ def parse_json_object(text: str, flag: str) -> dict[str, Any]:
 def option(value: Any, default: Any) -> Any:
     """A shared flag left unset (``None``) takes the approach's own default."""
     return default if value is None else value
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRun:
+    """What every image-classifier runner sets up from the shared flags, checked before any training."""
+
+    model_name: str
+    dataset_name: str
+    config: train.TrainConfig
+    dataset: data.Dataset
+    model: Any
+    subtasks: list[tuple[int, ...]]
+    seed: int
+    val_fraction: float
+
+    def run_info(self, loss: str, **extra: Any) -> dict[str, Any]:
+        """The identity a resumable training run checks before it resumes."""
+        return {"model": self.model_name, "model_config": models.model_config(self.model),
+                "dataset": self.dataset_name, "train_samples": len(self.dataset.train.x),
+                "val_fraction": self.val_fraction, "loss": loss, **extra}
+
+    def train_standard(self, workdir: str, progress: bool) -> tuple[train.TrainState, list[dict[str, Any]]]:
+        """The cross-entropy model every approach starts from (resumes under ``WORKDIR/standard``)."""
+        return train.fit(self.model, self.dataset, cross_entropy_loss(), self.config, os.path.join(workdir, "standard"),
+                         progress=progress, description="standard", run_info=self.run_info("cross_entropy"))
+
+    def results_header(self, approach: Any, **config: Any) -> dict[str, Any]:
+        """The first keys of results.json; ``config`` adds approach-specific run settings."""
+        return {
+            "approach": approach.name, "model": self.model_name, "dataset": self.dataset_name, "seed": self.seed,
+            "num_classes": self.dataset.num_classes,
+            "config": {"train": {"epochs": self.config.epochs, "batch_size": self.config.batch_size,
+                                 "lr": self.config.learning_rate},
+                       "approach": approach.config(), "train_samples": len(self.dataset.train.x),
+                       "test_samples": len(self.dataset.test.x), **config},
+        }
+
+
+def image_run_from_flags(flags: Any, defaults: Mapping[str, Any],
+                         check_model: Callable[[Any], None] | None = None) -> ImageRun:
+    """Data, model and reuse sub-tasks from the shared flags; ``ValueError`` before any training.
+
+    ``check_model`` lets an approach refuse a model it does not support once the model is built.
+    """
+    model_name = option(flags.model, defaults["model"])
+    dataset_name = option(flags.dataset, defaults["dataset"])
+    config = train.TrainConfig(epochs=flags.epochs, batch_size=flags.batch_size, learning_rate=flags.lr,
+                               seed=flags.seed)
+    if flags.num_subtasks < 1:
+        raise ValueError(f"--num_subtasks must be >= 1, got {flags.num_subtasks}")
+    dataset = data.load_dataset(dataset_name, val_fraction=flags.val_fraction, seed=flags.seed,
+                                data_dir=flags.data_dir, source=flags.data_source, train_limit=flags.train_limit,
+                                test_limit=flags.test_limit)
+    model = models.create_model(model_name, dataset.num_classes,
+                                **parse_json_object(flags.model_config, "model_config"))
+    models.check_input_shape(model, dataset.input_shape)
+    if check_model is not None:
+        check_model(model)
+    # Decomposition needs every class; find out before training rather than after.
+    data.check_every_class_present(dataset.train.y, dataset.num_classes, "training samples (raise --train_limit)")
+    subtasks = compose.sample_subtasks(dataset.num_classes, flags.num_subtasks, min_size=flags.min_subtask_classes,
+                                       max_size=flags.max_subtask_classes, seed=flags.seed)
+    return ImageRun(model_name, dataset_name, config, dataset, model, subtasks, flags.seed, flags.val_fraction)
 
 
 def step_times(model, data_: data.Dataset, loss_fns: Mapping[str, Any], config: train.TrainConfig,

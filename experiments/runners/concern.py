@@ -14,11 +14,10 @@ import jax
 import numpy as np
 from absl import flags
 
-from experiments.common import option, parse_json_object, timed, timed_decompose, write_json_atomic
-from jaxmod import approaches, checkpoint, compose, data, metrics, models, train
+from experiments.common import image_run_from_flags, option, timed, timed_decompose, write_json_atomic
+from jaxmod import approaches, checkpoint, compose, metrics, models, train
 from jaxmod.activations import predict_logits
 from jaxmod.approaches import concern
-from jaxmod.losses import cross_entropy_loss
 from jaxmod.modules import module_set
 
 FLAGS = flags.FLAGS
@@ -47,28 +46,16 @@ def run(workdir: str) -> dict[str, Any]:
     """Every input is checked (model supported, classes present, variant fits) before training or writing."""
     approach = approach_from_flags()
     model_name = option(FLAGS.model, DEFAULTS["model"])
-    dataset_name = option(FLAGS.dataset, DEFAULTS["dataset"])
-    config = train.TrainConfig(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.lr,
-                               seed=FLAGS.seed)
-    if FLAGS.num_subtasks < 1:
-        raise ValueError(f"--num_subtasks must be >= 1, got {FLAGS.num_subtasks}")
-    dataset = data.load_dataset(dataset_name, val_fraction=FLAGS.val_fraction, seed=FLAGS.seed,
-                                data_dir=FLAGS.data_dir, source=FLAGS.data_source, train_limit=FLAGS.train_limit,
-                                test_limit=FLAGS.test_limit)
-    model = models.create_model(model_name, dataset.num_classes, **parse_json_object(FLAGS.model_config,
-                                                                                       "model_config"))
-    models.check_input_shape(model, dataset.input_shape)
-    concern.model_plan(model)
-    if approach.variant in concern.DENSE_VARIANTS and not isinstance(model, models.MLP):
-        raise ValueError(f"variant {approach.variant!r} is for dense models (fc1..fc4), not {model_name}")
-    data.check_every_class_present(dataset.train.y, dataset.num_classes, "training samples (raise --train_limit)")
-    subtasks = compose.sample_subtasks(dataset.num_classes, FLAGS.num_subtasks, min_size=FLAGS.min_subtask_classes,
-                                       max_size=FLAGS.max_subtask_classes, seed=FLAGS.seed)
 
-    run_info = {"model": model_name, "model_config": models.model_config(model), "dataset": dataset_name,
-                "train_samples": len(dataset.train.x), "val_fraction": FLAGS.val_fraction, "loss": "cross_entropy"}
-    state, history = train.fit(model, dataset, cross_entropy_loss(), config, os.path.join(workdir, "standard"),
-                               progress=FLAGS.progress, description="standard", run_info=run_info)
+    def check_model(model) -> None:
+        concern.model_plan(model)
+        if approach.variant in concern.DENSE_VARIANTS and not isinstance(model, models.MLP):
+            raise ValueError(f"variant {approach.variant!r} is for dense models (fc1..fc4), not {model_name}")
+
+    setup = image_run_from_flags(FLAGS, DEFAULTS, check_model)
+    dataset_name = setup.dataset_name
+    dataset, model, subtasks = setup.dataset, setup.model, setup.subtasks
+    state, history = setup.train_standard(workdir, FLAGS.progress)
     variables = state.variables()
     std_eval = train.evaluate(model, variables, dataset.test.x, dataset.test.y, FLAGS.eval_batch_size)
 
@@ -99,13 +86,9 @@ def run(workdir: str) -> dict[str, Any]:
                                    title=f"concern: node activation frequency on positives ({model_name})")
     std_result = {"test_accuracy": std_eval["top1"], "test_top5": std_eval["top5"], "history": history}
     results = {
-        "approach": approach.name, "model": model_name, "dataset": dataset_name, "seed": FLAGS.seed,
-        "num_classes": dataset.num_classes,
-        "config": {"train": {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.learning_rate},
-                   "approach": approach.config(), "variant": approach.variant,
-                   "backtracking": {"ci_ti_mc_bln": "MC-BLN", "ci_ti_mc_bln_bi": "MC-BLN+MC-BI",
-                                    "cm_rie": "RIE"}.get(approach.variant, "none"),
-                   "train_samples": len(dataset.train.x), "test_samples": len(dataset.test.x)},
+        **setup.results_header(approach, variant=approach.variant,
+                               backtracking={"ci_ti_mc_bln": "MC-BLN", "ci_ti_mc_bln_bi": "MC-BLN+MC-BI",
+                                             "cm_rie": "RIE"}.get(approach.variant, "none")),
         "standard": std_result,
         "modular": std_result,  # post-training: the decomposed model is the standard one
         "composed": {"test_accuracy": composed["top1"], "test_top5": composed["top5"], "method": "voting"},

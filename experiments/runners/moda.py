@@ -11,8 +11,15 @@ import numpy as np
 from absl import flags
 from tqdm.auto import tqdm
 
-from experiments.common import option, parse_json_object, step_times, timed, timed_decompose, write_json_atomic
-from jaxmod import approaches, checkpoint, compose, data, metrics, models, train
+from experiments.common import (
+    image_run_from_flags,
+    option,
+    step_times,
+    timed,
+    timed_decompose,
+    write_json_atomic,
+)
+from jaxmod import approaches, checkpoint, compose, data, metrics, train
 from jaxmod.activations import predict_logits
 from jaxmod.losses import cross_entropy_loss
 from jaxmod.modules import ModuleSet, module_set
@@ -25,10 +32,6 @@ DEFAULTS = {"model": "lenet5", "dataset": "mnist", "alpha": 1.0, "beta": 1.0, "g
 def approach_from_flags() -> approaches.Approach:
     return approaches.create_approach(
         "moda", **{n: option(getattr(FLAGS, n), DEFAULTS[n]) for n in ("alpha", "beta", "gamma", "tau")})
-
-
-def model_config_from_flags() -> dict[str, Any]:
-    return parse_json_object(FLAGS.model_config, "model_config")
 
 
 def evaluate_reuse(modules: ModuleSet, variables, std_model, std_variables, data_: data.Dataset, subtasks,
@@ -54,35 +57,18 @@ def evaluate_reuse(modules: ModuleSet, variables, std_model, std_variables, data
 def run(workdir: str) -> dict[str, Any]:
     """MODA end to end; every input is checked before anything is trained or written."""
     approach = approach_from_flags()
-    model_name = option(FLAGS.model, DEFAULTS["model"])
-    dataset_name = option(FLAGS.dataset, DEFAULTS["dataset"])
-    config = train.TrainConfig(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.lr,
-                               seed=FLAGS.seed)
-    if FLAGS.num_subtasks < 1:
-        raise ValueError(f"--num_subtasks must be >= 1, got {FLAGS.num_subtasks}")
-    dataset = data.load_dataset(dataset_name, val_fraction=FLAGS.val_fraction, seed=FLAGS.seed,
-                                data_dir=FLAGS.data_dir, source=FLAGS.data_source, train_limit=FLAGS.train_limit,
-                                test_limit=FLAGS.test_limit)
-    model = models.create_model(model_name, dataset.num_classes, **model_config_from_flags())
-    models.check_input_shape(model, dataset.input_shape)
-    subtasks = compose.sample_subtasks(dataset.num_classes, FLAGS.num_subtasks, min_size=FLAGS.min_subtask_classes,
-                                       max_size=FLAGS.max_subtask_classes, seed=FLAGS.seed)
+    setup = image_run_from_flags(FLAGS, DEFAULTS)
+    model_name, dataset_name, config = setup.model_name, setup.dataset_name, setup.config
+    dataset, model, subtasks = setup.dataset, setup.model, setup.subtasks
     topology = resolve_topology(model, dataset.input_shape)
-    # Decomposition needs every class; find out before training rather than after.
-    data.check_every_class_present(dataset.train.y, dataset.num_classes, "training samples (raise --train_limit)")
-
-    run_info = {"model": model_name, "model_config": models.model_config(model), "dataset": dataset_name,
-                "train_samples": len(dataset.train.x), "val_fraction": FLAGS.val_fraction}
-    std_state, std_history = train.fit(model, dataset, cross_entropy_loss(), config,
-                                       os.path.join(workdir, "standard"), progress=FLAGS.progress,
-                                       description="standard", run_info={**run_info, "loss": "cross_entropy"})
+    std_state, std_history = setup.train_standard(workdir, FLAGS.progress)
     modular_loss = approach.training_loss()
     if modular_loss is None:  # post-training approach: decompose the standard model
         src_state, src_history = std_state, std_history
     else:
         src_state, src_history = train.fit(model, dataset, modular_loss, config, os.path.join(workdir, "modular"),
                                            progress=FLAGS.progress, description="modular",
-                                           run_info={**run_info, "loss": approach.name, **approach.config()})
+                                           run_info=setup.run_info(approach.name, **approach.config()))
     std_vars, src_vars = std_state.variables(), src_state.variables()
     std_eval = train.evaluate(model, std_vars, dataset.test.x, dataset.test.y, FLAGS.eval_batch_size)
     src_eval = train.evaluate(model, src_vars, dataset.test.x, dataset.test.y, FLAGS.eval_batch_size)
@@ -123,14 +109,7 @@ def run(workdir: str) -> dict[str, Any]:
         title="reuse without fine-tuning")
 
     results = {
-        "approach": approach.name,
-        "model": model_name,
-        "dataset": dataset_name,
-        "seed": FLAGS.seed,
-        "num_classes": dataset.num_classes,
-        "config": {"train": {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.learning_rate},
-                   "approach": approach.config(), "train_samples": len(dataset.train.x),
-                   "test_samples": len(dataset.test.x)},
+        **setup.results_header(approach),
         "standard": {"test_accuracy": std_eval["top1"], "test_top5": std_eval["top5"], "history": std_history},
         "modular": {"test_accuracy": src_eval["top1"], "test_top5": src_eval["top5"], "history": src_history},
         "composed": {"test_accuracy": composed_eval["top1"], "test_top5": composed_eval["top5"],

@@ -13,8 +13,15 @@ import numpy as np
 from absl import flags
 from tqdm.auto import tqdm
 
-from experiments.common import option, step_times, timed, timed_decompose, write_json_atomic
-from experiments.runners.moda import model_config_from_flags
+from experiments.common import (
+    image_run_from_flags,
+    option,
+    parse_json_object,
+    step_times,
+    timed,
+    timed_decompose,
+    write_json_atomic,
+)
 from jaxmod import approaches, checkpoint, compose, data, metrics, models, train
 from jaxmod.activations import predict_logits
 from jaxmod.approaches import mwt as mwt_lib
@@ -89,40 +96,24 @@ def evaluate_reuse(approach: mwt_lib.MwT, modules: ModuleSet, variables, std_mod
 def run(workdir: str) -> dict[str, Any]:
     """MwT end to end; every input is checked before anything is trained or written."""
     approach = approach_from_flags()
-    model_name = option(FLAGS.model, DEFAULTS["model"])
-    dataset_name = option(FLAGS.dataset, DEFAULTS["dataset"])
-    config = train.TrainConfig(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.lr,
-                               seed=FLAGS.seed)
     if not FLAGS.mwt_finetune_lr > 0:
         raise ValueError(f"--mwt_finetune_lr must be > 0, got {FLAGS.mwt_finetune_lr}")
-    if FLAGS.num_subtasks < 1:
-        raise ValueError(f"--num_subtasks must be >= 1, got {FLAGS.num_subtasks}")
-    model = models.create_model(model_name, 2, **model_config_from_flags())  # fails fast on a bad config
-    mwt_lib.with_generators(model)  # a model without maskable convs fails before any data is loaded
-    dataset = data.load_dataset(dataset_name, val_fraction=FLAGS.val_fraction, seed=FLAGS.seed,
-                                data_dir=FLAGS.data_dir, source=FLAGS.data_source, train_limit=FLAGS.train_limit,
-                                test_limit=FLAGS.test_limit)
-    model = models.create_model(model_name, dataset.num_classes, **model_config_from_flags())
-    models.check_input_shape(model, dataset.input_shape)
+    early = models.create_model(option(FLAGS.model, DEFAULTS["model"]), 2,  # fails fast on a bad config
+                                **parse_json_object(FLAGS.model_config, "model_config"))
+    mwt_lib.with_generators(early)  # a model without maskable convs fails before any data is loaded
+    setup = image_run_from_flags(FLAGS, DEFAULTS)
+    model_name, dataset_name, config = setup.model_name, setup.dataset_name, setup.config
+    dataset, model, subtasks = setup.dataset, setup.model, setup.subtasks
     gen_model = approach.training_model(model, dataset.input_shape)
-    subtasks = compose.sample_subtasks(dataset.num_classes, FLAGS.num_subtasks, min_size=FLAGS.min_subtask_classes,
-                                       max_size=FLAGS.max_subtask_classes, seed=FLAGS.seed)
     topology = mwt_lib.mwt_topology(model, dataset.input_shape)
-    data.check_every_class_present(dataset.train.y, dataset.num_classes, "training samples (raise --train_limit)")
-
-    run_info = {"model": model_name, "model_config": models.model_config(model), "dataset": dataset_name,
-                "train_samples": len(dataset.train.x), "val_fraction": FLAGS.val_fraction}
-    std_state, std_history = train.fit(model, dataset, cross_entropy_loss(), config,
-                                       os.path.join(workdir, "standard"), progress=FLAGS.progress,
-                                       description="standard", run_info={**run_info, "loss": "cross_entropy"})
+    std_state, std_history = setup.train_standard(workdir, FLAGS.progress)
     modular_loss = approach.training_loss()
     src_state, src_history = train.fit(gen_model, dataset, modular_loss, config, os.path.join(workdir, "modular"),
                                        progress=FLAGS.progress, description="modular",
-                                       run_info={**run_info, "model_config": models.model_config(gen_model),
-                                                 "loss": approach.name,
-                                                 # fine-tuning comes after training: not part of the run's identity
-                                                 **{k: v for k, v in approach.config().items()
-                                                    if k != "finetune_epochs"}})
+                                       run_info=setup.run_info(
+                                           approach.name, model_config=models.model_config(gen_model),
+                                           # fine-tuning comes after training: not part of the run's identity
+                                           **{k: v for k, v in approach.config().items() if k != "finetune_epochs"}))
     std_vars, src_vars = std_state.variables(), src_state.variables()
     plain_vars = mwt_lib.strip_generators(src_vars)
     std_eval = train.evaluate(model, std_vars, dataset.test.x, dataset.test.y, FLAGS.eval_batch_size)
@@ -164,14 +155,7 @@ def run(workdir: str) -> dict[str, Any]:
 
     mean = lambda key: float(np.mean([r[key] for r in reuse]))  # noqa: E731
     results = {
-        "approach": approach.name,
-        "model": model_name,
-        "dataset": dataset_name,
-        "seed": FLAGS.seed,
-        "num_classes": dataset.num_classes,
-        "config": {"train": {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.learning_rate},
-                   "approach": approach.config(), "train_samples": len(dataset.train.x),
-                   "test_samples": len(dataset.test.x)},
+        **setup.results_header(approach),
         "standard": {"test_accuracy": std_eval["top1"], "test_top5": std_eval["top5"], "history": std_history},
         "modular": {"test_accuracy": src_eval["top1"], "test_top5": src_eval["top5"], "history": src_history},
         "composed": {"test_accuracy": composed_eval["top1"], "test_top5": composed_eval["top5"],

@@ -21,12 +21,11 @@ import numpy as np
 from absl import flags
 from tqdm.auto import tqdm
 
-from experiments.common import option, parse_json_object, timed, write_json_atomic
-from jaxmod import checkpoint, compose, data, metrics, models, train
+from experiments.common import image_run_from_flags, option, timed, write_json_atomic
+from jaxmod import checkpoint, compose, metrics, train
 from jaxmod.activations import predict_logits
 from jaxmod.approaches import create_approach
 from jaxmod.approaches import supermask as sm
-from jaxmod.losses import cross_entropy_loss
 from jaxmod.voting import vote_top_k, voting_accuracy
 
 FLAGS = flags.FLAGS
@@ -99,30 +98,13 @@ def evaluate_reuse(modules, variables, confidences: np.ndarray, std_logits: np.n
 def run(workdir: str) -> dict[str, Any]:
     """Supermask decomposition end to end; every input is checked before anything is trained or written."""
     approach = approach_from_flags()
-    model_name = option(FLAGS.model, DEFAULTS["model"])
-    dataset_name = option(FLAGS.dataset, DEFAULTS["dataset"])
-    config = train.TrainConfig(epochs=FLAGS.epochs, batch_size=FLAGS.batch_size, learning_rate=FLAGS.lr,
-                               seed=FLAGS.seed)
-    if FLAGS.num_subtasks < 1:
-        raise ValueError(f"--num_subtasks must be >= 1, got {FLAGS.num_subtasks}")
-    dataset = data.load_dataset(dataset_name, val_fraction=FLAGS.val_fraction, seed=FLAGS.seed,
-                                data_dir=FLAGS.data_dir, source=FLAGS.data_source, train_limit=FLAGS.train_limit,
-                                test_limit=FLAGS.test_limit)
-    model = models.create_model(model_name, dataset.num_classes, **parse_json_object(FLAGS.model_config,
-                                                                                      "model_config"))
-    models.check_input_shape(model, dataset.input_shape)
-    subtasks = compose.sample_subtasks(dataset.num_classes, FLAGS.num_subtasks, min_size=FLAGS.min_subtask_classes,
-                                       max_size=FLAGS.max_subtask_classes, seed=FLAGS.seed)
-    data.check_every_class_present(dataset.train.y, dataset.num_classes, "training samples (raise --train_limit)")
+    setup = image_run_from_flags(FLAGS, DEFAULTS)
+    model_name, dataset_name, config = setup.model_name, setup.dataset_name, setup.config
+    dataset, model, subtasks = setup.dataset, setup.model, setup.subtasks
     if len(dataset.train.x) < max(config.batch_size, approach.batch_size):
         raise ValueError(f"the training split has {len(dataset.train.x)} samples, fewer than one batch of "
                          f"{max(config.batch_size, approach.batch_size)}")
-
-    run_info = {"model": model_name, "model_config": models.model_config(model), "dataset": dataset_name,
-                "train_samples": len(dataset.train.x), "val_fraction": FLAGS.val_fraction, "loss": "cross_entropy"}
-    std_state, std_history = train.fit(model, dataset, cross_entropy_loss(), config,
-                                       os.path.join(workdir, "standard"), progress=FLAGS.progress,
-                                       description="standard", run_info=run_info)
+    std_state, std_history = setup.train_standard(workdir, FLAGS.progress)
     variables = std_state.variables()
     std_eval = train.evaluate(model, variables, dataset.test.x, dataset.test.y, FLAGS.eval_batch_size)
 
@@ -171,16 +153,8 @@ def run(workdir: str) -> dict[str, Any]:
 
     std_section = {"test_accuracy": std_eval["top1"], "test_top5": std_eval["top5"], "history": std_history}
     results = {
-        "approach": approach.name,
-        "model": model_name,
-        "dataset": dataset_name,
-        "seed": FLAGS.seed,
-        "num_classes": dataset.num_classes,
-        "config": {"train": {"epochs": config.epochs, "batch_size": config.batch_size, "lr": config.learning_rate},
-                   "approach": approach.config(), "train_samples": len(dataset.train.x),
-                   "test_samples": len(dataset.test.x),
-                   "maskable_weights": sm.masked_weight_count(variables["params"]),
-                   "base_fingerprint": modules.metadata.extra[sm.FINGERPRINT_KEY]},
+        **setup.results_header(approach, maskable_weights=sm.masked_weight_count(variables["params"]),
+                               base_fingerprint=modules.metadata.extra[sm.FINGERPRINT_KEY]),
         "standard": std_section,
         "modular": std_section,  # post-training: the modules are cut from the standard model
         "composed": {"test_accuracy": composed_acc, "test_top5": composed_top5, "size": recomposed.rps,
