@@ -3,12 +3,18 @@ r"""The acceptance tables of Pan & Rajan's decomposition, written to ``experimen
     python -m experiments.concern_tables --mode=dense  --workdir=/tmp/concern_runs   # FC1-FC4 x MNIST/F-MNIST
     python -m experiments.concern_tables --mode=cnn    --workdir=/tmp/concern_runs   # LeNet5, ResNet20 (no BN)
     python -m experiments.concern_tables --mode=timing --workdir=/tmp/concern_runs   # LeNet5 MNIST, 10 modules
+    python -m experiments.concern_tables --mode=recipe --workdir=/tmp/concern_runs   # ResNet20 recipe (val split)
+    python -m experiments.concern_tables --mode=steps  --workdir=/tmp/concern_runs   # what each step removes
 
 Standard models are trained here (resumable under ``--workdir``; nothing is selected on the test
 set). ``dense`` compares TI-I, TI-SNE and CM-RIE with the supermask paper's Table 1 and also writes
 ``dense_table.csv`` (model,dataset,variant,jaccard,composed_accuracy,model_accuracy); ``cnn`` gives the
 CNN paper's Table 1 columns (CI+TI+MC, CI+TI+MC-BLN, CI+TI+MC-BLN+MC-BI); ``timing`` times the
-vectorised decomposition of all ten LeNet5 modules against a per-sample Python loop of the same statistic.
+vectorised decomposition of all ten LeNet5 modules against a per-sample Python loop of the same statistic;
+``recipe`` compares training recipes for ResNet20 without batch norm on the validation split; ``steps``
+reports per layer what CI, TI, MC-BLN and MC-BI remove, and how MC-BLN's delta changes the modules.
+ResNets are trained with ``--resnet_optimizer`` / ``--resnet_lr`` / ``--zero_init_residual``, which
+enter their cnn row keys; LeNet5 keeps the library's SGD.
 """
 
 from __future__ import annotations
@@ -28,14 +34,14 @@ import numpy as np
 from absl import app, flags, logging
 from tqdm.auto import tqdm
 
-from experiments.common import write_json_atomic
+from experiments.common import append_jsonl_rows, read_jsonl_rows, write_json_atomic
 from jaxmod import data, metrics, models, train
 from jaxmod.activations import forward
 from jaxmod.approaches import concern
 from jaxmod.losses import cross_entropy_loss
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("mode", "dense", ["dense", "cnn", "timing"], "Which table to produce.")
+flags.DEFINE_enum("mode", "dense", ["dense", "cnn", "timing", "recipe", "steps"], "Which table to produce.")
 flags.DEFINE_string("workdir", "/tmp/concern_runs", "Where trained standard models are kept (resumable).")
 flags.DEFINE_string("out", "experiments/results/concern", "Where tables go.")
 flags.DEFINE_list("models", None, "Models (default: fc1..fc4 for dense, lenet5,resnet20 for cnn).")
@@ -48,6 +54,18 @@ flags.DEFINE_integer("loop_samples", 200, "Samples of the per-sample loop baseli
 flags.DEFINE_bool("progress", True, "Progress bars.")
 flags.DEFINE_float("lr", None, "Learning rate of the standard models (default: train.TrainConfig's).")
 flags.DEFINE_bool("table_only", False, "cnn mode: write cnn_table.md/csv from the finished rows, run nothing.")
+flags.DEFINE_bool("zero_init_residual", False, "cnn mode: ResNets start each block's conv2 at zero (Fixup-style), "
+                  "the recipe that trains ResNet20 without batch norm (chosen on the validation split, recipe mode).")
+flags.DEFINE_bool("steps_accuracy", True, "steps mode: also vote with the modules of every delta on the test "
+                  "split (backtracking_delta); off: only the per-layer counts and edge strengths.")
+flags.DEFINE_list("deltas", ["0.5", "0.25", "0.1", "0.05"], "steps mode: MC-BLN thresholds to diagnose.")
+flags.DEFINE_float("resnet_lr", None, "Learning rate of the ResNets only (default --lr): the recipe for ResNet20 "
+                   "without batch norm differs from LeNet5's.")
+flags.DEFINE_enum("resnet_optimizer", "sgd", ["sgd", "adam"], "Optimizer of the ResNets' standard models: the "
+                  "library's SGD (Nesterov, cosine) or Adam with the same cosine schedule (--resnet_lr, default 1e-3).")
+flags.DEFINE_list("recipe_candidates", ["default:sgd:0.05", "zero:sgd:0.05", "default:adam:0.001"],
+                  "recipe mode: init:optimizer:lr per candidate (init default or zero: zero-initialised residual "
+                  "branches; optimizer sgd or adam).")
 
 # The supermask paper's Table 1 (Kingetsu et al.): Pan & Rajan's dense variants, Jaccard index between
 # modules and recomposed accuracy, k = 10%.
@@ -62,16 +80,48 @@ PAPER_DENSE = {
 MODEL_CONFIG = {"resnet20": {"use_bn": False}}
 
 
-def trained(model_name: str, dataset: data.Dataset, dataset_name: str, epochs: int) -> tuple[Any, dict, list]:
+def model_overrides(model_name: str, zero_init: bool | None = None) -> dict[str, Any]:
+    """The model configuration of ``model_name`` in these tables: ResNets without batch norm, their
+    residual branches zero-initialised when ``zero_init`` (default ``--zero_init_residual``)."""
+    zero_init = FLAGS.zero_init_residual if zero_init is None else zero_init
+    config = dict(MODEL_CONFIG.get(model_name, {}))
+    if model_name.startswith("resnet") and zero_init:
+        config["zero_init_residual"] = True
+    return config
+
+
+def model_lr(model_name: str) -> float | None:
+    """The learning rate of ``model_name``'s standard model: ``--resnet_lr`` for ResNets when set, else ``--lr``."""
+    if model_name.startswith("resnet") and FLAGS.resnet_lr is not None:
+        return FLAGS.resnet_lr
+    return FLAGS.lr
+
+
+def model_optimizer(model_name: str) -> str:
+    """``--resnet_optimizer`` for ResNets, the library's SGD for every other model."""
+    return FLAGS.resnet_optimizer if model_name.startswith("resnet") else "sgd"
+
+
+def trained(model_name: str, dataset: data.Dataset, dataset_name: str, epochs: int, lr: float | None = None,
+            zero_init: bool | None = None, optimizer: str | None = None) -> tuple[Any, dict, list]:
     """A standard model trained with cross-entropy (resumed from ``--workdir`` when already there)."""
-    model = models.create_model(model_name, dataset.num_classes, **MODEL_CONFIG.get(model_name, {}))
-    config = train.TrainConfig(epochs=epochs, seed=FLAGS.seed, **({} if FLAGS.lr is None else
-                                                                   {"learning_rate": FLAGS.lr}))
-    suffix = "" if FLAGS.lr is None else f"_lr{FLAGS.lr:g}"
+    overrides = model_overrides(model_name, zero_init)
+    optimizer = model_optimizer(model_name) if optimizer is None else optimizer
+    lr = model_lr(model_name) if lr is None else lr
+    if optimizer == "adam" and lr is None:
+        lr = 1e-3
+    model = models.create_model(model_name, dataset.num_classes, **overrides)
+    config = train.TrainConfig(epochs=epochs, seed=FLAGS.seed, **({} if lr is None else {"learning_rate": lr}))
+    opt, info = None, {"model": model_name, "dataset": dataset_name}
+    if optimizer == "adam":
+        steps = train.num_batches(len(dataset.train.x), config.batch_size, drop_remainder=True)
+        opt = train.make_optimizer(config, steps, "adam")
+        info["optimizer"] = "adam"
+    suffix = (("" if lr is None else f"_lr{lr:g}") + ("_zi" if overrides.get("zero_init_residual") else "")
+              + ("_adam" if optimizer == "adam" else ""))
     workdir = os.path.join(FLAGS.workdir, f"{model_name}_{dataset_name}_e{epochs}_n{len(dataset.train.x)}{suffix}")
     state, history = train.fit(model, dataset, cross_entropy_loss(), config, workdir, progress=FLAGS.progress,
-                               description=f"{model_name}/{dataset_name}",
-                               run_info={"model": model_name, "dataset": dataset_name})
+                               description=f"{model_name}/{dataset_name}", run_info=info, optimizer=opt)
     return model, state.variables(), history
 
 
@@ -104,8 +154,9 @@ def decompose_and_measure(model, variables, dataset: data.Dataset, variant: str,
         if cache is not None:
             cache[key] = conf
     voted = concern.voted(conf, dataset.test.y, range(dataset.num_classes))
+    kept = float(sum(np.sum(m) for m in jax.tree.leaves(dec.masks))) / dataset.num_classes
     return {"variant": variant, **voted, **concern.jaccard_figures(model, variables, dec.masks, dataset.input_shape),
-            "decompose_seconds": seconds}
+            "decompose_seconds": seconds, "kept_nodes": kept}
 
 
 def write_table(name: str, rows: list[dict[str, Any]], columns: Sequence[str], title: str, notes: str) -> None:
@@ -164,21 +215,12 @@ def cnn_row_key(model_name: str, dataset_name: str) -> dict[str, Any]:
     """What identifies a finished CNN row in ``cnn_rows.jsonl``: a rerun with other settings recomputes it."""
     key = {"model": model_name, "dataset": dataset_name, "epochs": FLAGS.epochs, "train_limit": FLAGS.train_limit,
            "test_limit": FLAGS.test_limit, "seed": FLAGS.seed}
-    return key if FLAGS.lr is None else {**key, "lr": FLAGS.lr}
-
-
-def finished_rows(path: str) -> list[dict[str, Any]]:
-    """Rows already written to the JSONL file (one JSON object per line; a torn last line is ignored)."""
-    if not os.path.exists(path):
-        return []
-    rows = []
-    with open(path) as f:
-        for line in f:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                logging.warning("ignoring an unreadable line of %s", path)
-    return rows
+    if model_overrides(model_name).get("zero_init_residual"):
+        key["zero_init_residual"] = True
+    if model_optimizer(model_name) == "adam":
+        key["optimizer"] = "adam"
+    lr = model_lr(model_name)
+    return key if lr is None else {**key, "lr": lr}
 
 
 def cnn_mode() -> None:
@@ -189,7 +231,7 @@ def cnn_mode() -> None:
     wanted = [(m, d) for d in FLAGS.datasets for m in FLAGS.models or ["lenet5", "resnet20"]]
     for model_name, dataset_name in [] if FLAGS.table_only else wanted:
         key = cnn_row_key(model_name, dataset_name)
-        if any(r.get("key") == key for r in finished_rows(jsonl)):
+        if any(r.get("key") == key for r in read_jsonl_rows(jsonl)):
             tqdm.write(f"{model_name}/{dataset_name}: finished row found in {jsonl}, skipped")
             continue
         dataset = load(dataset_name)
@@ -206,11 +248,15 @@ def cnn_mode() -> None:
             row.update({f"{variant}_top1": round(r["top1"], 4), f"{variant}_top5": round(r["top5"], 4),
                         f"{variant}_ji": round(r["node_mean_module_model"], 4),
                         f"{variant}_ji_pairwise": round(r["node_mean_pairwise"], 4),
-                        f"{variant}_decompose_seconds": round(r["decompose_seconds"], 1)})
+                        f"{variant}_decompose_seconds": round(r["decompose_seconds"], 1),
+                        f"{variant}_kept_nodes": round(r["kept_nodes"], 1)})
+        row["nodes"] = int(sum(np.prod(s) for s in concern.node_shapes(model, variables, dataset.input_shape).values()))
+        row["bln_removed_nodes"] = round(row["ci_ti_mc_kept_nodes"] - row["ci_ti_mc_bln_kept_nodes"], 1)
+        row["bi_removed_nodes"] = round(row["ci_ti_mc_bln_kept_nodes"] - row["ci_ti_mc_bln_bi_kept_nodes"], 1)
+        row["optimizer"] = model_optimizer(model_name)
         row["bln_meets_model_minus_0.02"] = row["ci_ti_mc_bln_top1"] >= row["model_top1"] - 0.02
         row["model_trained"] = row["model_top1"] > 2 / dataset.num_classes  # else the comparison is vacuous
-        with open(jsonl, "a") as f:
-            f.write(json.dumps({**row, "key": key}) + "\n")
+        append_jsonl_rows(jsonl, [{**row, "key": key}])
         tqdm.write(str(row))
         write_cnn_table(jsonl, wanted)
     write_cnn_table(jsonl, wanted)
@@ -222,9 +268,10 @@ def write_cnn_table(jsonl: str, wanted: Sequence[tuple[str, str]]) -> None:
         f"{v}_{m}" for v in concern.CNN_VARIANTS for m in ("top1", "top5", "ji")] + [
         "bln_meets_model_minus_0.02", "model_trained"]
     keys = [json.dumps(cnn_row_key(m, d), sort_keys=True) for m, d in wanted]
-    done = {json.dumps(r.get("key"), sort_keys=True): r for r in finished_rows(jsonl)}
+    done = {json.dumps(r.get("key"), sort_keys=True): r for r in read_jsonl_rows(jsonl)}
     rows = [{"model_trained": r["model_top1"] > 0.2, **r} for r in (done[k] for k in keys if k in done)]
-    write_table("cnn_table", rows, columns + [f"{v}_ji_pairwise" for v in concern.CNN_VARIANTS],
+    write_table("cnn_table", rows, columns + [f"{v}_ji_pairwise" for v in concern.CNN_VARIANTS]
+                + ["nodes", "ci_ti_mc_kept_nodes", "bln_removed_nodes", "bi_removed_nodes", "optimizer"],
                 "Pan & Rajan CNN decomposition (ICSE 2022 Table 1 columns)",
                 "Composed top-1/top-5: all ten binary modules voting on the test split. `ji`: Jaccard index "
                 "between a module and the model over nodes (dense units and conv-map positions, what the "
@@ -234,7 +281,11 @@ def write_cnn_table(jsonl: str, wanted: Sequence[tuple[str, str]]) -> None:
                 "no selection on the test set (the last epoch is taken). Rows are written to "
                 f"`cnn_rows.jsonl` as they finish (a rerun skips them): {len(rows)} of {len(keys)} here. "
                 "`model_trained`: the standard model's top-1 is above twice chance; where it is not, the "
-                "composed-vs-model comparison says nothing (modules of an untrained model vote like it).")
+                "composed-vs-model comparison says nothing (modules of an untrained model vote like it). "
+                "`nodes`: the model's nodes; `ci_ti_mc_kept_nodes`: nodes a CI+TI+MC module keeps (mean over "
+                "modules); `bln_removed_nodes`/`bi_removed_nodes`: how many more MC-BLN and then MC-BI remove "
+                "(mean per module; see backtracking_*.md for the per-layer diagnosis). `optimizer`: how the "
+                "standard model was trained (ResNet20: Adam, chosen on the validation split, recipe_table.md).")
 
 
 def loop_statistic(model, variables, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -284,13 +335,127 @@ def timing_mode() -> None:
     print(result)
 
 
+def recipe_candidates() -> list[tuple[str, str, float]]:
+    """``--recipe_candidates`` parsed: (init, optimizer, lr) each; ``UsageError`` naming a bad one."""
+    out = []
+    for text in FLAGS.recipe_candidates:
+        parts = text.split(":")
+        try:
+            init, optimizer, lr = parts[0], parts[1], float(parts[2])
+        except (IndexError, ValueError) as err:
+            raise app.UsageError(f"--recipe_candidates: {text!r} is not init:optimizer:lr") from err
+        if len(parts) != 3 or init not in ("default", "zero") or optimizer not in ("sgd", "adam") or lr <= 0:
+            raise app.UsageError(f"--recipe_candidates: {text!r} must be (default|zero):(sgd|adam):lr>0")
+        out.append((init, optimizer, lr))
+    return out
+
+
+def recipe_mode() -> None:
+    """Choose how ResNet20 without batch norm is trained, on the validation split only: every learning
+    rate of ``--recipe_lrs`` with the default initialisation and with zero-initialised residual branches.
+    Writes ``recipe_table.md``/``.csv`` (validation accuracy per epoch; the test split is not read)."""
+    rows = []
+    for dataset_name in FLAGS.datasets:
+        dataset = load(dataset_name)
+        for model_name in FLAGS.models or ["resnet20"]:
+            for init, optimizer, lr in recipe_candidates():
+                start = time.perf_counter()
+                _, _, history = trained(model_name, dataset, dataset_name, FLAGS.epochs, lr, init == "zero", optimizer)
+                rows.append({"model": model_name, "dataset": dataset_name, "zero_init_residual": init == "zero",
+                             "optimizer": optimizer, "lr": lr,
+                             "val_top1_per_epoch": " ".join(f"{h['val_accuracy']:.4f}" for h in history),
+                             "train_loss_per_epoch": " ".join(f"{h['train_loss']:.4f}" for h in history),
+                             "val_top1": round(history[-1]["val_accuracy"], 4),
+                             "train_or_resume_seconds": round(time.perf_counter() - start, 1)})
+                tqdm.write(str(rows[-1]))
+    write_table("recipe_table", rows, list(rows[0]) if rows else ["model"],
+                "Training recipe for ResNet20 without batch norm (validation split only)",
+                f"{FLAGS.epochs} epochs on {FLAGS.train_limit or 'all'} class-balanced training samples, batch 128; "
+                "`sgd`: the library's SGD (Nesterov 0.9, cosine decay); `adam`: Adam with the same cosine decay. "
+                "`val_top1`: the validation split after the last epoch. `zero_init_residual`: each block's conv2 "
+                "starts at zero (Fixup-style). The test split is not read.")
+
+
+def steps_mode() -> None:
+    """What each step of the CNN pipeline removes, per layer, and what MC-BLN's threshold delta changes:
+    ``backtracking_layers`` (nodes removed by CI, restored by TI, removed by MC-BLN and MC-BI, mean over
+    modules), ``backtracking_edges`` (how many edges reach |w| >= delta) and ``backtracking_delta``
+    (composed accuracy and Jaccard per variant and delta). One statistics pass per model serves every delta."""
+    layer_rows, edge_rows, delta_rows = [], [], []
+    for dataset_name in FLAGS.datasets:
+        dataset = load(dataset_name)
+        for model_name in FLAGS.models or ["lenet5"]:
+            model, variables, _ = trained(model_name, dataset, dataset_name, FLAGS.epochs)
+            approach = concern.Concern(variant="ci_ti_mc_bln_bi")
+            x, y, c = dataset.train.x, dataset.train.y, dataset.num_classes
+            plan = approach.check(model, variables, x, y, c)
+            is_pos, is_neg = concern.select_samples(y, c, approach.positives, approach.negatives_per_class(c))
+            pos_c, neg_c, n_pos, _ = concern.node_counts(model, variables, x, y, is_pos, is_neg, c)
+            heads = concern.channel_heads(c)
+            cache: dict[str, np.ndarray] = {}
+            model_top1 = (train.evaluate(model, variables, dataset.test.x, dataset.test.y)["top1"]
+                          if FLAGS.steps_accuracy else None)
+            for delta in (float(d) for d in FLAGS.deltas):
+                steps = concern.step_masks(pos_c, neg_c, n_pos, variables["params"], plan, delta)
+                where = {"model": model_name, "dataset": dataset_name, "delta": delta}
+                layer_rows += [{**where, **{k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()}}
+                               for r in concern.step_removals(steps)]
+                edge_rows += [{**where, **{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}}
+                              for r in concern.edge_strength(variables["params"], plan, delta)]
+                for step, variant in () if not FLAGS.steps_accuracy else (
+                        ("ti", "ci_ti_mc"), ("bln", "ci_ti_mc_bln"), ("bi", "ci_ti_mc_bln_bi")):
+                    masks = concern.nest(steps[step])
+                    key = modules_digest(masks, heads)
+                    if key not in cache:
+                        cache[key] = concern.module_confidences(model, variables, masks, heads, range(c),
+                                                                dataset.test.x)
+                    voted = concern.voted(cache[key], dataset.test.y, range(c))
+                    ji = concern.jaccard_figures(model, variables, masks, dataset.input_shape)
+                    delta_rows.append({**where, "variant": variant, "model_top1": round(model_top1, 4),
+                                       "top1": round(voted["top1"], 4), "top5": round(voted["top5"], 4),
+                                       "ji": round(ji["node_mean_module_model"], 4),
+                                       "ji_pairwise": round(ji["node_mean_pairwise"], 4)})
+                    tqdm.write(str(delta_rows[-1]))
+    setting = (f"Standard models as in the cnn table ({FLAGS.epochs} epochs on {FLAGS.train_limit or 'all'} "
+               f"class-balanced training samples, {FLAGS.test_limit or 'all'} test samples); 1000 positives per "
+               "module, 111 negatives per other class; one statistics pass per model, every delta from it.")
+    write_table("backtracking_layers", layer_rows, list(layer_rows[0]), "What each step removes, per layer",
+                "Mean over the ten modules: nodes (dense units or conv-map positions) CI removes (inactive on every "
+                "positive), TI restores (active on a negative), MC-BLN and MC-BI remove, and nodes kept; "
+                "`ti_removed_in_every_module`: nodes CI+TI removes from all ten modules alike (inactive on every "
+                "selected sample, positives and negatives). " + setting)
+    write_table("backtracking_edges", edge_rows, ["model", "dataset", "delta", "kernel", "max_abs", "strong_fraction",
+                                                  "max_abs_unconcerned", "output_rule_pairs"],
+                "Edges MC-BLN's threshold can act on",
+                "`strong_fraction`: edges with |w| >= delta; `max_abs_unconcerned`: the largest |mean of the other "
+                "classes' output edges| (the channeled unconcerned node); `output_rule_pairs`: (node, module) pairs "
+                "meeting the output rule |w_unconcerned| >= delta and |w_concerned| < delta. " + setting)
+    if not delta_rows:
+        return
+    write_table("backtracking_delta", delta_rows, list(delta_rows[0]), "Composed accuracy and Jaccard per delta",
+                "All ten modules voting on the test split; `ji`: module-model Jaccard over nodes (mean), "
+                "`ji_pairwise`: between modules. delta 0.5 is the paper's. " + setting)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)
     if FLAGS.epochs < 1:
         raise app.UsageError("--epochs must be >= 1")
-    {"dense": dense_mode, "cnn": cnn_mode, "timing": timing_mode}[FLAGS.mode]()
+    if FLAGS.mode == "recipe" and not recipe_candidates():
+        raise app.UsageError("--recipe_candidates is empty")
+    for name in ("lr", "resnet_lr"):
+        if getattr(FLAGS, name) is not None and getattr(FLAGS, name) <= 0:
+            raise app.UsageError(f"--{name} must be > 0")
+    try:
+        deltas = [float(d) for d in FLAGS.deltas]
+    except ValueError as err:
+        raise app.UsageError(f"--deltas must be numbers: {err}") from err
+    if not deltas or min(deltas) <= 0:
+        raise app.UsageError(f"--deltas must be positive, got {FLAGS.deltas}")
+    {"dense": dense_mode, "cnn": cnn_mode, "timing": timing_mode, "recipe": recipe_mode,
+     "steps": steps_mode}[FLAGS.mode]()
 
 
 if __name__ == "__main__":

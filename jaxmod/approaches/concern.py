@@ -339,6 +339,59 @@ def remove_irrelevant_edges(masks: Masks, params: Mapping[str, Any], plan: Plan,
 
 
 # ---------------------------------------------------------------------------------------------
+# What each step does (diagnosis).
+
+STEPS = ("ci", "ti", "bln", "bi")
+
+
+def step_masks(pos_counts: Masks, neg_counts: Masks, n_pos: np.ndarray, params: Mapping[str, Any], plan: Plan,
+               delta: float, rule: str = "any") -> dict[str, Masks]:
+    """The masks after each step of the ICSE pipeline, from one set of statistics: ``ci`` (concern
+    identification alone), ``ti`` (+ tangling: CI+TI+MC's masks), ``bln`` (+ MC-BLN) and ``bi`` (+ MC-BI)."""
+    no_negatives = {k: np.zeros_like(v) for k, v in neg_counts.items()}
+    ci = concern_masks(pos_counts, no_negatives, n_pos, rule)
+    ti = concern_masks(pos_counts, neg_counts, n_pos, rule)
+    bln = backtrack_dense(ti, params, plan, delta)
+    return {"ci": ci, "ti": ti, "bln": bln, "bi": backtrack_conv(bln, plan)}
+
+
+def step_removals(steps: Mapping[str, Masks]) -> list[dict[str, Any]]:
+    """Per group, the mean over modules of how many nodes CI removes, TI restores, MC-BLN and MC-BI remove,
+    and how many are kept at the end; also how many nodes CI+TI removes from every module alike (nodes
+    inactive on all the selected samples). ``steps`` as :func:`step_masks` returns them."""
+
+    def kept(m: np.ndarray) -> float:
+        return float(np.mean(m.reshape(m.shape[0], -1).sum(axis=1)))
+
+    rows = []
+    for group, ti in steps["ti"].items():
+        nodes = int(np.prod(ti.shape[1:]))
+        k = {step: kept(steps[step][group]) for step in STEPS}
+        rows.append({"group": group, "nodes": nodes, "ci_removed": nodes - k["ci"], "ti_restored": k["ti"] - k["ci"],
+                     "ti_removed_in_every_module": int((~ti.reshape(ti.shape[0], -1)).all(axis=0).sum()),
+                     "bln_removed": k["ti"] - k["bln"], "bi_removed": k["bln"] - k["bi"], "kept": k["bi"]})
+    return rows
+
+
+def edge_strength(params: Mapping[str, Any], plan: Plan, delta: float) -> list[dict[str, Any]]:
+    """How many edges MC-BLN's rule can act on: per kernel it reads, the largest |w| and the fraction of
+    edges with |w| >= ``delta``; for the output layer also the largest |unconcerned edge| (the mean of the
+    other classes' edges) and how many (node, module) pairs meet the output rule."""
+    logits = _leaf(params, ("logits", "kernel"))
+    unconcerned = (logits.sum(axis=1)[None, :] - logits.T) / (logits.shape[1] - 1)
+    rows = [{"kernel": "logits", "max_abs": float(np.abs(logits).max()),
+             "strong_fraction": float(np.mean(np.abs(logits) >= delta)),
+             "max_abs_unconcerned": float(np.abs(unconcerned).max()),
+             "output_rule_pairs": int(output_removal(logits, delta).sum())}]
+    consumers = [c for _, c in plan.dense[:-1]] + ([plan.flatten[2]] if plan.flatten and plan.dense else [])
+    for path in consumers:
+        kernel = _leaf(params, path)
+        rows.append({"kernel": "/".join(path[:-1]), "max_abs": float(np.abs(kernel).max()),
+                     "strong_fraction": float(np.mean(np.abs(kernel) >= delta))})
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
 # Modules: confidences and voting.
 
 

@@ -20,6 +20,9 @@ class BasicBlock(nn.Module):
     re-indexed through the index map ``shortcut`` in a sliced model. Without batch norm the convs
     have biases.
 
+    ``zero_init_residual`` starts ``conv2`` (the residual branch's last conv) at zero, so every block
+    begins as its shortcut (Fixup-style; the usual way to train a ResNet without batch norm).
+
     MwT (``mask_generators``): ``conv1``, ``conv2`` and ``proj_conv`` are gated (masks ``mask@relu1``,
     ``mask@conv2``, ``mask@proj_conv``). ``conv2`` and the projection then have kernel sets of their
     own inside the residual sum: ``conv2_width``/``proj_width`` (default ``width2``) size them in a
@@ -35,6 +38,7 @@ class BasicBlock(nn.Module):
     mask_generators: bool = False
     conv2_width: int | None = None
     proj_width: int | None = None
+    zero_init_residual: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -44,7 +48,8 @@ class BasicBlock(nn.Module):
             h = batch_norm(train, "bn1")(h)
         h1 = tap(self, "relu1", nn.relu(gate(self, "relu1", x, h)))
         width = self.width2 if self.conv2_width is None else self.conv2_width
-        h = nn.Conv(width, (3, 3), padding=1, use_bias=not self.use_bn, name="conv2")(h1)
+        init = {"kernel_init": nn.initializers.zeros} if self.zero_init_residual else {}
+        h = nn.Conv(width, (3, 3), padding=1, use_bias=not self.use_bn, name="conv2", **init)(h1)
         if self.use_bn:
             h = batch_norm(train, "bn2")(h)
         h = gather_units(self, "conv2_pad", mask_units(self, "conv2", gate(self, "conv2", h1, h)))
@@ -72,7 +77,9 @@ class ResNet(nn.Module):
     al.: the paper's option A (strided identity with zero-padded channels) is replaced by a 1x1
     projection, which adds a few thousand weights (ResNet20: 0.27M -> 0.27M + 2.7k).
 
-    Without batch norm (``use_bn=False``, as Pan & Rajan's ResNet20) every conv has a bias.
+    Without batch norm (``use_bn=False``, as Pan & Rajan's ResNet20) every conv has a bias;
+    ``zero_init_residual=True`` (default off) zero-initialises each block's ``conv2`` so that such a
+    model trains with SGD (Fixup-style, see :class:`BasicBlock`).
 
     Taps: ``stem_relu``; per block ``stage<s>_block<b>/relu1`` and ``stage<s>_block<b>/relu2``
     (stages from 1, blocks from 0), ``relu2`` being the units of the residual sum after ReLU.
@@ -91,6 +98,7 @@ class ResNet(nn.Module):
     use_bn: bool = True
     width_multiplier: float = 1.0
     mask_generators: bool = False
+    zero_init_residual: bool = False
 
     def _plan(self) -> list[tuple[str, int, int, int, bool]]:
         """(block name, full input width, full output width, stride, projection) per block."""
@@ -122,6 +130,7 @@ class ResNet(nn.Module):
                 project=project,
                 use_bn=self.use_bn,
                 mask_generators=self.mask_generators,
+                zero_init_residual=self.zero_init_residual,
                 conv2_width=w(f"{name}/conv2", w(f"{name}/relu2", out_width)),
                 proj_width=w(f"{name}/proj_conv", w(f"{name}/relu2", out_width)) if project else None,
                 name=name,
