@@ -13,17 +13,18 @@ are rewritten from it at the end. Layers 1 to 4 are accepted.
 from __future__ import annotations
 
 import csv
-import json
+import dataclasses
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from absl import app, flags
 from tqdm.auto import tqdm
 
-from experiments.common import write_json_atomic
+from experiments.common import append_jsonl_rows, parse_json_object, read_jsonl_rows, write_json_atomic
 from experiments.runners.rnn import RnnRun, train_and_measure
 from jaxmod.approaches.rnn import RnnDecomposition
 from jaxmod.models.recurrent import CELLS, SHAPES
@@ -37,6 +38,10 @@ flags.DEFINE_integer("table_units", 24, "Hidden units per layer.")
 flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_string("output_dir", "experiments/results/rnn", "Where table.md, table.csv and table.jsonl go.")
 flags.DEFINE_bool("progress", True, "Progress bar.")
+flags.DEFINE_string("table_settings", "{}", "JSON overrides of SETTINGS per shape, e.g. "
+                    '\'{"many_to_many": {"train_limit": 8000, "epochs": 5}}\' (RnnRun fields).')
+flags.DEFINE_list("table_max_remove", [], "Extra rolled decompositions with these removal caps (e.g. 0.05, the "
+                  "authors' rolled many-to-many script), reported as mode rolled@CAP.")
 
 # Small models and short training so that the 30 models (60 decompositions) fit a shared 2-core CPU.
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -58,15 +63,45 @@ def check_flags() -> tuple[list[int], list[str], list[str]]:
     bad = [c for c in FLAGS.table_cells if c not in CELLS] + [s for s in FLAGS.table_shapes if s not in SHAPES]
     if bad:
         raise ValueError(f"unknown cells or shapes {bad}")
+    settings()
+    caps()
     return layers, list(FLAGS.table_cells), list(FLAGS.table_shapes)
+
+
+def settings() -> dict[str, dict[str, Any]]:
+    """SETTINGS with ``--table_settings`` applied; ``ValueError`` for unknown shapes or RnnRun fields."""
+    overrides = parse_json_object(FLAGS.table_settings, "table_settings")
+    fields = {f.name for f in dataclasses.fields(RnnRun)} - {"cell", "shape", "layers", "units", "seed"}
+    out = {k: dict(v) for k, v in SETTINGS.items()}
+    for shape, values in overrides.items():
+        if shape not in SHAPES or not isinstance(values, Mapping) or set(values) - fields:
+            raise ValueError(f"--table_settings: {shape!r} must be a shape mapping to RnnRun fields {sorted(fields)}")
+        out[shape].update(values)
+    return out
+
+
+def caps() -> list[float]:
+    """The extra rolled removal caps of ``--table_max_remove``, each in [0, 1]."""
+    try:
+        values = [float(v) for v in FLAGS.table_max_remove]
+    except ValueError as err:
+        raise ValueError(f"--table_max_remove must list numbers, got {FLAGS.table_max_remove}") from err
+    if any(not 0.0 <= v <= 1.0 for v in values):
+        raise ValueError(f"--table_max_remove values must be in [0, 1], got {values}")
+    return values
 
 
 def measure(shape: str, cell: str, layers: int) -> list[dict[str, Any]]:
     """One model, its rolled and (where it applies) unrolled decomposition: one row per mode."""
-    cfg = RnnRun(cell=cell, shape=shape, layers=layers, units=FLAGS.table_units, seed=FLAGS.seed, **SETTINGS[shape])
+    cfg = RnnRun(cell=cell, shape=shape, layers=layers, units=FLAGS.table_units, seed=FLAGS.seed,
+                 **settings()[shape])
     modes = ("rolled",) if shape == "one_to_one" else ("rolled", "unrolled")
     approaches = [RnnDecomposition(mode=m, gates=FLAGS.gates, max_remove=FLAGS.max_remove,
                                    channel=shape != "encoder_decoder") for m in modes]
+    for cap in caps():
+        modes += (f"rolled@{cap:g}",)
+        approaches.append(RnnDecomposition(mode="rolled", gates=FLAGS.gates, max_remove=cap,
+                                           channel=shape != "encoder_decoder"))
     out = train_and_measure(cfg, approaches)
     std = out["standard"]
     rows = []
@@ -95,8 +130,9 @@ def markdown(rows: list[dict[str, Any]], layers: list[int], cells: list[str], co
              "| I/O | dataset | mode | " + " | ".join(columns) + " | Avg. JI |",
              "| --- | --- | --- | " + " | ".join("---:" for _ in columns) + " | ---: |"]
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
+    modes = list(dict.fromkeys(["rolled", "unrolled", *(r["mode"] for r in rows)]))
     for shape in shapes:
-        for mode in ("rolled", "unrolled"):
+        for mode in modes:
             cells_rows = {(r["cell"], r["layers"]): r for r in rows if r["shape"] == shape and r["mode"] == mode}
             dataset = next((r["dataset"] for r in rows if r["shape"] == shape), "")
             if not cells_rows:
@@ -157,15 +193,13 @@ def main(argv: list[str]) -> None:
         sys.exit(2)
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     jsonl = os.path.join(FLAGS.output_dir, "table.jsonl")
-    rows = [json.loads(line) for line in open(jsonl)] if os.path.exists(jsonl) else []
+    rows = read_jsonl_rows(jsonl)
     done = {(r["shape"], r["cell"], r["layers"]) for r in rows}
     grid = [(s, c, n) for s in shapes for c in cells for n in layers if (s, c, n) not in done]
     start = time.perf_counter()
     for shape, cell, n in tqdm(grid, desc="models", disable=not FLAGS.progress):
         new = measure(shape, cell, n)
-        with open(jsonl, "a") as f:
-            for r in new:
-                f.write(json.dumps(r) + "\n")
+        append_jsonl_rows(jsonl, new)
         rows += new
     command = "python -m experiments.rnn_table " + " ".join(a for a in sys.argv[1:])
     with open(os.path.join(FLAGS.output_dir, "table.md"), "w") as f:

@@ -318,6 +318,9 @@ def run_config_from_flags() -> tuple[RnnRun, RnnDecomposition]:
     if FLAGS.shape == "one_to_one" and FLAGS.mode == "unrolled":
         raise ValueError("a one_to_one model has one timestep: unrolled decomposition does not apply (use "
                          "--mode=rolled)")
+    if FLAGS.optimizer != "sgd":
+        raise ValueError(f"--optimizer={FLAGS.optimizer} does not apply to --approach=rnn (its models train with Adam "
+                         "as the paper's Keras scripts do)")
     if FLAGS.model not in (None, f"rnn_{FLAGS.cell}"):
         raise ValueError(f"--approach=rnn builds its model from --cell; --model={FLAGS.model} does not apply")
     return cfg, approach

@@ -47,7 +47,14 @@ from flax import traverse_util
 
 from jaxmod.approaches.base import Decomposition
 from jaxmod.compose import build_model
-from jaxmod.models.recurrent import CANDIDATE_GATES, GATE_ACTIVATIONS, GATE_MASKS, GATES, RecurrentClassifier
+from jaxmod.models.recurrent import (
+    CANDIDATE_GATES,
+    GATE_ACTIVATIONS,
+    GATE_MASKS,
+    GATES,
+    MANY_OUTPUT_SHAPES,
+    RecurrentClassifier,
+)
 from jaxmod.models.recurrent import check_sequences as check_model_sequences
 from jaxmod.modules import ModuleSet
 from jaxmod.taps import ACTIVATIONS, UNIT_MASKS
@@ -498,13 +505,17 @@ def vocab_fingerprint(vocab: Sequence[str] | None) -> str:
     return hashlib.sha256("\n".join(vocab).encode()).hexdigest()[:16]
 
 
+INPUT_KEYS = ("vocab_size", "input_len")
+
+
 def check_composable(metadatas: Sequence[Any]) -> None:
-    """``ValueError`` when modules from different models (another input vocabulary, input length, cell or
-    shape) would be composed together."""
+    """``ValueError`` when modules of models that read their inputs differently (another input vocabulary,
+    vocabulary size or input length) would be composed together. Cell, shape, depth and width may differ:
+    each set runs with its own model's weights (the paper's RQ2/RQ3 compose modules of a 1-layer and a
+    deeper model, and of a many-to-one and a many-to-many model)."""
     if not metadatas:
         raise ValueError("no modules to compose")
-    keys = ("vocab_size", "input_len", "output_len", "cell", "shape", "units", "num_layers", "embed_dim",
-            "activation")
+    keys = INPUT_KEYS
     first = dict(metadatas[0].model_config)
     for meta in metadatas[1:]:
         other = dict(meta.model_config)
@@ -522,6 +533,12 @@ def composed_outputs(module_sets: Sequence[ModuleSet], variables: Sequence[Mappi
     run on ``x`` (each with its own model's weights). Returns the stacked module outputs ``[sum M, N, ...]``
     and the label of each module row, ready for ``jaxmod.voting``."""
     check_composable([s.metadata for s in module_sets])
+    outputs_of = {(s.metadata.model_config.get("shape") in MANY_OUTPUT_SHAPES,
+                   s.metadata.model_config.get("output_len") if s.metadata.model_config.get("shape")
+                   in MANY_OUTPUT_SHAPES else 1) for s in module_sets}
+    if len(outputs_of) > 1:
+        raise ValueError("modules with one output and modules with an output per step (or other output lengths) "
+                         "cannot be stacked for voting; score them apart (experiments/rnn_scenarios.py)")
     if len(variables) != len(module_sets):
         raise ValueError(f"{len(module_sets)} module sets need as many variable trees, got {len(variables)}")
     outputs = [module_outputs(build_model(s), v, s.masks, s.heads, x, batch_size)
