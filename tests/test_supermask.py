@@ -1,6 +1,9 @@
 """Supermask decomposition (Kingetsu et al.): the edge-popup mask, the stemming loss, co-training,
 recomposition by union and voting, the orbax round trip, and the refusal of bad inputs."""
 
+import dataclasses
+import shutil
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -53,6 +56,21 @@ def test_hard_top_k_equals_top_k_and_scatter(values, k):
     expected = np.zeros(24, bool)
     expected[order[: sm.kept_count(24, k)]] = True
     chex.assert_trees_all_equal(np.asarray(sm.hard_top_k(scores, k)), expected.reshape(4, 6))
+
+
+@pytest.mark.parametrize("tied_row", [True, False])
+def test_hard_top_k_rows_is_each_rows_top_k(tied_row):
+    # the tie bisection runs for all rows when one needs it, and is skipped when none does
+    rows = np.stack([np.arange(1.0, 11.0), -np.arange(10.0, 0.0, -1.0), np.linspace(0.1, 0.2, 10)[::-1]])
+    if tied_row:
+        rows[1] = [2.0, 1.0, 2.0, 2.0, 0.5, 2.0, 0.1, 2.0, 1.0, 0.0]
+    expected = np.stack([np.asarray(sm.hard_top_k(jnp.asarray(r), 0.3)) for r in rows])  # 3 of 10 per row
+    got = np.asarray(sm.hard_top_k_rows(jnp.asarray(rows, jnp.float32), 0.3))
+    chex.assert_trees_all_equal(got, expected)
+    assert got.sum(axis=1).tolist() == [3, 3, 3]
+    assert got[0].tolist() == [False] * 7 + [True] * 3 and got[2].tolist() == [True] * 3 + [False] * 7
+    if tied_row:
+        assert got[1].tolist() == [True, False, True, True, False, False, False, False, False, False]
 
 
 # ---------------------------------------------------------------------------
@@ -158,7 +176,8 @@ def test_k_outside_the_unit_interval_is_refused(k):
 
 
 @pytest.mark.parametrize("option, value", [("p", 0.5), ("alpha", -1.0), ("epochs", 0), ("score_lr", 0.0),
-                                           ("batch_size", 0), ("momentum", 1.0)])
+                                           ("batch_size", 0), ("momentum", 1.0), ("batch_norm", "train"),
+                                           ("module_chunk", -1)])
 def test_bad_options_are_refused(option, value):
     with pytest.raises(ValueError, match=option):
         sm.Supermask(**{option: value})
@@ -222,6 +241,10 @@ def test_cotraining_equals_training_each_module_alone_without_stemming():
     alone, _ = approach.train_modules(model, variables, x, y, 3, classes=(2,))
     row = jax.tree.map(lambda a: a[2:3], (together.scores, together.graft))
     chex.assert_trees_all_close(row, (alone.scores, alone.graft), rtol=1e-5, atol=1e-6)
+    # two modules at a time (lax.map over chunks, the remainder in its own vmap) computes the same as one vmap
+    chunked, _ = dataclasses.replace(approach, module_chunk=2).train_modules(model, variables, x, y, 3)
+    chex.assert_trees_all_close((chunked.scores, chunked.graft), (together.scores, together.graft), rtol=1e-5,
+                                atol=1e-6)
     assert not np.allclose(together.scores["fc1"]["kernel"][0], alone.scores["fc1"]["kernel"][0])  # modules differ
 
 
@@ -259,3 +282,26 @@ def test_decomposition_round_trips_through_orbax(tmp_path):
     before = sm.recomposed_predict(sm.recompose(modules, variables, [0, 1, 2]), x)
     after = sm.recomposed_predict(sm.recompose(restored, restored_vars, [0, 1, 2]), x)
     chex.assert_trees_all_equal(before, after)
+
+
+def test_cotraining_resumes_from_its_last_checkpointed_epoch(tmp_path):
+    model, variables = _tiny()
+    x, y = _synthetic()
+    approach = sm.Supermask(k=0.5, epochs=3, batch_size=16, share_init=False)
+    plain, h_plain = approach.train_modules(model, variables, x, y, 3, workdir=tmp_path / "a")
+    with checkpoint.RunCheckpointer(tmp_path / "a") as ckpt:
+        assert ckpt.all_steps() == [2, 3]  # one step per epoch, the last two kept
+    # a kill after epoch 2: drop epoch 3's checkpoint; the rerun trains epoch 3 only and ends where the
+    # uninterrupted run did (same batches: the order depends on the seed and the epoch alone)
+    shutil.rmtree(tmp_path / "a" / "3")
+    resumed, h_resumed = approach.train_modules(model, variables, x, y, 3, workdir=tmp_path / "a")
+    chex.assert_trees_all_close((resumed.scores, resumed.graft), (plain.scores, plain.graft), rtol=1e-6, atol=1e-7)
+    assert int(resumed.step) == int(plain.step)
+    assert [e["epoch"] for e in h_resumed["epochs"]] == [1, 2, 3]
+    assert h_resumed["epochs"][0]["cross_entropy"] == pytest.approx(h_plain["epochs"][0]["cross_entropy"])
+    # another configuration (or base model) in the same directory is refused before compiling or training
+    with pytest.raises(ValueError, match="another run"):
+        sm.Supermask(k=0.3, epochs=3, batch_size=16).train_modules(model, variables, x, y, 3, workdir=tmp_path / "a")
+    other = jax.tree.map(lambda a: a + 1.0, variables)
+    with pytest.raises(ValueError, match="another run"):
+        approach.train_modules(model, other, x, y, 3, workdir=tmp_path / "a")

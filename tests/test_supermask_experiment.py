@@ -14,7 +14,8 @@ from jaxmod import checkpoint, models
 from jaxmod.approaches import supermask as sm
 
 
-def test_a_conv_model_with_batch_norm_and_dropout_decomposes_in_inference_mode():
+@pytest.mark.parametrize("batch_norm", ["module", "running"])
+def test_a_conv_model_with_batch_norm_and_dropout_decomposes(batch_norm):
     name = "vgg_narrow"
     model = models.create_model(name, 3, stages=((4,),), classifier=(8,), dropout=0.5)
     variables = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
@@ -23,7 +24,8 @@ def test_a_conv_model_with_batch_norm_and_dropout_decomposes_in_inference_mode()
     rng = np.random.default_rng(0)
     y = (np.arange(48) % 3).astype(np.int32)
     x = rng.normal(size=(48, 8, 8, 1)).astype(np.float32)
-    decomposition = sm.Supermask(k=0.2, epochs=1, batch_size=16).decompose(model, variables, x, y, 3)
+    approach = sm.Supermask(k=0.2, epochs=1, batch_size=16, batch_norm=batch_norm)
+    decomposition = approach.decompose(model, variables, x, y, 3)
     kernels = sm.masked_paths(variables["params"])
     assert any("conv" in "/".join(p) for p in kernels)
     assert len(jax.tree.leaves(decomposition.masks)) == len(kernels)  # every conv and dense kernel, nothing else
@@ -38,7 +40,24 @@ def test_a_conv_model_with_batch_norm_and_dropout_decomposes_in_inference_mode()
     np.testing.assert_array_equal(conf, sm.recomposed_confidences(rec, x[:10]))  # dropout is off
     mask0 = jax.tree.map(lambda m: m[0], rec.masks)
     head0 = jax.tree.map(lambda h: h[0], rec.heads["graft"])
-    direct = jax.nn.softmax(sm.module_forward(model, variables, mask0, head0, jnp.asarray(x[:10])), axis=-1)[:, 1]
+    if batch_norm == "module":
+        # each module's own running statistics: the base ones moved (momentum 0.9, 3 batches) towards the masked
+        # model's batch statistics, one set per module
+        stats = rec.heads["batch_stats"]
+        order = approach.batch_order(len(x), 1)
+        expected = variables["batch_stats"]
+        params0 = sm.apply_mask(variables["params"], mask0)
+        for index in order:
+            _, upd = model.apply({**variables, "params": params0, "batch_stats": expected}, x[index], train=True,
+                                 mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
+            expected = upd["batch_stats"]
+        chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], stats), expected, rtol=1e-5, atol=1e-6)
+        stats0 = jax.tree.map(lambda a: a[0], stats)
+    else:
+        assert "batch_stats" not in rec.heads
+        stats0 = None
+    direct = jax.nn.softmax(sm.module_forward(model, variables, mask0, head0, jnp.asarray(x[:10]), stats0),
+                            axis=-1)[:, 1]
     np.testing.assert_allclose(conf[0], direct, rtol=1e-4, atol=1e-5)
 
 
@@ -67,6 +86,8 @@ def test_supermask_end_to_end_on_real_mnist(tmp_path):
     assert timing["cotrain_seconds"] > 0 and timing["single_module_seconds"] > 0
     assert timing["cotrain_ratio"] == pytest.approx(timing["cotrain_seconds"] / timing["single_module_seconds"])
     assert (work / "plots" / "rps_per_epoch.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with checkpoint.RunCheckpointer(work / "cotrain") as cotrain:
+        assert cotrain.all_steps() == [1, 2]  # the co-training, checkpointed once per epoch
     # the saved modules recompose the sub-task the run measured, with the same RPs
     modules, variables = checkpoint.restore_modules(work / "modules")
     task = results["reuse"]["subtasks"][0]

@@ -7,7 +7,9 @@ module per class over it (frozen), recompose by the union of supermasks and conf
 ``modules.rps`` holds the remaining-parameter ratios (RPs) of the paper: per module, for every two-class
 recomposition (mean, best, worst; also per epoch) and for all classes. ``timing.cotrain_seconds`` /
 ``timing.single_module_seconds`` compare co-training all modules with training one module alone for the
-same epochs (both after compilation), in the same run.
+same epochs (both after compilation), in the same run. The co-training is checkpointed per epoch under
+``WORKDIR/cotrain`` (a killed run resumes from its last complete epoch). Models with batch norm co-train
+with batch statistics and give each module its own running statistics (``--supermask_batch_norm=module``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ flags.DEFINE_float("graft_lr", 0.01, "supermask: learning rate of the grafting l
 flags.DEFINE_float("score_weight_decay", 0.0, "supermask: weight decay of scores and grafting layers.")
 flags.DEFINE_integer("score_seed", None, "supermask: seed of the score initialisation and batch order "
                                          "(default --seed; vary it for trials over one base model).")
+flags.DEFINE_enum("supermask_batch_norm", "module", list(sm.BATCH_NORM_MODES),
+                  "supermask: 'module' co-trains with batch statistics and gives each module its own running "
+                  "statistics; 'running' keeps the frozen model's (no effect on models without batch norm).")
+flags.DEFINE_integer("supermask_module_chunk", 0, "supermask: co-train the modules this many at a time (lax.map) "
+                     "instead of all in one vmap (0); same result, faster for conv models on a CPU.")
 flags.DEFINE_bool("time_single_module", True, "supermask: also train one module alone for the same epochs "
                                               "and record the co-training time ratio.")
 
@@ -62,7 +69,8 @@ def approach_from_flags() -> sm.Supermask:
         "supermask", k=FLAGS.k, alpha=option(FLAGS.alpha, DEFAULTS["alpha"]), p=FLAGS.p, share_init=FLAGS.share_init,
         stemming=FLAGS.stemming, epochs=FLAGS.module_epochs, batch_size=FLAGS.module_batch_size,
         score_lr=FLAGS.score_lr, graft_lr=FLAGS.graft_lr, weight_decay=FLAGS.score_weight_decay,
-        seed=option(FLAGS.score_seed, FLAGS.seed), progress=FLAGS.progress)
+        seed=option(FLAGS.score_seed, FLAGS.seed), batch_norm=FLAGS.supermask_batch_norm,
+        module_chunk=FLAGS.supermask_module_chunk, progress=FLAGS.progress)
 
 
 def module_accuracies(confidences: np.ndarray, y: np.ndarray, classes: tuple[int, ...]) -> dict[str, list[float]]:
@@ -98,7 +106,7 @@ def evaluate_reuse(modules, variables, confidences: np.ndarray, std_logits: np.n
 def run(workdir: str) -> dict[str, Any]:
     """Supermask decomposition end to end; every input is checked before anything is trained or written."""
     approach = approach_from_flags()
-    setup = image_run_from_flags(FLAGS, DEFAULTS)
+    setup = image_run_from_flags(FLAGS, DEFAULTS, allow_optimizer=True)
     model_name, dataset_name, config = setup.model_name, setup.dataset_name, setup.config
     dataset, model, subtasks = setup.dataset, setup.model, setup.subtasks
     if len(dataset.train.x) < max(config.batch_size, approach.batch_size):
@@ -111,7 +119,9 @@ def run(workdir: str) -> dict[str, Any]:
     # Co-training of all modules (timed inside, after compilation), then one module alone for the same epochs.
     x_dec, y_dec = dataset.train.x, dataset.train.y
     start = time.perf_counter()
-    decomposition = approach.decompose(model, variables, x_dec, y_dec, dataset.num_classes)
+    # Checkpointed per epoch under WORKDIR/cotrain: a killed run resumes from its last complete epoch.
+    decomposition = approach.decompose(model, variables, x_dec, y_dec, dataset.num_classes,
+                                       workdir=os.path.join(workdir, "cotrain"))
     decompose_s = time.perf_counter() - start
     cotrain_s = float(decomposition.statistics["train_seconds"])
     single_s = None

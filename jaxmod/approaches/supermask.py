@@ -22,15 +22,23 @@ Masks are weight granularity: a nested dict shaped like ``params`` that holds on
 scale and bias) are absent rather than ``None`` so that orbax can store the tree. The grafting layers
 are the module set's ``heads``: ``{"graft": {"kernel": [M, N, 2], "bias": [M, 2]}}``.
 
-The frozen model runs in inference mode (batch norm uses its running statistics, dropout is off).
+Batch norm (``Supermask.batch_norm``): by default ("module") co-training runs the masked model as PyTorch's
+``model.train()`` does (batch statistics, dropout on; the model's variables never change) and each module
+then gets its own running statistics (:func:`module_batch_stats`, ``heads["batch_stats"]``), SupSup's
+per-task batch norm; a 10%-per-layer subnetwork normalised by the full model's statistics passes no signal.
+"running": inference mode throughout. Recomposed modules always run in inference mode (dropout off).
+
+Co-training state is checkpointed per epoch when ``train_modules``/``decompose`` get a ``workdir``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import math
+import os
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -46,15 +54,19 @@ from tqdm.auto import tqdm
 from jaxmod import masks as mask_algebra
 from jaxmod.activations import scan_dataset
 from jaxmod.approaches.base import Decomposition
+from jaxmod.checkpoint import RunCheckpointer
 from jaxmod.data import check_every_class_present, check_labels, epoch_seed
 from jaxmod.models import check_inputs
-from jaxmod.modules import ModuleSet, check_compatible, module_set
+from jaxmod.modules import ModuleSet, check_compatible, json_normal, module_set
 from jaxmod.topology import check_class_list
 from jaxmod.voting import vote
 
 MASKED_LEAF = "kernel"
 POSITIVE = 1  # grafting-layer output 1 is "my class", output 0 "another class"
 FINGERPRINT_KEY = "base_fingerprint"
+# "module": co-train with batch statistics, then give each module its own running statistics (SupSup's
+# per-task batch norm); "running": the frozen model in inference mode throughout (the base statistics).
+BATCH_NORM_MODES = ("module", "running")
 
 Path = tuple[str, ...]
 
@@ -75,40 +87,66 @@ def check_fraction(k: float) -> None:
         raise ValueError(f"k (the fraction of weights each supermask keeps) must be in (0, 1], got {k!r}")
 
 
-def hard_top_k(scores: jax.Array, k: float) -> jax.Array:
-    """``bool`` mask of the ``kept_count`` largest ``|scores|`` of one layer (ties: lower index).
+def hard_top_k_rows(scores: jax.Array, k: float) -> jax.Array:
+    """``bool`` masks of the ``kept_count`` largest ``|scores|`` of each row (leading axis; ties: lower index).
 
-    The same mask as ``lax.top_k`` plus a scatter, found without sorting: the bit patterns of
-    non-negative floats are ordered like their values, so the k-th largest value is a 32-step bisection
-    over int32 thresholds, each step one compare-and-count over the layer; a second bisection over
-    positions keeps the first ties at that value. No sort, scatter or cumsum (all slow on the CPU,
-    worse under ``vmap`` over modules).
+    The same masks as ``lax.top_k`` plus a scatter, found without sorting: the bit patterns of
+    non-negative floats are ordered like their values (and below 2^31), so each row's k-th largest value is
+    a 31-step bisection over int32 thresholds, each step one compare-and-count over the rows; a second
+    bisection over positions keeps the first ties at that value, run only when some row has more ties at its
+    threshold than it keeps (one ``lax.cond`` for all rows; with continuous scores almost never). No sort,
+    scatter or cumsum (all slow on the CPU). Call it on the stacked module axis rather than under ``vmap``
+    (``vmap`` turns the ``cond`` into computing both branches).
     """
-    bits = jax.lax.bitcast_convert_type(jnp.abs(scores).astype(jnp.float32), jnp.int32).reshape(-1)
-    kept = kept_count(bits.size, k)
+    rows = scores.shape[0]
+    bits = jax.lax.bitcast_convert_type(jnp.abs(scores).astype(jnp.float32), jnp.int32).reshape(rows, -1)
+    size = bits.shape[1]
+    kept = kept_count(size, k)
 
-    def bisect(_, bounds):  # invariant: count(bits >= lo) >= kept > count(bits >= hi)
+    def bisect(_, bounds):  # invariant: count(bits >= lo) >= kept > count(bits >= hi), per row
         lo, hi = bounds
         mid = lo + (hi - lo) // 2
-        enough = jnp.sum(bits >= mid) >= kept
+        enough = jnp.sum(bits >= mid[:, None], axis=1) >= kept
         return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
 
-    hi = jnp.max(bits)
-    lo, _ = jax.lax.fori_loop(0, 32, bisect, (jnp.zeros_like(hi), hi + 1))
-    above = bits > lo
-    ties = bits == lo
-    need = kept - jnp.sum(above)  # >= 1 ties at the k-th value are kept: the first ``need`` by index
-    position = jnp.arange(bits.size, dtype=jnp.int32)
+    hi = jnp.max(bits, axis=1)
+    lo, _ = jax.lax.fori_loop(0, 31, bisect, (jnp.zeros_like(hi), hi + 1))
+    above = bits > lo[:, None]
+    ties = bits == lo[:, None]
+    need = kept - jnp.sum(above, axis=1)  # >= 1 ties at the k-th value are kept: the first ``need`` by index
+    position = jnp.arange(size, dtype=jnp.int32)
 
-    def first_ties(_, bounds):  # invariant: count(ties before lo) < need <= count(ties before hi)
-        lo_i, hi_i = bounds
-        mid = lo_i + (hi_i - lo_i) // 2
-        short = jnp.sum(ties & (position < mid)) < need
-        return jnp.where(short, mid, lo_i), jnp.where(short, hi_i, mid)
+    def first_ties():
+        def step(_, bounds):  # invariant: count(ties before lo) < need <= count(ties before hi)
+            lo_i, hi_i = bounds
+            mid = lo_i + (hi_i - lo_i) // 2
+            short = jnp.sum(ties & (position < mid[:, None]), axis=1) < need
+            return jnp.where(short, mid, lo_i), jnp.where(short, hi_i, mid)
 
-    _, end = jax.lax.fori_loop(0, max(1, math.ceil(math.log2(bits.size + 1))), first_ties,
-                               (jnp.int32(0), jnp.int32(bits.size)))
-    return (above | (ties & (position < end))).reshape(scores.shape)
+        _, end = jax.lax.fori_loop(0, max(1, math.ceil(math.log2(size + 1))), step,
+                                   (jnp.zeros(rows, jnp.int32), jnp.full(rows, size, jnp.int32)))
+        return above | (ties & (position < end[:, None]))
+
+    every_tie_kept = jnp.all(jnp.sum(ties, axis=1) == need)
+    return jax.lax.cond(every_tie_kept, lambda: above | ties, first_ties).reshape(scores.shape)
+
+
+def hard_top_k(scores: jax.Array, k: float) -> jax.Array:
+    """``bool`` mask of the ``kept_count`` largest ``|scores|`` of one layer (ties: lower index); see
+    :func:`hard_top_k_rows`."""
+    return hard_top_k_rows(scores[None], k)[0]
+
+
+def stacked_top_k_masks(scores: Any, k: float) -> Any:
+    """Straight-through edge-popup masks (float 0/1, see :func:`top_k_mask`) of stacked scores (leading module
+    axis), every layer's top-k found for all modules at once."""
+
+    def one(s):
+        magnitude = jnp.abs(s)
+        hard = jax.lax.stop_gradient(hard_top_k_rows(s, k).astype(s.dtype))
+        return hard + (magnitude - jax.lax.stop_gradient(magnitude))
+
+    return jax.tree.map(one, scores)
 
 
 def top_k_mask(scores: jax.Array, k: float) -> jax.Array:
@@ -258,16 +296,40 @@ def graft_logits(graft: Mapping[str, jax.Array], logits: jax.Array) -> jax.Array
 
 
 def module_forward(model: nn.Module, variables: Mapping[str, Any], mask: Mapping[str, Any],
-                   graft: Mapping[str, jax.Array], x: jax.Array) -> jax.Array:
-    """One module's two-way output: the masked frozen model in inference mode, then its grafting layer."""
+                   graft: Mapping[str, jax.Array], x: jax.Array, batch_stats: Any = None) -> jax.Array:
+    """One module's two-way output: the masked frozen model in inference mode, then its grafting layer.
+
+    ``batch_stats``: the module's own batch-norm running statistics (``heads["batch_stats"]``, see
+    :func:`module_batch_stats`) in place of the base model's; ``None`` keeps the base model's.
+    """
     params = apply_mask(variables["params"], mask)
-    logits = model.apply({**variables, "params": params}, x, train=False)
+    frozen = {**variables, "params": params}
+    if batch_stats is not None:
+        frozen["batch_stats"] = batch_stats
+    logits = model.apply(frozen, x, train=False)
     return graft_logits(graft, logits)
 
 
-def _objective(model, variables, k, p, scores, graft, target, average, alpha, x):
-    masks = jax.tree.map(lambda s: top_k_mask(s, k), scores)
-    out = module_forward(model, variables, masks, graft, x)
+def train_mode_logits(model: nn.Module, variables: Mapping[str, Any], mask: Mapping[str, Any], x: jax.Array,
+                      rng: jax.Array) -> jax.Array:
+    """The masked model as PyTorch's ``model.train()`` runs it: batch norm normalises by the batch's own
+    statistics (the updated running statistics are discarded: the model stays frozen), dropout is on."""
+    params = apply_mask(variables["params"], mask)
+    logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"],
+                            rngs={"dropout": rng})
+    return logits
+
+
+def uses_batch_statistics(variables: Mapping[str, Any], batch_norm: str) -> bool:
+    """Whether co-training runs batch norm on batch statistics (``batch_norm="module"`` and the model has some)."""
+    return batch_norm == "module" and bool(jax.tree.leaves(variables.get("batch_stats", {})))
+
+
+def _objective(model, variables, p, train_bn, scores, masks, graft, target, average, alpha, x, rng):
+    if train_bn:
+        out = graft_logits(graft, train_mode_logits(model, variables, masks, x, rng))
+    else:
+        out = module_forward(model, variables, masks, graft, x)
     ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out, target))
     stem = stemming_loss(scores, average, p)
     accuracy = jnp.mean(jnp.argmax(out, -1) == target)
@@ -275,22 +337,34 @@ def _objective(model, variables, k, p, scores, graft, target, average, alpha, x)
 
 
 def make_epoch_fn(model: nn.Module, k: float, p: float, score_opt: optax.GradientTransformation,
-                  graft_opt: optax.GradientTransformation):
+                  graft_opt: optax.GradientTransformation, train_bn: bool = False, seed: int = 0,
+                  module_chunk: int = 0):
     """``epoch(state, variables, x, y, order, classes, average, alpha) -> (state, metrics[steps, M, 3])``.
 
     One jitted ``lax.scan`` over the epoch's batches (``order`` is ``int[steps, batch]`` into ``x``);
-    each step ``vmap``s the module objective over the module axis, with the batch shared.
+    each step ``vmap``s the module objective over the module axis, with the batch shared. ``train_bn``:
+    batch norm on batch statistics and dropout on (:func:`train_mode_logits`; dropout keys from ``seed``
+    and the step, shared by the modules), else the frozen model in inference mode. ``module_chunk`` > 0:
+    the modules run ``module_chunk`` at a time (``lax.map``; the gradient is the same) instead of all in
+    one ``vmap``: a vmapped conv with per-module kernels becomes a grouped convolution, which XLA's CPU
+    backend runs far slower than the same convolutions one after another.
     """
 
     def step(carry, index, variables, x, y, classes, average, alpha):
         state = carry
         xb, yb = x[index], y[index]
         targets = (yb[None, :] == classes[:, None]).astype(jnp.int32)
+        rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
         def total(scores, graft):
-            per_module = jax.vmap(functools.partial(_objective, model, variables, k, p),
-                                  in_axes=(0, 0, 0, None, None, None))
-            losses, metrics = per_module(scores, graft, targets, average, alpha, xb)
+            masks = stacked_top_k_masks(scores, k)  # all modules' top-k at once (straight-through)
+            objective = functools.partial(_objective, model, variables, p, train_bn)
+            if module_chunk:
+                losses, metrics = jax.lax.map(lambda a: objective(*a, average, alpha, xb, rng),
+                                              (scores, masks, graft, targets), batch_size=module_chunk)
+            else:
+                losses, metrics = jax.vmap(objective, in_axes=(0, 0, 0, 0, None, None, None, None))(
+                    scores, masks, graft, targets, average, alpha, xb, rng)
             return jnp.sum(losses), metrics  # modules are independent: the sum's gradient is per module
 
         (_, metrics), (g_scores, g_graft) = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(
@@ -309,10 +383,57 @@ def make_epoch_fn(model: nn.Module, k: float, p: float, score_opt: optax.Gradien
     return jax.jit(epoch, donate_argnums=0)
 
 
+def cotrain_identity(approach: Any, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
+                     classes: Sequence[int]) -> dict[str, Any]:
+    """What a co-training checkpoint must match to be resumed: configuration, classes, base model and data."""
+    digest = hashlib.sha256()
+    for array in (np.ascontiguousarray(np.asarray(x, np.float32)), np.ascontiguousarray(np.asarray(y, np.int32))):
+        digest.update(f"{array.shape};".encode())
+        digest.update(array.tobytes())
+    return json_normal({"config": approach.config(), "classes": list(classes), FINGERPRINT_KEY: fingerprint(variables),
+                        "data_sha256": digest.hexdigest()})
+
+
+def _history_to_json(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A history entry as JSON (NaN, e.g. the pair statistics of a single module, becomes None)."""
+    return {key: None if isinstance(v, float) and math.isnan(v) else v for key, v in entry.items()}
+
+
+def _history_from_json(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: float("nan") if v is None else v for key, v in entry.items()}
+
+
 @functools.partial(jax.jit, static_argnums=1)
 def hard_masks(scores: Any, k: float) -> Any:
     """``bool`` masks of stacked scores (leading module axis), layer by layer."""
-    return jax.tree.map(jax.vmap(lambda s: hard_top_k(s, k)), scores)
+    return jax.tree.map(lambda s: hard_top_k_rows(s, k), scores)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _recalibrate(model, variables, masks, x, order, rng):
+    def one_module(mask):
+        params = apply_mask(variables["params"], mask)
+
+        def body(stats, index):
+            _, updated = model.apply({**variables, "params": params, "batch_stats": stats}, x[index], train=True,
+                                     mutable=["batch_stats"], rngs={"dropout": rng})
+            return updated["batch_stats"], None
+
+        return jax.lax.scan(body, variables["batch_stats"], order)[0]
+
+    return jax.vmap(one_module)(masks)
+
+
+def module_batch_stats(model: nn.Module, variables: Mapping[str, Any], masks: Mapping[str, Any], x: np.ndarray,
+                       order: np.ndarray, seed: int = 0) -> Any:
+    """Each module's batch-norm running statistics, ``[M, ...]`` leaves: the base model's statistics updated
+    (the model's own momentum) by train-mode passes of the masked model over the batches ``order``
+    (``int[steps, batch]`` into ``x``), as PyTorch's running statistics after an epoch of ``model.train()``.
+
+    A 10%-per-layer subnetwork's conv outputs are far smaller than the full model's, so the base model's
+    statistics would normalise them to a constant; per-module statistics are SupSup's per-task batch norm.
+    """
+    return _recalibrate(model, variables, masks, jnp.asarray(x), jnp.asarray(order), jax.random.key(seed))
 
 
 # ---------------------------------------------------------------------------
@@ -336,6 +457,8 @@ class Supermask:
     momentum: float = 0.9
     weight_decay: float = 0.0
     seed: int = 0
+    batch_norm: str = "module"
+    module_chunk: int = 0
     progress: bool = dataclasses.field(default=False, compare=False)
     name: str = dataclasses.field(default="supermask", init=False)
 
@@ -358,18 +481,31 @@ class Supermask:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if isinstance(self.module_chunk, bool) or not isinstance(self.module_chunk, int) or self.module_chunk < 0:
+            raise ValueError(f"module_chunk must be a non-negative integer (0: all modules in one vmap), "
+                             f"got {self.module_chunk!r}")
+        if self.batch_norm not in BATCH_NORM_MODES:
+            raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {self.batch_norm!r}")
 
     def training_loss(self) -> None:
         """Post-training: supermasks decompose the standard model."""
         return None
 
     def config(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("name", "progress")}
+        """The settings that shape the modules (``module_chunk`` and ``progress`` only change speed and display)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("name", "progress", "module_chunk")}
 
     def _optimizer(self, lr: float, total_steps: int) -> optax.GradientTransformation:
         schedule = optax.cosine_decay_schedule(lr, max(1, total_steps))
         sgd = optax.sgd(schedule, momentum=self.momentum or None, nesterov=self.momentum > 0)
         return optax.chain(optax.add_decayed_weights(self.weight_decay), sgd) if self.weight_decay else sgd
+
+    def batch_order(self, n: int, epoch: int) -> np.ndarray:
+        """``int32[steps, batch]``: epoch ``epoch``'s shuffled batches of ``n`` samples (last partial batch dropped)."""
+        steps = n // self.batch_size
+        perm = np.random.default_rng(epoch_seed(self.seed, epoch)).permutation(n)
+        return perm[: steps * self.batch_size].reshape(steps, self.batch_size).astype(np.int32)
 
     def check_inputs(self, model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
                      num_classes: int, classes: Sequence[int] | None = None) -> tuple[int, ...]:
@@ -392,14 +528,21 @@ class Supermask:
         return classes
 
     def train_modules(self, model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
-                      num_classes: int, classes: Sequence[int] | None = None) -> tuple[CotrainState, dict]:
+                      num_classes: int, classes: Sequence[int] | None = None,
+                      workdir: str | os.PathLike[str] | None = None) -> tuple[CotrainState, dict]:
         """Co-train the modules of ``classes`` (all by default) for ``epochs`` (Algorithm 1, method B).
 
         Returns the final state and a history: per epoch the mean cross-entropy, stemming term and
         training accuracy of each module and the masks' two-class RPs and mean Jaccard index, plus
-        ``train_seconds`` (the epochs alone, after compilation) and ``compile_seconds``.
+        ``train_seconds`` (the epochs alone, after compilation, summed over resumed sessions) and
+        ``compile_seconds``. With ``workdir`` the co-training state is checkpointed after every epoch
+        (orbax, :class:`jaxmod.checkpoint.RunCheckpointer`: atomic, the last two epochs kept) and a rerun
+        resumes from the last complete epoch; the batch order of an epoch depends only on the seed and the
+        epoch, so a resumed run ends with exactly the masks of an uninterrupted one. Resuming a directory
+        written for another configuration, base model, class list or training set raises ``ValueError``.
         """
         classes = self.check_inputs(model, variables, x, y, num_classes, classes)
+        identity = cotrain_identity(self, variables, x, y, classes) if workdir is not None else None
         x = jnp.asarray(np.asarray(x, np.float32))
         y = jnp.asarray(np.asarray(y, np.int32))
         variables = jax.tree.map(jnp.asarray, dict(variables))
@@ -414,37 +557,61 @@ class Supermask:
         average = jax.tree.map(lambda s: jnp.mean(s, axis=0), state.scores)
 
         def order(epoch: int) -> jax.Array:
-            perm = np.random.default_rng(epoch_seed(self.seed, epoch)).permutation(len(x))
-            return jnp.asarray(perm[: steps * self.batch_size].reshape(steps, self.batch_size), jnp.int32)
+            return jnp.asarray(self.batch_order(len(x), epoch))
 
-        start = time.perf_counter()
-        epoch_fn = make_epoch_fn(model, self.k, self.p, score_opt, graft_opt).lower(
-            state, variables, x, y, order(0), class_array, average, jnp.float32(0)).compile()
-        compile_seconds = time.perf_counter() - start
         history: list[dict[str, Any]] = []
         train_seconds = 0.0
-        for epoch in tqdm(range(self.epochs), desc=f"supermask modules ({len(classes)})", disable=not self.progress,
-                          leave=False):
-            # Algorithm 1: the first epoch trains without stemming; later ones pull towards the average of
-            # all modules' scores at the end of the previous epoch.
-            alpha = self.alpha if (self.stemming and epoch > 0) else 0.0
+        with contextlib.ExitStack() as stack:
+            ckpt = None if workdir is None else stack.enter_context(RunCheckpointer(os.fspath(workdir)))
+            first = 0 if ckpt is None else (ckpt.latest_step() or 0)
+            if first:  # resume (checked before compiling or training anything)
+                state, meta = ckpt.restore(first, state)
+                if meta.get("identity") != identity:
+                    raise ValueError(f"{workdir} holds the co-training of another run ({meta.get('identity')}); "
+                                     f"use another directory or the same settings ({identity})")
+                history = [_history_from_json(e) for e in meta["history"]]
+                train_seconds = float(meta["train_seconds"])
+                average = jax.tree.map(lambda s: jnp.mean(s, axis=0), state.scores)
             start = time.perf_counter()
-            state, metrics = epoch_fn(state, variables, x, y, order(epoch), class_array, average, jnp.float32(alpha))
-            average = jax.tree.map(lambda s: jnp.mean(s, axis=0), state.scores)
-            jax.block_until_ready((state, average))
-            train_seconds += time.perf_counter() - start
-            means = np.asarray(jnp.mean(metrics, axis=0))  # [M, 3]
-            pairs = pair_statistics(hard_masks(state.scores, self.k))
-            history.append({"epoch": epoch + 1, "alpha": alpha, "cross_entropy": means[:, 0].tolist(),
-                            "stemming": means[:, 1].tolist(), "train_accuracy": means[:, 2].tolist(),
-                            "two_class_rps": pairs["two_class_rps_mean"], "mean_jaccard": pairs["mean_jaccard"]})
+            train_bn = uses_batch_statistics(variables, self.batch_norm)
+            epoch_fn = make_epoch_fn(model, self.k, self.p, score_opt, graft_opt, train_bn, self.seed,
+                                     self.module_chunk).lower(
+                state, variables, x, y, order(0), class_array, average, jnp.float32(0)).compile()
+            compile_seconds = time.perf_counter() - start
+            for epoch in tqdm(range(first, self.epochs), desc=f"supermask modules ({len(classes)})",
+                              disable=not self.progress, leave=False, initial=first, total=self.epochs):
+                state, average, seconds, entry = self._epoch(epoch_fn, state, variables, x, y, order(epoch),
+                                                             class_array, average, epoch)
+                train_seconds += seconds
+                history.append(entry)
+                if ckpt is not None:
+                    ckpt.save(epoch + 1, state, {"identity": identity, "train_seconds": train_seconds,
+                                                 "history": [_history_to_json(e) for e in history]})
         return state, {"epochs": history, "train_seconds": train_seconds, "compile_seconds": compile_seconds,
                        "classes": list(classes)}
 
+    def _epoch(self, epoch_fn, state, variables, x, y, order, class_array, average, epoch):
+        """One co-training epoch: the jitted scan, then the new score average and the epoch's statistics."""
+        # Algorithm 1: the first epoch trains without stemming; later ones pull towards the average of
+        # all modules' scores at the end of the previous epoch.
+        alpha = self.alpha if (self.stemming and epoch > 0) else 0.0
+        start = time.perf_counter()
+        state, metrics = epoch_fn(state, variables, x, y, order, class_array, average, jnp.float32(alpha))
+        average = jax.tree.map(lambda s: jnp.mean(s, axis=0), state.scores)
+        jax.block_until_ready((state, average))
+        seconds = time.perf_counter() - start
+        means = np.asarray(jnp.mean(metrics, axis=0))  # [M, 3]
+        pairs = pair_statistics(hard_masks(state.scores, self.k))
+        entry = {"epoch": epoch + 1, "alpha": alpha, "cross_entropy": means[:, 0].tolist(),
+                 "stemming": means[:, 1].tolist(), "train_accuracy": means[:, 2].tolist(),
+                 "two_class_rps": pairs["two_class_rps_mean"], "mean_jaccard": pairs["mean_jaccard"]}
+        return state, average, seconds, entry
+
     def decompose(self, model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
-                  num_classes: int) -> Decomposition:
-        """One module per class, co-trained on the (unaugmented) training samples."""
-        state, history = self.train_modules(model, variables, x, y, num_classes)
+                  num_classes: int, workdir: str | os.PathLike[str] | None = None) -> Decomposition:
+        """One module per class, co-trained on the (unaugmented) training samples (checkpointed per epoch
+        under ``workdir`` when given, see :meth:`train_modules`)."""
+        state, history = self.train_modules(model, variables, x, y, num_classes, workdir=workdir)
         epochs = history["epochs"]
         statistics = {
             "two_class_rps": np.asarray([e["two_class_rps"] for e in epochs]),
@@ -457,6 +624,11 @@ class Supermask:
         }
         masks = jax.tree.map(np.asarray, hard_masks(state.scores, self.k))
         heads = {"graft": jax.tree.map(np.asarray, state.graft)}
+        if uses_batch_statistics(variables, self.batch_norm):  # one more pass, in its own batch order
+            order = self.batch_order(len(x), self.epochs)
+            stats = module_batch_stats(model, jax.tree.map(jnp.asarray, dict(variables)), masks,
+                                       np.asarray(x, np.float32), order, self.seed)
+            heads["batch_stats"] = jax.tree.map(np.asarray, stats)
         return Decomposition(masks=masks, granularity="weight", statistics=statistics, heads=heads)
 
 
@@ -525,6 +697,9 @@ def recompose(modules: ModuleSet | Sequence[ModuleSet], variables: Mapping[str, 
         if s.metadata.extra[FINGERPRINT_KEY] != first.extra[FINGERPRINT_KEY]:
             raise ValueError(f"module sets 0 and {i} were decomposed from different base models "
                              "(same architecture, different trained weights); they cannot be recomposed together")
+    head_keys = {i: sorted(s.heads) for i, s in enumerate(sets)}
+    if len({tuple(v) for v in head_keys.values()}) > 1:
+        raise ValueError(f"module sets carry different per-module parts {head_keys} (batch-norm modes differ)")
     if fingerprint(variables) != first.extra[FINGERPRINT_KEY]:
         raise ValueError("the variables are not the base model these modules were decomposed from")
     available = [c for s in sets for c in s.metadata.classes]
@@ -548,10 +723,11 @@ def recompose(modules: ModuleSet | Sequence[ModuleSet], variables: Mapping[str, 
 
 @functools.lru_cache(maxsize=32)
 def _confidence_fn(model: nn.Module, batch_size: int):
-    def batch_fn(carry, xb, yb, valid, variables, masks, heads):
+    def batch_fn(carry, xb, yb, valid, variables, masks, heads, stats):
         del yb, valid  # padded rows are written past the end and sliced off
         index, out = carry
-        outputs = jax.vmap(lambda m, h: module_forward(model, variables, m, h, xb))(masks, heads)  # [M, B, 2]
+        outputs = jax.vmap(lambda m, h, s: module_forward(model, variables, m, h, xb, s),
+                           in_axes=(0, 0, None if stats is None else 0))(masks, heads, stats)  # [M, B, 2]
         positive = jax.nn.softmax(outputs, axis=-1)[..., POSITIVE]
         return index + 1, jax.lax.dynamic_update_slice_in_dim(out, positive, index * batch_size, axis=1)
 
@@ -560,15 +736,20 @@ def _confidence_fn(model: nn.Module, batch_size: int):
 
 def module_confidences(model: nn.Module, variables: Mapping[str, Any], masks: Mapping[str, Any],
                        heads: Mapping[str, Any], x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """``float[M, n]``: each module's softmax confidence that each sample is its class (one jitted scan)."""
+    """``float[M, n]``: each module's softmax confidence that each sample is its class (one jitted scan).
+
+    ``heads``: ``{"graft": ..., ["batch_stats": ...]}`` (per-module batch-norm statistics when present) or
+    the grafting layers alone.
+    """
     x = np.asarray(x)
     check_inputs(model, variables, x)
     num_modules = np.shape(jax.tree.leaves(masks)[0])[0]
     padded = math.ceil(len(x) / batch_size) * batch_size
     init = (jnp.zeros((), jnp.int32), jnp.zeros((num_modules, padded), jnp.float32))
     graft = heads["graft"] if "graft" in heads else heads
+    stats = heads.get("batch_stats") if "graft" in heads else None
     _, out = scan_dataset(_confidence_fn(model, batch_size), init, x, np.zeros(len(x), np.int32), batch_size,
-                          variables, masks, graft)
+                          variables, masks, graft, stats)
     return np.asarray(out[:, : len(x)])
 
 
