@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import statistics
 import time
@@ -69,6 +70,7 @@ class ImageRun:
     subtasks: list[tuple[int, ...]]
     seed: int
     val_fraction: float
+    optimizer: str = "sgd"
 
     def run_info(self, loss: str, **extra: Any) -> dict[str, Any]:
         """The identity a resumable training run checks before it resumes."""
@@ -78,8 +80,13 @@ class ImageRun:
 
     def train_standard(self, workdir: str, progress: bool) -> tuple[train.TrainState, list[dict[str, Any]]]:
         """The cross-entropy model every approach starts from (resumes under ``WORKDIR/standard``)."""
+        extra, opt = {}, None
+        if self.optimizer != "sgd":  # named in the identity only then: SGD runs resume as before
+            steps = data.num_batches(len(self.dataset.train.x), self.config.batch_size, drop_remainder=True)
+            extra, opt = {"optimizer": self.optimizer}, train.make_optimizer(self.config, steps, self.optimizer)
         return train.fit(self.model, self.dataset, cross_entropy_loss(), self.config, os.path.join(workdir, "standard"),
-                         progress=progress, description="standard", run_info=self.run_info("cross_entropy"))
+                         progress=progress, description="standard", run_info=self.run_info("cross_entropy", **extra),
+                         optimizer=opt)
 
     def results_header(self, approach: Any, **config: Any) -> dict[str, Any]:
         """The first keys of results.json; ``config`` adds approach-specific run settings."""
@@ -94,10 +101,11 @@ class ImageRun:
 
 
 def image_run_from_flags(flags: Any, defaults: Mapping[str, Any],
-                         check_model: Callable[[Any], None] | None = None) -> ImageRun:
+                         check_model: Callable[[Any], None] | None = None, allow_optimizer: bool = False) -> ImageRun:
     """Data, model and reuse sub-tasks from the shared flags; ``ValueError`` before any training.
 
-    ``check_model`` lets an approach refuse a model it does not support once the model is built.
+    ``check_model`` lets an approach refuse a model it does not support once the model is built;
+    ``allow_optimizer`` accepts ``--optimizer`` other than SGD (post-training approaches: the standard model).
     """
     model_name = option(flags.model, defaults["model"])
     dataset_name = option(flags.dataset, defaults["dataset"])
@@ -105,6 +113,9 @@ def image_run_from_flags(flags: Any, defaults: Mapping[str, Any],
                                seed=flags.seed)
     if flags.num_subtasks < 1:
         raise ValueError(f"--num_subtasks must be >= 1, got {flags.num_subtasks}")
+    if flags.optimizer != "sgd" and not allow_optimizer:
+        raise ValueError(f"--optimizer={flags.optimizer} trains only the standard model of a post-training approach; "
+                         "this approach trains its modular model with the papers' SGD, so use --optimizer=sgd")
     dataset = data.load_dataset(dataset_name, val_fraction=flags.val_fraction, seed=flags.seed,
                                 data_dir=flags.data_dir, source=flags.data_source, train_limit=flags.train_limit,
                                 test_limit=flags.test_limit)
@@ -117,7 +128,8 @@ def image_run_from_flags(flags: Any, defaults: Mapping[str, Any],
     data.check_every_class_present(dataset.train.y, dataset.num_classes, "training samples (raise --train_limit)")
     subtasks = compose.sample_subtasks(dataset.num_classes, flags.num_subtasks, min_size=flags.min_subtask_classes,
                                        max_size=flags.max_subtask_classes, seed=flags.seed)
-    return ImageRun(model_name, dataset_name, config, dataset, model, subtasks, flags.seed, flags.val_fraction)
+    return ImageRun(model_name, dataset_name, config, dataset, model, subtasks, flags.seed, flags.val_fraction,
+                    flags.optimizer)
 
 
 def step_times(model, data_: data.Dataset, loss_fns: Mapping[str, Any], config: train.TrainConfig,
@@ -156,6 +168,26 @@ def timed_decompose(approach: Any, model: Any, variables: Mapping[str, Any], x: 
     out = approach.decompose(model, variables, x, y, num_classes)
     jax.block_until_ready(jax.tree.leaves(out.masks))
     return out, time.perf_counter() - start
+
+
+def read_jsonl_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Rows a resumable table program already wrote (one JSON object per line; a torn last line is ignored)."""
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                logging.warning("ignoring an unreadable line of %s", os.fspath(path))
+    return rows
+
+
+def append_jsonl_rows(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> None:
+    """Append finished rows, one JSON object per line, so that an interrupted program resumes after them."""
+    with open(path, "a") as f:
+        f.writelines(json.dumps(dict(r)) + "\n" for r in rows)
 
 
 def write_json_atomic(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from absl import app, flags
 
+from experiments.common import option
 from jaxmod import checkpoint, compose, data
 from jaxmod.approaches import mwt as mwt_lib
 
@@ -33,6 +34,8 @@ flags.DEFINE_integer("seed", 0, "Seed.")
 flags.DEFINE_integer("train_limit", None, "Use at most this many training samples (class balanced).")
 flags.DEFINE_integer("num_subtasks", 5, "Reuse sub-tasks (the same for both approaches).")
 flags.DEFINE_integer("finetune_epochs", 5, "MwT fine-tuning epochs per sub-task.")
+flags.DEFINE_float("mwt_alpha", None, "MwT's cohesion weight (default: the paper's 0.5); MODA keeps its own alpha.")
+flags.DEFINE_float("mwt_beta", None, "MwT's coupling weight (default: the paper's 1.5); MODA keeps its own beta.")
 flags.DEFINE_string("workdir", None, "Work directory (one sub-directory per approach).")
 flags.DEFINE_string("out", "experiments/results/mwt_vs_moda", "Where the Markdown and CSV tables go.")
 flags.DEFINE_bool("progress", False, "Progress bars of the runs.")
@@ -74,6 +77,8 @@ def run_command(approach: str) -> list[str]:
         cmd.append(f"--train_limit={FLAGS.train_limit}")
     if approach == "mwt":
         cmd.append(f"--mwt_finetune_epochs={FLAGS.finetune_epochs}")
+        cmd += [f"--{name}={value}" for name, value in (("alpha", FLAGS.mwt_alpha), ("beta", FLAGS.mwt_beta))
+                if value is not None]
     return cmd
 
 
@@ -93,6 +98,10 @@ def finished_results(approach: str) -> dict[str, Any] | None:
               FLAGS.finetune_epochs)
     if FLAGS.train_limit and r["config"]["train_samples"] > FLAGS.train_limit:
         raise ValueError(f"{path} used {r['config']['train_samples']} training samples, not --train_limit")
+    if approach == "mwt":  # the loss weights too: a table never mixes runs of other weights
+        defaults = mwt_lib.MwT()
+        found += (r["config"]["approach"]["alpha"], r["config"]["approach"]["beta"])
+        wanted += (option(FLAGS.mwt_alpha, defaults.alpha), option(FLAGS.mwt_beta, defaults.beta))
     if found != wanted:
         raise ValueError(f"{path} was made with (approach, model, dataset, seed, epochs, subtasks, finetune "
                          f"epochs) {found}, not {wanted}: rerun with --rerun")
@@ -157,7 +166,8 @@ def write_tables(results: dict[str, dict[str, Any]], commands: list[str], stem: 
               f"({', '.join(mwt['modules']['gated_groups'])}). MODA's KRR/cohesion/coupling read the same conv "
               "layers, a kernel being relevant to a sample when its activation is non-zero. MwT's sub-models: "
               f"{mwt['reuse']['finetune_epochs']} fine-tuning epoch(s), learning rate "
-              f"{mwt['reuse'].get('finetune_lr', 'n/a')}, best epoch on validation.", ""]
+              f"{mwt['reuse'].get('finetune_lr', 'n/a')}, best epoch on validation. MwT's loss weights: alpha "
+              f"{mwt['config']['approach']['alpha']}, beta {mwt['config']['approach']['beta']}.", ""]
     with open(f"{stem}.md", "w") as f:
         f.write("\n".join(lines))
     return f"{stem}.md", f"{stem}.csv"

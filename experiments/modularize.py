@@ -35,6 +35,9 @@ flags.DEFINE_string("workdir", None, "Output directory (resumable).")
 flags.DEFINE_integer("seed", 0, "Seed for initialisation, shuffling, splits and sub-tasks.")
 flags.DEFINE_integer("batch_size", 128, "Training batch size.")
 flags.DEFINE_float("lr", 0.05, "Initial learning rate (cosine schedule).")
+flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam"], "Optimizer of the standard model of the post-training "
+                  "approaches (concern, supermask): sgd (Nesterov, the papers') or adam (e.g. ResNet20 without "
+                  "batch norm, with --lr=0.001).")
 flags.DEFINE_float("alpha", None, "First loss weight (MODA affinity, MwT cohesion, supermask stemming).")
 flags.DEFINE_float("beta", None, "Second loss weight of the approach (MODA dispersion, MwT coupling).")
 flags.DEFINE_float("gamma", None, "MODA compactness weight.")

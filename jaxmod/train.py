@@ -74,13 +74,25 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
-def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
-    """SGD with Nesterov momentum and a cosine schedule over all training steps."""
+OPTIMIZERS = ("sgd", "adam")
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int, kind: str = "sgd") -> optax.GradientTransformation:
+    """The optimizer, with a cosine schedule over all training steps.
+
+    ``"sgd"``: SGD with Nesterov momentum (and ``config.weight_decay``), the papers' recipe. ``"adam"``:
+    Adam on the same schedule, for models plain SGD does not train (ResNet20 without batch norm).
+    """
+    if kind not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {kind!r}")
     schedule = optax.cosine_decay_schedule(config.learning_rate, max(1, config.epochs * steps_per_epoch))
-    sgd = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov and config.momentum > 0)
+    if kind == "adam":
+        opt = optax.adam(schedule)
+    else:
+        opt = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov and config.momentum > 0)
     if config.weight_decay:
-        return optax.chain(optax.add_decayed_weights(config.weight_decay), sgd)
-    return sgd
+        return optax.chain(optax.add_decayed_weights(config.weight_decay), opt)
+    return opt
 
 
 def init_state(model: nn.Module, input_shape: tuple[int, ...], optimizer: optax.GradientTransformation,
@@ -172,7 +184,8 @@ def benchmark_step(step_fn: Callable, state: TrainState, x: np.ndarray, y: np.nd
 
 def fit(model: nn.Module, data: Dataset, loss_fn: LossFn, config: TrainConfig, workdir: str | os.PathLike,
         *, progress: bool = True, stop_after: int | None = None, description: str = "train",
-        run_info: Mapping[str, Any] | None = None) -> tuple[TrainState, list]:
+        run_info: Mapping[str, Any] | None = None,
+        optimizer: optax.GradientTransformation | None = None) -> tuple[TrainState, list]:
     """Train ``model`` on ``data.train`` with ``loss_fn``, checkpointing every epoch under ``workdir``.
 
     Rerunning with the same ``workdir`` resumes from the last complete epoch (a finished run
@@ -180,7 +193,8 @@ def fit(model: nn.Module, data: Dataset, loss_fn: LossFn, config: TrainConfig, w
     can be run later). ``run_info`` (JSON-able: model, dataset, loss and its weights...) is
     stored with every checkpoint; resuming a directory whose run had other settings or other
     ``run_info`` raises ``ValueError``. Returns the final state and the per-epoch history (train
-    loss and accuracy, validation accuracy).
+    loss and accuracy, validation accuracy). ``optimizer`` replaces :func:`make_optimizer`'s SGD
+    (name it in ``run_info`` so that resuming checks it).
     """
     check_input_shape(model, data.input_shape)
     check_labels(data.train.y, model.num_classes)
@@ -192,7 +206,7 @@ def fit(model: nn.Module, data: Dataset, loss_fn: LossFn, config: TrainConfig, w
     if stop_after is not None and not 1 <= stop_after <= config.epochs:
         raise ValueError(f"stop_after must be in [1, {config.epochs}], got {stop_after}")
     steps_per_epoch = num_batches(len(data.train.x), config.batch_size, drop_remainder=True)
-    optimizer = make_optimizer(config, steps_per_epoch)
+    optimizer = make_optimizer(config, steps_per_epoch) if optimizer is None else optimizer
     state = init_state(model, data.input_shape, optimizer, config.seed)
     step_fn = make_train_step(model, optimizer, loss_fn)
     history: list[dict[str, float]] = []

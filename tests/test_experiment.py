@@ -59,6 +59,7 @@ def test_moda_end_to_end_on_real_mnist(tmp_path):
     ("--train_limit=100", "fewer than one batch"),
     ("--train_limit=5 --batch_size=4", "no training samples"),
     ("--model_config={\"units\":8}", "bad configuration"),
+    ("--optimizer=adam", "trains only the standard model"),
 ])
 def test_bad_flags_fail_before_writing(tmp_path, flag, message):
     work = tmp_path / "never"

@@ -340,3 +340,21 @@ def test_end_to_end_on_mnist(tmp_path):
     # the fine-tuned sub-model separates the two digits on unseen test samples (chance: 0.5)
     index, labels = subtask_samples(ds.test.y, classes)
     assert train.evaluate(tuned.model, tuned.variables, ds.test.x[index], labels)["top1"] > 0.85
+
+
+def test_beta_sweep_selects_the_largest_beta_within_tolerance_on_validation():
+    from experiments import mwt_beta_sweep as sweep
+
+    def result(std_val, mod_val, std_test, mod_test):
+        hist = lambda v: {"history": [{"val_accuracy": 0.0}, {"val_accuracy": v}]}  # noqa: E731
+        modules = {"krr": 0.2, "cohesion": 0.9, "coupling": 0.1, "mean_size": 0.3}
+        return {"standard": {**hist(std_val), "test_accuracy": std_test},
+                "modular": {**hist(mod_val), "test_accuracy": mod_test}, "modules": modules}
+
+    rows = [sweep.row(1.5, result(0.91, 0.88, 0.90, 0.95)),  # val gap -0.03: out, whatever the test says
+            sweep.row(1.0, result(0.91, 0.897, 0.90, 0.80)),  # val gap -0.013: in (test not used)
+            sweep.row(0.5, result(0.91, 0.905, 0.90, 0.90))]
+    assert rows[0]["val_gap"] == pytest.approx(-0.03) and rows[1]["test_gap"] == pytest.approx(-0.10)
+    assert sweep.selected(rows, 0.015) == 1.0
+    assert sweep.selected(rows, 0.001) is None
+    assert sweep.selected(rows, 0.05) == 1.5

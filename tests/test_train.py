@@ -93,3 +93,20 @@ def test_bad_inputs_raise_before_writing(mnist_small, tmp_path):
                   progress=False)
     assert not (tmp_path / "shape").exists()
     jax.clear_caches()
+
+
+def test_make_optimizer_kinds_follow_their_update_rules():
+    """First update on a hand-set gradient: SGD (Nesterov, momentum 0.9) moves lr * (1 + 0.9) * g,
+    Adam moves lr * sign(g) (its bias-corrected first step); an unknown kind is refused."""
+    import jax.numpy as jnp
+
+    config = train.TrainConfig(epochs=1, learning_rate=0.1)
+    params, grads = {"w": jnp.zeros(3)}, {"w": jnp.array([2.0, -0.5, 0.0])}
+    sgd = train.make_optimizer(config, 10)
+    step, _ = sgd.update(grads, sgd.init(params), params)
+    chex.assert_trees_all_close(step["w"], -0.1 * 1.9 * grads["w"], rtol=1e-6)
+    adam = train.make_optimizer(config, 10, "adam")
+    step, _ = adam.update(grads, adam.init(params), params)
+    chex.assert_trees_all_close(step["w"], jnp.array([-0.1, 0.1, 0.0]), atol=1e-6)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        train.make_optimizer(config, 10, "rmsprop")

@@ -52,7 +52,7 @@ def run(workdir: str) -> dict[str, Any]:
         if approach.variant in concern.DENSE_VARIANTS and not isinstance(model, models.MLP):
             raise ValueError(f"variant {approach.variant!r} is for dense models (fc1..fc4), not {model_name}")
 
-    setup = image_run_from_flags(FLAGS, DEFAULTS, check_model)
+    setup = image_run_from_flags(FLAGS, DEFAULTS, check_model, allow_optimizer=True)
     dataset_name = setup.dataset_name
     dataset, model, subtasks = setup.dataset, setup.model, setup.subtasks
     state, history = setup.train_standard(workdir, FLAGS.progress)
