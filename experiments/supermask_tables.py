@@ -44,7 +44,7 @@ flags.DEFINE_integer("train_limit", None, "Class-balanced training subset (befor
 flags.DEFINE_integer("test_limit", None, "Class-balanced test subset.")
 flags.DEFINE_integer("table1_module_epochs", 10, "Module co-training epochs for Table 1.")
 flags.DEFINE_float("table1_score_lr", 1.0, "Score learning rate of the Table 1 runs (chosen on the validation split: "
-                   "0.1, the paper's, leaves FC4 unlearned at our ~11x shorter epochs; see notes/issue-6.md).")
+                   "0.1, the paper's, leaves FC4 unlearned at our ~11x shorter epochs; BUILD_NOTES.md, Supermasks).")
 flags.DEFINE_integer("table2_module_epochs", 25, "Module co-training epochs for Table 2 (paper: 25).")
 flags.DEFINE_integer("trials", 2, "Table 2: score seeds per configuration (the paper: 5).")
 flags.DEFINE_integer("num_subtasks", 10, "Reuse sub-tasks per run.")

@@ -305,3 +305,13 @@ def test_cotraining_resumes_from_its_last_checkpointed_epoch(tmp_path):
     other = jax.tree.map(lambda a: a + 1.0, variables)
     with pytest.raises(ValueError, match="another run"):
         approach.train_modules(model, other, x, y, 3, workdir=tmp_path / "a")
+
+
+def test_score_lr_program_balanced_accuracy_by_hand():
+    from experiments.supermask_score_lr import balanced_accuracies
+
+    # labels [0, 0, 1, 1]. Module 0 says yes to samples 0, 1, 2: recall on class 0 = 1, rejects 1 of the
+    # 2 others -> (1 + 1/2) / 2. Module 1 says yes to nothing: recall on class 1 = 0, rejects both others -> 1/2.
+    conf = np.array([[0.9, 0.8, 0.7, 0.1], [0.1, 0.4, 0.3, 0.0]])
+    labels = np.array([0, 0, 1, 1])
+    np.testing.assert_allclose(balanced_accuracies(conf, labels), [0.75, 0.5])

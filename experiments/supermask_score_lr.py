@@ -1,0 +1,119 @@
+r"""The supermask score learning rate chosen on the validation split: co-train all modules over a saved frozen
+base model once per learning rate and vote on the validation split (never the test split).
+
+    python -m experiments.supermask_score_lr --base_run=runs/supermask_tables/t1_fc4_mnist --dataset=mnist \
+        --score_lrs=0.1,1.0 --out=experiments/results/supermask/score_lr_fc4_mnist
+
+``--base_run`` is the work directory of an ``experiments.modularize --approach=supermask`` run: its saved module
+set carries the frozen base variables and architecture. Writes ``<out>.md`` / ``<out>.csv`` with, per learning
+rate, the validation voting accuracy, the mean balanced accuracy of the modules, the per-epoch cross-entropy, the
+mean Jaccard index and two-class RPs.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shlex
+import sys
+import time
+from typing import Any
+
+import numpy as np
+from absl import app, flags
+
+from jaxmod import checkpoint
+from jaxmod.approaches import supermask as sm
+from jaxmod.compose import build_model
+from jaxmod.data import load_dataset
+from jaxmod.voting import voting_accuracy
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The program's flags, defined only when it runs (tests may import its functions)."""
+    flags.DEFINE_string("base_run", None, "Work directory of a supermask run (its modules/ hold the base model).")
+    flags.DEFINE_string("dataset", "mnist", "Dataset the base model was trained on.")
+    flags.DEFINE_list("score_lrs", ["0.1", "1.0"], "Score learning rates tried.")
+    flags.DEFINE_float("graft_lr", 0.01, "Grafting-layer learning rate.")
+    flags.DEFINE_float("alpha", 1.0, "Stemming weight.")
+    flags.DEFINE_integer("module_epochs", 10, "Co-training epochs.")
+    flags.DEFINE_integer("train_limit", 6000, "Training images (class balanced), as the tables use.")
+    flags.DEFINE_integer("seed", 0, "Seed of the data split (the base run's).")
+    flags.DEFINE_string("out", None, "Output stem (writes <out>.md and <out>.csv).")
+    flags.mark_flags_as_required(["base_run", "out"])
+
+
+def balanced_accuracies(confidences: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per module (rows of ``confidences``, one per class): mean of its recall on its class and on the others."""
+    said = confidences > 0.5
+    target = labels[None] == np.arange(len(confidences))[:, None]
+    hit = (said & target).sum(1) / np.maximum(target.sum(1), 1)
+    reject = (~said & ~target).sum(1) / np.maximum((~target).sum(1), 1)
+    return (hit + reject) / 2
+
+
+def evaluate_lr(model: Any, variables: Any, ds: Any, score_lr: float) -> dict[str, Any]:
+    """Co-train every module at ``score_lr`` and measure it on the validation split."""
+    approach = sm.Supermask(epochs=FLAGS.module_epochs, score_lr=score_lr, graft_lr=FLAGS.graft_lr, alpha=FLAGS.alpha)
+    start = time.perf_counter()
+    x, y = ds.train.x, ds.train.y
+    state, history = approach.train_modules(model, variables, x, y, ds.num_classes)
+    masks = sm.hard_masks(state.scores, approach.k)
+    heads = {"graft": state.graft}
+    if sm.uses_batch_statistics(variables, approach.batch_norm):
+        heads["batch_stats"] = sm.module_batch_stats(model, variables, masks, x,
+                                                     approach.batch_order(len(x), approach.epochs))
+    confidences = np.asarray(sm.module_confidences(model, variables, masks, heads, ds.val.x))
+    pairs = sm.pair_statistics(masks)
+    return {"score_lr": score_lr, "val_voting_accuracy": float(voting_accuracy(confidences, ds.val.y)),
+            "val_mean_balanced_accuracy": float(balanced_accuracies(confidences, ds.val.y).mean()),
+            "first_epoch_ce": float(np.mean(history["epochs"][0]["cross_entropy"])),
+            "last_epoch_ce": float(np.mean(history["epochs"][-1]["cross_entropy"])),
+            "mean_jaccard": float(pairs["mean_jaccard"]), "two_class_rps": float(pairs["two_class_rps_mean"]),
+            "seconds": time.perf_counter() - start}
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        lrs = [float(v) for v in FLAGS.score_lrs]
+    except ValueError as err:
+        raise app.UsageError(f"--score_lrs must be numbers: {FLAGS.score_lrs}") from err
+    if not lrs or min(lrs) <= 0:
+        raise app.UsageError(f"--score_lrs must be positive, got {FLAGS.score_lrs}")
+    modules_dir = os.path.join(FLAGS.base_run, "modules")
+    if not os.path.isdir(modules_dir):
+        raise app.UsageError(f"--base_run: no saved module set at {modules_dir}")
+    modules, variables = checkpoint.restore_modules(modules_dir)
+    if modules.metadata.approach != "supermask":
+        raise app.UsageError(f"--base_run holds {modules.metadata.approach!r} modules, not supermask ones")
+    model = build_model(modules)
+    ds = load_dataset(FLAGS.dataset, train_limit=FLAGS.train_limit, seed=FLAGS.seed)
+    rows = [evaluate_lr(model, variables, ds, lr) for lr in lrs]
+    best = max(rows, key=lambda r: r["val_voting_accuracy"])
+    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
+    with open(f"{FLAGS.out}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    cmd = " ".join(shlex.quote(a) for a in ["python", "-m", "experiments.supermask_score_lr", *sys.argv[1:]])
+    cols = list(rows[0])
+    title = f"# Supermask score learning rate on the validation split ({modules.metadata.model_name}, {FLAGS.dataset})"
+    lines = [title,
+             "", "Made by:", "", "```", cmd, "```", "", "| " + " | ".join(cols) + " |",
+             "| " + " | ".join("---:" for _ in cols) + " |"]
+    lines += ["| " + " | ".join(f"{r[c]:.4f}" for c in cols) + " |" for r in rows]
+    lines += ["", f"Best validation voting accuracy: score lr {best['score_lr']}. Validation split only "
+              f"({len(ds.val.x)} images); {len(ds.train.x)} training images, {FLAGS.module_epochs} co-training "
+              "epochs.", ""]
+    with open(f"{FLAGS.out}.md", "w") as f:
+        f.write("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
