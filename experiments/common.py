@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import logging
 import os
+import shlex
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -168,6 +171,30 @@ def timed_decompose(approach: Any, model: Any, variables: Mapping[str, Any], x: 
     out = approach.decompose(model, variables, x, y, num_classes)
     jax.block_until_ready(jax.tree.leaves(out.masks))
     return out, time.perf_counter() - start
+
+
+def write_rows_tables(stem: str, rows: Sequence[Mapping[str, Any]], title: str, notes: str, program: str) -> str:
+    """``<stem>.csv`` and ``<stem>.md`` (title, the command that made it, the rows, notes); returns the Markdown path.
+
+    ``program`` is the module name the command line is written with (``python -m <program> <this run's flags>``).
+    """
+    if not rows:
+        raise ValueError("no rows to write")
+    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
+    cols = list(rows[0])
+    with open(f"{stem}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, cols)
+        w.writeheader()
+        w.writerows(rows)
+    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    cmd = " ".join(shlex.quote(a) for a in ["python", "-m", program, *sys.argv[1:]])
+    lines = [f"# {title}", "", "Made by:", "", "```", cmd, "```", "",
+             "| " + " | ".join(cols) + " |", "| " + " | ".join("---:" for _ in cols) + " |"]
+    lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["", notes, ""]
+    with open(f"{stem}.md", "w") as f:
+        f.write("\n".join(lines))
+    return f"{stem}.md"
 
 
 def read_jsonl_rows(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

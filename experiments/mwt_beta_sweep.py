@@ -14,7 +14,6 @@ and a PNG of validation accuracy against kernel retention.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shlex
@@ -23,6 +22,8 @@ import sys
 from typing import Any
 
 from absl import app, flags
+
+from experiments.common import write_rows_tables
 
 FLAGS = flags.FLAGS
 
@@ -79,22 +80,11 @@ def write_outputs(rows: list[dict[str, Any]], choice: float | None) -> str:
     import matplotlib.pyplot as plt
 
     stem = os.path.join(FLAGS.out, f"{FLAGS.model}_{FLAGS.dataset}_beta")
-    os.makedirs(FLAGS.out, exist_ok=True)
-    cols = list(rows[0])
-    with open(f"{stem}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, cols)
-        w.writeheader()
-        w.writerows(rows)
-    cmd = " ".join(shlex.quote(a) for a in ["python", "-m", "experiments.mwt_beta_sweep", *sys.argv[1:]])
-    lines = [f"# MwT's coupling weight on the validation split: {FLAGS.model}, {FLAGS.dataset}, {FLAGS.epochs} epochs",
-             "", "Made by:", "", "```", cmd, "```", "",
-             "| " + " | ".join(cols) + " |", "| " + " | ".join("---:" for _ in cols) + " |"]
-    lines += ["| " + " | ".join(f"{r[c]:.4f}" for c in cols) + " |" for r in rows]
-    lines += ["", f"Rule (validation only): the largest beta whose modular validation accuracy is within "
-              f"{FLAGS.tolerance} of the standard model's. Selected: {choice}. Test columns are reported, not used. "
-              "KRR, cohesion, coupling: the paper's kernel metrics (Eq. 1-3) on the training samples.", ""]
-    with open(f"{stem}.md", "w") as f:
-        f.write("\n".join(lines))
+    notes = (f"Rule (validation only): the largest beta whose modular validation accuracy is within {FLAGS.tolerance} "
+             f"of the standard model's. Selected: {choice}. Test columns are reported, not used. KRR, cohesion, "
+             "coupling: the paper's kernel metrics (Eq. 1-3) on the training samples.")
+    title = f"MwT's coupling weight on the validation split: {FLAGS.model}, {FLAGS.dataset}, {FLAGS.epochs} epochs"
+    md = write_rows_tables(stem, rows, title, notes, "experiments.mwt_beta_sweep")
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot([r["krr"] for r in rows], [r["modular_val"] for r in rows], "o-", label="MwT")
     for r in rows:
@@ -108,7 +98,7 @@ def write_outputs(rows: list[dict[str, Any]], choice: float | None) -> str:
     fig.tight_layout()
     fig.savefig(f"{stem}.png", dpi=120)
     plt.close(fig)
-    return f"{stem}.md"
+    return md
 
 
 def main(argv: list[str]) -> None:

@@ -12,16 +12,14 @@ mean Jaccard index and two-class RPs.
 
 from __future__ import annotations
 
-import csv
 import os
-import shlex
-import sys
 import time
 from typing import Any
 
 import numpy as np
 from absl import app, flags
 
+from experiments.common import write_rows_tables
 from jaxmod import checkpoint
 from jaxmod.approaches import supermask as sm
 from jaxmod.compose import build_model
@@ -94,24 +92,11 @@ def main(argv: list[str]) -> None:
     ds = load_dataset(FLAGS.dataset, train_limit=FLAGS.train_limit, seed=FLAGS.seed)
     rows = [evaluate_lr(model, variables, ds, lr) for lr in lrs]
     best = max(rows, key=lambda r: r["val_voting_accuracy"])
-    os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
-    with open(f"{FLAGS.out}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    cmd = " ".join(shlex.quote(a) for a in ["python", "-m", "experiments.supermask_score_lr", *sys.argv[1:]])
-    cols = list(rows[0])
-    title = f"# Supermask score learning rate on the validation split ({modules.metadata.model_name}, {FLAGS.dataset})"
-    lines = [title,
-             "", "Made by:", "", "```", cmd, "```", "", "| " + " | ".join(cols) + " |",
-             "| " + " | ".join("---:" for _ in cols) + " |"]
-    lines += ["| " + " | ".join(f"{r[c]:.4f}" for c in cols) + " |" for r in rows]
-    lines += ["", f"Best validation voting accuracy: score lr {best['score_lr']}. Validation split only "
-              f"({len(ds.val.x)} images); {len(ds.train.x)} training images, {FLAGS.module_epochs} co-training "
-              "epochs.", ""]
-    with open(f"{FLAGS.out}.md", "w") as f:
-        f.write("\n".join(lines))
-    print("\n".join(lines))
+    title = f"Supermask score learning rate on the validation split ({modules.metadata.model_name}, {FLAGS.dataset})"
+    notes = (f"Best validation voting accuracy: score lr {best['score_lr']}. Validation split only ({len(ds.val.x)} "
+             f"images); {len(ds.train.x)} training images, {FLAGS.module_epochs} co-training epochs.")
+    md = write_rows_tables(FLAGS.out, rows, title, notes, "experiments.supermask_score_lr")
+    print(open(md).read())
 
 
 if __name__ == "__main__":

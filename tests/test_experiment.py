@@ -67,3 +67,16 @@ def test_bad_flags_fail_before_writing(tmp_path, flag, message):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not work.exists()
+
+
+def test_rows_tables_hold_the_command_and_every_row(tmp_path):
+    from experiments.common import write_rows_tables
+
+    rows = [{"beta": 1.5, "acc": 0.91234, "name": "a"}, {"beta": 0.5, "acc": 0.8, "name": "b"}]
+    md = write_rows_tables(str(tmp_path / "sub" / "t"), rows, "A title", "Some notes.", "experiments.somewhere")
+    text = open(md).read()
+    assert text.startswith("# A title") and "python -m experiments.somewhere" in text and "Some notes." in text
+    assert "| 1.5000 | 0.9123 | a |" in text and "| 0.5000 | 0.8000 | b |" in text
+    assert open(tmp_path / "sub" / "t.csv").read().splitlines() == ["beta,acc,name", "1.5,0.91234,a", "0.5,0.8,b"]
+    with pytest.raises(ValueError, match="no rows"):
+        write_rows_tables(str(tmp_path / "u"), [], "t", "n", "p")
