@@ -17,9 +17,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxmod import compose, data, metrics, models, train
+from jaxmod import checkpoint, compose, data, metrics, models, train
+from jaxmod.activations import predict_logits
 from jaxmod.losses import cross_entropy_loss
-from jaxmod.modules import as_hashable
+from jaxmod.modules import ModuleSet, as_hashable, module_set
 
 # Every approach's results.json has these top-level keys (post-training approaches repeat the
 # standard model under "modular"); approach-specific figures go under the same sections as extra keys.
@@ -90,6 +91,25 @@ class ImageRun:
         return train.fit(self.model, self.dataset, cross_entropy_loss(), self.config, os.path.join(workdir, "standard"),
                          progress=progress, description="standard", run_info=self.run_info("cross_entropy", **extra),
                          optimizer=opt)
+
+    def decompose_and_save(self, approach: Any, variables: Mapping[str, Any], workdir: str, batch_size: int,
+                           source: tuple[Any, Mapping[str, Any]] | None = None) -> tuple[Any, ModuleSet, float, float]:
+        """Decompose over the training samples, timed against one forward pass over the same samples, and save
+        the modules with ``variables`` under ``WORKDIR/modules``.
+
+        ``source`` is the (model, variables) pair to decompose when it is not ``(self.model, variables)`` (MwT:
+        the model with its mask generators). Returns (decomposition, modules, decompose_s, inference_s).
+        """
+        model, src_vars = source or (self.model, variables)
+        x, y = self.dataset.train.x, self.dataset.train.y
+        decomposition, decompose_s = timed_decompose(approach, model, src_vars, x, y, self.dataset.num_classes)
+        _, inference_s = timed(predict_logits, model, src_vars, x, batch_size)
+        modules = module_set(decomposition.masks, approach=approach.name, model_name=self.model_name,
+                             model=self.model, dataset=self.dataset_name, input_shape=self.dataset.input_shape,
+                             granularity=decomposition.granularity, extra=approach.config(),
+                             heads=decomposition.heads)
+        checkpoint.save_modules(os.path.join(workdir, "modules"), modules, variables, overwrite=True)
+        return decomposition, modules, decompose_s, inference_s
 
     def results_header(self, approach: Any, **config: Any) -> dict[str, Any]:
         """The first keys of results.json; ``config`` adds approach-specific run settings."""

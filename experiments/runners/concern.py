@@ -14,11 +14,10 @@ import jax
 import numpy as np
 from absl import flags
 
-from experiments.common import image_run_from_flags, option, timed, timed_decompose, write_json_atomic
-from jaxmod import approaches, checkpoint, compose, metrics, models, train
+from experiments.common import image_run_from_flags, option, write_json_atomic
+from jaxmod import approaches, compose, metrics, models, train
 from jaxmod.activations import predict_logits
 from jaxmod.approaches import concern
-from jaxmod.modules import module_set
 
 FLAGS = flags.FLAGS
 DEFAULTS = {"model": "lenet5", "dataset": "mnist"}
@@ -53,19 +52,13 @@ def run(workdir: str) -> dict[str, Any]:
             raise ValueError(f"variant {approach.variant!r} is for dense models (fc1..fc4), not {model_name}")
 
     setup = image_run_from_flags(FLAGS, DEFAULTS, check_model, allow_optimizer=True)
-    dataset_name = setup.dataset_name
     dataset, model, subtasks = setup.dataset, setup.model, setup.subtasks
     state, history = setup.train_standard(workdir, FLAGS.progress)
     variables = state.variables()
     std_eval = train.evaluate(model, variables, dataset.test.x, dataset.test.y, FLAGS.eval_batch_size)
 
-    decomposition, decompose_s = timed_decompose(approach, model, variables, dataset.train.x, dataset.train.y,
-                                                 dataset.num_classes)
-    _, inference_s = timed(predict_logits, model, variables, dataset.train.x, FLAGS.eval_batch_size)
-    modules = module_set(decomposition.masks, approach=approach.name, model_name=model_name, model=model,
-                         dataset=dataset_name, input_shape=dataset.input_shape, granularity="position",
-                         extra=approach.config(), heads=decomposition.heads)
-    checkpoint.save_modules(os.path.join(workdir, "modules"), modules, variables, overwrite=True)
+    decomposition, modules, decompose_s, inference_s = setup.decompose_and_save(approach, variables, workdir,
+                                                                                FLAGS.eval_batch_size)
 
     heads = None if decomposition.heads is None else decomposition.heads["channel"]
     classes = list(range(dataset.num_classes))

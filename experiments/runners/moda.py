@@ -15,14 +15,12 @@ from experiments.common import (
     image_run_from_flags,
     option,
     step_times,
-    timed,
-    timed_decompose,
     write_json_atomic,
 )
-from jaxmod import approaches, checkpoint, compose, data, metrics, train
+from jaxmod import approaches, compose, data, metrics, train
 from jaxmod.activations import predict_logits
 from jaxmod.losses import cross_entropy_loss
-from jaxmod.modules import ModuleSet, module_set
+from jaxmod.modules import ModuleSet
 from jaxmod.topology import count_parameters, resolve_topology
 
 FLAGS = flags.FLAGS
@@ -76,15 +74,8 @@ def run(workdir: str) -> dict[str, Any]:
                                         "modular": modular_loss or cross_entropy_loss()},
                        config, FLAGS.timing_repeats)
 
-    # Decomposition over the training samples, timed against one forward pass over the same samples.
-    x_dec, y_dec = dataset.train.x, dataset.train.y
-    decomposition, decompose_s = timed_decompose(approach, model, src_vars, x_dec, y_dec, dataset.num_classes)
-    _, inference_s = timed(predict_logits, model, src_vars, x_dec, FLAGS.eval_batch_size)
-
-    modules = module_set(decomposition.masks, approach=approach.name, model_name=model_name, model=model,
-                         dataset=dataset_name, input_shape=dataset.input_shape,
-                         granularity=decomposition.granularity, extra=approach.config())
-    checkpoint.save_modules(os.path.join(workdir, "modules"), modules, src_vars, overwrite=True)
+    decomposition, modules, decompose_s, inference_s = setup.decompose_and_save(approach, src_vars, workdir,
+                                                                                FLAGS.eval_batch_size)
 
     mod = metrics.module_metrics(topology, modules.masks, src_vars["params"])
     full_params = count_parameters(src_vars)

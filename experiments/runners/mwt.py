@@ -18,15 +18,13 @@ from experiments.common import (
     option,
     parse_json_object,
     step_times,
-    timed,
-    timed_decompose,
     write_json_atomic,
 )
-from jaxmod import approaches, checkpoint, compose, data, metrics, models, train
+from jaxmod import approaches, compose, data, metrics, models, train
 from jaxmod.activations import predict_logits
 from jaxmod.approaches import mwt as mwt_lib
 from jaxmod.losses import cross_entropy_loss
-from jaxmod.modules import ModuleSet, module_set
+from jaxmod.modules import ModuleSet
 from jaxmod.topology import count_parameters
 
 FLAGS = flags.FLAGS
@@ -122,13 +120,8 @@ def run(workdir: str) -> dict[str, Any]:
                        FLAGS.timing_repeats, models={"modular": gen_model})
 
     x_dec, y_dec = dataset.train.x, dataset.train.y
-    decomposition, decompose_s = timed_decompose(approach, gen_model, src_vars, x_dec, y_dec, dataset.num_classes)
-    _, inference_s = timed(predict_logits, gen_model, src_vars, x_dec, FLAGS.eval_batch_size)
-
-    modules = module_set(decomposition.masks, approach=approach.name, model_name=model_name, model=model,
-                         dataset=dataset_name, input_shape=dataset.input_shape,
-                         granularity=decomposition.granularity, extra=approach.config())
-    checkpoint.save_modules(os.path.join(workdir, "modules"), modules, plain_vars, overwrite=True)
+    decomposition, modules, decompose_s, inference_s = setup.decompose_and_save(
+        approach, plain_vars, workdir, FLAGS.eval_batch_size, source=(gen_model, src_vars))
 
     mod = metrics.module_metrics(topology, modules.masks, plain_vars["params"])
     kern = mwt_lib.kernel_metrics(gen_model, src_vars, modules.masks, x_dec, y_dec, batch_size=FLAGS.eval_batch_size)
