@@ -80,3 +80,39 @@ def test_rows_tables_hold_the_command_and_every_row(tmp_path):
     assert open(tmp_path / "sub" / "t.csv").read().splitlines() == ["beta,acc,name", "1.5,0.91234,a", "0.5,0.8,b"]
     with pytest.raises(ValueError, match="no rows"):
         write_rows_tables(str(tmp_path / "u"), [], "t", "n", "p")
+
+
+def test_mwt_end_to_end_on_real_mnist(tmp_path):
+    """``--approach=mwt`` through the runner: the common results plus MwT's kernel metrics and both reuse
+    accuracies, and a saved fine-tuned sub-model that restores to the accuracy the run reported."""
+    from jaxmod import data, train
+    from jaxmod.approaches import mwt as mwt_lib
+    from jaxmod.compose import subtask_samples
+
+    work = tmp_path / "run"
+    proc = _run("--approach=mwt", "--model=lenet5", "--dataset=mnist", "--epochs=1", "--train_limit=2000",
+                "--test_limit=1000", "--num_subtasks=2", "--mwt_finetune_epochs=1", "--timing_repeats=3",
+                f"--workdir={work}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((work / "results.json").read_text())
+    assert SCHEMA <= set(results) and results["approach"] == "mwt"
+    mods = results["modules"]
+    assert 0 < mods["krr"] <= 1 and 0 <= mods["coupling"] <= 1 and 0 <= mods["cohesion"] <= 1
+    assert results["config"]["approach"]["beta"] == 1.5 and results["config"]["approach"]["alpha"] == 0.5
+    reuse = results["reuse"]
+    assert len(reuse["subtasks"]) == 2
+    np.testing.assert_allclose(reuse["mean_accuracy"], np.mean([t["accuracy"] for t in reuse["subtasks"]]))
+    np.testing.assert_allclose(reuse["mean_accuracy_no_finetune"],
+                               np.mean([t["accuracy_no_finetune"] for t in reuse["subtasks"]]))
+    for key in ("standard_step_ms", "modular_step_ms", "decompose_seconds", "finetune_seconds"):
+        assert results["timing"][key] > 0
+    # the fine-tuned sub-model saved through orbax gives the accuracy the run reported
+    task = reuse["subtasks"][0]
+    classes = tuple(task["classes"])
+    tuned = mwt_lib.restore_finetuned(str(work / "finetuned" / "_".join(map(str, classes))))
+    assert tuned.classes == classes
+    ds = data.load_dataset("mnist", train_limit=2000, test_limit=1000, seed=0)
+    index, labels = subtask_samples(ds.test.y, classes)
+    acc = train.evaluate(tuned.model, tuned.variables, ds.test.x[index], labels)["top1"]
+    assert acc == pytest.approx(task["accuracy"], abs=1e-6)
+    assert (work / "plots" / "kernel_frequency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
