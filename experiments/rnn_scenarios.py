@@ -191,7 +191,7 @@ def row(table: str, kind: str, io: str, cell: str, case: str, composed: float, r
 def intra(shape: str, cell: str, deep_layers: int, pairs: int, units: int, seed: int, mode: str) -> list[dict]:
     """Reuse (two modules of the deep model vs a two-label model from scratch) and replacement (the weaker
     model's module replaced by the stronger's, vs the weaker model) for one shape and cell."""
-    approach = RnnDecomposition(mode="rolled" if shape == "one_to_one" else mode)
+    approach = RnnDecomposition.for_shape(shape, mode="rolled" if shape == "one_to_one" else mode)
     cfgs = {n: RnnRun(cell=cell, shape=shape, layers=n, units=units, seed=seed, **SETTINGS[shape])
             for n in sorted({1, deep_layers})}
     ds, arrays = runner.load(cfgs[deep_layers])
@@ -250,7 +250,7 @@ def tag_scores(probs: np.ndarray, x: np.ndarray, odds: bool) -> np.ndarray:
 
 def inter(cell: str, pairs: int, units: int, seed: int, mode: str) -> list[dict]:
     """M:1-M:N reuse and replacement for one cell (tagger: brown_tags; classifier: fortunes, recoded)."""
-    approach = RnnDecomposition(mode=mode)
+    approach = RnnDecomposition.for_shape("many_to_one", mode=mode)
     cfg_t = RnnRun(cell=cell, shape="many_to_many", units=units, seed=seed, **SETTINGS["many_to_many"])
     cfg_c = RnnRun(cell=cell, shape="many_to_one", units=units, seed=seed, **SETTINGS["many_to_one"])
     ds_t, arr_t = runner.load(cfg_t)
@@ -359,7 +359,7 @@ def translator(data: Translation, cell: str, layers: int, units: int, seed: int,
     modules = None
     if decompose_it:
         local = dataclasses.replace(tr, module_label=np.searchsorted(positions, tr.module_label).astype(np.int32))
-        modules = decompose(model, variables, local, RnnDecomposition(mode="rolled", channel=False), len(languages),
+        modules = decompose(model, variables, local, RnnDecomposition.for_shape("encoder_decoder", mode="rolled"), len(languages),
                             data.ds.name, data.ds.input_vocab, translation=True)
     return Translator(tuple(languages), model, variables, modules)
 

@@ -96,12 +96,11 @@ def measure(shape: str, cell: str, layers: int) -> list[dict[str, Any]]:
     cfg = RnnRun(cell=cell, shape=shape, layers=layers, units=FLAGS.table_units, seed=FLAGS.seed,
                  **settings()[shape])
     modes = ("rolled",) if shape == "one_to_one" else ("rolled", "unrolled")
-    approaches = [RnnDecomposition(mode=m, gates=FLAGS.gates, max_remove=FLAGS.max_remove,
-                                   channel=shape != "encoder_decoder") for m in modes]
+    approaches = [RnnDecomposition.for_shape(shape, mode=m, gates=FLAGS.gates, max_remove=FLAGS.max_remove)
+                  for m in modes]
     for cap in caps():
         modes += (f"rolled@{cap:g}",)
-        approaches.append(RnnDecomposition(mode="rolled", gates=FLAGS.gates, max_remove=cap,
-                                           channel=shape != "encoder_decoder"))
+        approaches.append(RnnDecomposition.for_shape(shape, mode="rolled", gates=FLAGS.gates, max_remove=cap))
     out = train_and_measure(cfg, approaches)
     std = out["standard"]
     rows = []

@@ -194,3 +194,28 @@ def test_rolled_statistic_matches_a_per_unit_reference(count):
             kept = col[dev / mad < 2] if mad > 0 else col
             assert got[c, k] == pytest.approx(kept.mean(), rel=1e-5)
     assert np.isnan(class_statistics(values, np.zeros((1, 5, 3), bool), rolled=True, kind="logistic")).all()
+
+
+@pytest.mark.parametrize("mode", ["rolled", "unrolled"])
+def test_translation_modules_keep_the_encoder_whole(mode):
+    """``for_shape('encoder_decoder')`` is the authors' translation setting: modules keep the output layer and
+    every encoder unit (only the decoder layers are decomposed) and sample 1000 positives; ``encoder=True``
+    decomposes the encoder too. Classifier shapes keep the previous settings."""
+    rng = np.random.default_rng(1)
+    model = create_model("rnn_lstm", 9, shape="encoder_decoder", num_layers=2, units=10, vocab_size=9,
+                         input_len=5, output_len=4)
+    x = rng.integers(1, 9, (240, 5))
+    language = rng.integers(0, 3, 240)  # the module label: a target language per pair
+    v = random_variables(model, x)
+    approach = RnnDecomposition.for_shape("encoder_decoder", mode=mode)
+    assert (approach.channel, approach.encoder, approach.num_positive) == (False, False, 1000)
+    assert RnnDecomposition.for_shape("many_to_many", mode=mode) == RnnDecomposition(mode=mode)
+    decoder_only = approach.decompose(model, v, x, language, 3).masks["unit_masks"]
+    everything = dataclasses.replace(approach, encoder=True).decompose(model, v, x, language, 3).masks["unit_masks"]
+    encoder, decoder = model.group_names()[:2], model.group_names()[2:]
+    for g in encoder:
+        assert decoder_only[g].all()
+        np.testing.assert_array_equal(decoder_only[g].shape, everything[g].shape)
+    for g in decoder:  # the decoder's masks do not depend on the encoder option
+        np.testing.assert_array_equal(decoder_only[g], everything[g])
+    assert not all(everything[g].all() for g in encoder)  # random weights: the encoder does lose units

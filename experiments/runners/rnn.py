@@ -56,7 +56,8 @@ flags.DEFINE_float("max_remove", 0.2, "rnn: removal cap per layer (fraction of u
 flags.DEFINE_integer("rnn_units", 32, "rnn: hidden units per recurrent layer.")
 flags.DEFINE_enum("rnn_activation", "tanh", ["tanh", "relu"], "rnn: cell activation (tanh or the ReLU variant).")
 flags.DEFINE_float("rnn_lr", 0.01, "rnn: Adam learning rate.")
-flags.DEFINE_integer("num_positive", 500, "rnn: positive samples per label (per output step).")
+flags.DEFINE_integer("num_positive", None, "rnn: positive samples per label (per output step); default the "
+                     "authors': 500, 1000 for translation modules.")
 flags.DEFINE_integer("max_input_len", None, "rnn: input length cap (default: the dataset's).")
 flags.DEFINE_integer("max_output_len", None, "rnn: output length cap (default: the dataset's).")
 flags.DEFINE_integer("vocab_size", None, "rnn: vocabulary / feature cap (default: the dataset's).")
@@ -313,8 +314,8 @@ def run_config_from_flags() -> tuple[RnnRun, RnnDecomposition]:
                  batch_size=FLAGS.batch_size, lr=FLAGS.rnn_lr, seed=FLAGS.seed, train_limit=FLAGS.train_limit,
                  test_limit=FLAGS.test_limit, max_input_len=FLAGS.max_input_len, max_output_len=FLAGS.max_output_len,
                  vocab_size=FLAGS.vocab_size, eval_batch_size=FLAGS.eval_batch_size)
-    approach = RnnDecomposition(mode=FLAGS.mode, gates=FLAGS.gates, max_remove=FLAGS.max_remove,
-                                num_positive=FLAGS.num_positive, channel=FLAGS.shape != "encoder_decoder")
+    approach = RnnDecomposition.for_shape(FLAGS.shape, mode=FLAGS.mode, gates=FLAGS.gates, max_remove=FLAGS.max_remove,
+                                          num_positive=FLAGS.num_positive)
     if FLAGS.shape == "one_to_one" and FLAGS.mode == "unrolled":
         raise ValueError("a one_to_one model has one timestep: unrolled decomposition does not apply (use "
                          "--mode=rolled)")

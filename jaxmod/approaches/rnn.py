@@ -22,7 +22,9 @@ Pipeline, all vectorised (the only Python loop runs over classes, as configurati
    then tangling restores units active on some negative.
 5. **Channeling** (:func:`channel_heads`): the output layer becomes binary per module, the label's column
    and a "negative" column that is the mean of the other columns (kernel and bias). Encoder-decoder
-   translation modules (one per target language) keep the full output layer (``channel=False``).
+   translation modules (one per target language) keep the full output layer (``channel=False``) and, as
+   the authors' translation scripts, decompose only the decoder layers (``encoder=False``; see
+   :meth:`RnnDecomposition.for_shape`).
 
 Masks are the model's own variable collections: ``{"unit_masks": {group: bool[C, U] or [C, T, U]}}``
 (gates cut by the hidden state) or ``{"gate_masks": {group: bool[C, G, U] or [C, T, G, U]}}`` (each gate
@@ -332,7 +334,10 @@ class RnnDecomposition:
     ``hidden`` (remove a unit from every gate by its hidden state) or ``own`` (each gate by its own
     activation); ``max_remove``: the removal cap per layer (0.2, the paper's choice); ``statistic``:
     ``logistic`` (central tendency), ``relu`` (active rates) or ``auto`` (from the model's activation);
-    ``channel``: binary output heads (False for translation modules, one per target language).
+    ``channel``: binary output heads (False for translation modules, one per target language);
+    ``encoder``: also decompose the encoder layers of an encoder-decoder model (False: only the decoder
+    layers, as the authors' translation scripts do; the encoder stays whole in every module).
+    :meth:`for_shape` gives the authors' settings per input-output shape.
     """
 
     mode: str = "unrolled"
@@ -341,8 +346,20 @@ class RnnDecomposition:
     num_positive: int = 500
     statistic: str = "auto"
     channel: bool = True
+    encoder: bool = True
     batch_size: int = 256
     name: str = dataclasses.field(default="rnn", init=False)
+
+    @classmethod
+    def for_shape(cls, shape: str, **overrides: Any) -> RnnDecomposition:
+        """The decomposition of a model of ``shape`` with the authors' settings: classifiers channel their
+        output layer (500 positives per label); translation modules (encoder-decoder, one per target
+        language) keep the output layer, decompose only the decoder layers and sample 1000 positives.
+        ``overrides`` (``None`` values ignored) replace any field."""
+        translation = shape == "encoder_decoder"
+        fields = {"channel": not translation, "encoder": not translation, "num_positive": 1000 if translation else 500}
+        fields.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**fields)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -361,7 +378,8 @@ class RnnDecomposition:
 
     def config(self) -> dict[str, Any]:
         return {"mode": self.mode, "gates": self.gates, "max_remove": self.max_remove,
-                "num_positive": self.num_positive, "statistic": self.statistic, "channel": self.channel}
+                "num_positive": self.num_positive, "statistic": self.statistic, "channel": self.channel,
+                "encoder": self.encoder}
 
     def kind(self, model: RecurrentClassifier) -> str:
         """The statistic used for hidden states: ``logistic`` or ``relu``."""
@@ -387,6 +405,8 @@ class RnnDecomposition:
         steps = model.step_valid(x[pool])
         rolled = self.mode == "rolled"
         kind = self.kind(model)
+        whole = set(model.group_names()[: model.num_layers]) if (
+            model.shape == "encoder_decoder" and not self.encoder) else set()  # layers every module keeps whole
         masks, stats = {}, {}
         for group, h in hidden.items():
             step_ok = steps[group]
@@ -400,10 +420,10 @@ class RnnDecomposition:
                 neg = class_statistics(h, neg_w, rolled, kind)
                 keep = relu_keep(pos, neg, self.max_remove) if kind == "relu" else remove_units(pos - neg,
                                                                                               self.max_remove)
-                masks.setdefault(UNIT_MASKS, {})[group] = keep
+                masks.setdefault(UNIT_MASKS, {})[group] = keep | (group in whole)
             else:
                 pos, neg, keep = self._gate_keep(model, gates[group], pos_w, neg_w, rolled, kind)
-                masks.setdefault(GATE_MASKS, {})[group] = keep
+                masks.setdefault(GATE_MASKS, {})[group] = keep | (group in whole)
             stats[f"{group}/positive"], stats[f"{group}/negative"] = pos, neg
         heads = None
         if self.channel:
