@@ -359,8 +359,9 @@ def translator(data: Translation, cell: str, layers: int, units: int, seed: int,
     modules = None
     if decompose_it:
         local = dataclasses.replace(tr, module_label=np.searchsorted(positions, tr.module_label).astype(np.int32))
-        modules = decompose(model, variables, local, RnnDecomposition.for_shape("encoder_decoder", mode="rolled"), len(languages),
-                            data.ds.name, data.ds.input_vocab, translation=True)
+        approach = RnnDecomposition.for_shape("encoder_decoder", mode="rolled")
+        modules = decompose(model, variables, local, approach, len(languages), data.ds.name, data.ds.input_vocab,
+                            translation=True)
     return Translator(tuple(languages), model, variables, modules)
 
 
