@@ -114,6 +114,7 @@ def measure(shape: str, cell: str, layers: int) -> list[dict[str, Any]]:
                 row[f"bleu_standard_{lang}"] = std["bleu"][lang]
                 row[f"bleu_composed_{lang}"] = m["bleu"][lang]
             row["bleu_standard"], row["bleu_composed"] = std["bleu"]["all"], m["bleu"]["all"]
+            row["bleu2_standard"], row["bleu2_composed"] = std["bleu2"]["all"], m["bleu2"]["all"]
             row["cost_points"] = m["bleu"]["all"] - std["bleu"]["all"]
         rows.append(row)
     return rows
@@ -123,9 +124,9 @@ def markdown(rows: list[dict[str, Any]], layers: list[int], cells: list[str], co
     """Table II's layout: a row per (shape, mode), a column per cell-layers, cost in points, mean JI."""
     columns = [f"{c.upper() if c != 'vanilla' else 'Vanilla'}-{n}" for c in cells for n in layers]
     lines = ["# Cost of decomposing RNNs into modules (Table II layout)\n", f"Command: `{command}`\n",
-             "Values: composed - standard, test accuracy in points (translation: corpus BLEU points over all "
-             "target languages, then in brackets the token accuracy cost in points). JI: mean module-model Jaccard "
-             "index. N/A: unrolled does not apply to one step. Empty: not run.\n",
+             "Values: composed - standard, test accuracy in points (translation: corpus BLEU-4 points over all "
+             "target languages, then in brackets the BLEU-2 cost (B2) and the token accuracy cost in points). "
+             "JI: mean module-model Jaccard index. N/A: unrolled does not apply to one step. Empty: not run.\n",
              "| I/O | dataset | mode | " + " | ".join(columns) + " | Avg. JI |",
              "| --- | --- | --- | " + " | ".join("---:" for _ in columns) + " | ---: |"]
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
@@ -147,11 +148,12 @@ def markdown(rows: list[dict[str, Any]], layers: list[int], cells: list[str], co
 
 
 def cell_text(row: dict[str, Any]) -> str:
-    """A table cell: the cost in points; translation adds the token accuracy cost (BLEU-4 is 0 when the
-    small models produce no matching 4-gram, which hides any cost)."""
+    """A table cell: the cost in points; translation adds the BLEU-2 cost (where measured) and the token
+    accuracy cost (BLEU-4 is 0 when the small models produce no matching 4-gram, which hides any cost)."""
     text = f"{row['cost_points']:+.2f}"
     if row["shape"] == "encoder_decoder":
-        text += f" ({100 * (row['composed_accuracy'] - row['standard_accuracy']):+.2f} acc)"
+        bleu2 = f"{row['bleu2_composed'] - row['bleu2_standard']:+.2f} B2, " if "bleu2_standard" in row else ""
+        text += f" ({bleu2}{100 * (row['composed_accuracy'] - row['standard_accuracy']):+.2f} acc)"
     return text
 
 
@@ -175,6 +177,13 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
                 out.append(f"- {shape} ({chosen[0]['dataset']}), {mode}: accuracy cost mean {np.mean(acc):+.2f}, "
                            f"worst {np.min(acc):+.2f} points over {len(chosen)} models; standard accuracy "
                            f"{np.mean([r['standard_accuracy'] for r in chosen]):.3f}")
+    for mode in ("rolled", "unrolled"):
+        chosen = [r for r in rows if "bleu2_standard" in r and r["mode"] == mode]
+        if chosen:
+            cost = [r["bleu2_composed"] - r["bleu2_standard"] for r in chosen]
+            out.append(f"- translation BLEU-2 (encoder_decoder), {mode}: mean {np.mean(cost):+.2f}, median "
+                       f"{np.median(cost):+.2f} points over {len(cost)} models; standard BLEU-2 "
+                       f"{np.mean([r['bleu2_standard'] for r in chosen]):.2f}")
     classifiers = [r["cost_points"] for r in rows if r["shape"] != "encoder_decoder" and (
         r["mode"] == "unrolled" or r["shape"] == "one_to_one")]
     if classifiers:

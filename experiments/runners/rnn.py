@@ -205,9 +205,11 @@ def masked_accuracy(pred: np.ndarray, y: np.ndarray, valid: np.ndarray) -> float
     return float(np.sum((pred == y) & valid) / max(1, np.sum(valid)))
 
 
-def corpus_bleu(references: Sequence[Sequence[int]], hypotheses: Sequence[Sequence[int]]) -> float:
-    """Corpus BLEU-4 in points (0-100), from the library's implementation (``jaxmod.metrics.corpus_bleu``)."""
-    return 100.0 * float(metrics.corpus_bleu(references, hypotheses))
+def corpus_bleu(references: Sequence[Sequence[int]], hypotheses: Sequence[Sequence[int]], max_order: int = 4
+                ) -> float:
+    """Corpus BLEU (n-grams up to ``max_order``, 4 = BLEU-4) in points (0-100), from the library's
+    implementation (``jaxmod.metrics.corpus_bleu``)."""
+    return 100.0 * float(metrics.corpus_bleu(references, hypotheses, max_order=max_order))
 
 
 def token_lists(ids: np.ndarray, valid: np.ndarray | None = None) -> list[list[int]]:
@@ -220,13 +222,14 @@ def token_lists(ids: np.ndarray, valid: np.ndarray | None = None) -> list[list[i
     return out
 
 
-def bleu_by_group(pred: np.ndarray, target: np.ndarray, groups: np.ndarray, names: Sequence[str]
-                  ) -> dict[str, float]:
+def bleu_by_group(pred: np.ndarray, target: np.ndarray, groups: np.ndarray, names: Sequence[str],
+                  max_order: int = 4) -> dict[str, float]:
+    """Corpus BLEU over all pairs (``all``) and per target language."""
     refs, hyps = token_lists(target), token_lists(pred)
-    out = {"all": corpus_bleu(refs, hyps)}
+    out = {"all": corpus_bleu(refs, hyps, max_order)}
     for g, name in enumerate(names):
         idx = np.flatnonzero(groups == g)
-        out[name] = corpus_bleu([refs[i] for i in idx], [hyps[i] for i in idx])
+        out[name] = corpus_bleu([refs[i] for i in idx], [hyps[i] for i in idx], max_order)
     return out
 
 
@@ -248,6 +251,7 @@ def decompose_and_measure(approach: RnnDecomposition, model: RecurrentClassifier
     if translation:
         pred = routed_predictions(outputs, te.module_label)
         out["bleu"] = bleu_by_group(pred, te.y, te.module_label, ds.groups)
+        out["bleu2"] = bleu_by_group(pred, te.y, te.module_label, ds.groups, max_order=2)
         out["accuracy"] = masked_accuracy(pred, te.y, te.valid)
     else:
         out["accuracy"] = voting_accuracy(outputs, te.y, valid=te.valid)
@@ -294,6 +298,7 @@ def train_and_measure(cfg: RnnRun, approaches: Sequence[RnnDecomposition], workd
     standard: dict[str, Any] = {"test_accuracy": masked_accuracy(pred, te.y, te.valid), "train_seconds": train_seconds}
     if ds.shape == "encoder_decoder":
         standard["bleu"] = bleu_by_group(pred, te.y, te.module_label, ds.groups)
+        standard["bleu2"] = bleu_by_group(pred, te.y, te.module_label, ds.groups, max_order=2)
     measured = []
     for approach in approaches:
         m = decompose_and_measure(approach, model, variables, ds, arrays, cfg.eval_batch_size)
