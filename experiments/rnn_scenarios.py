@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 from experiments.common import append_jsonl_rows, read_jsonl_rows, write_json_atomic
 from experiments.runners import rnn as runner
 from experiments.runners.rnn import Arrays, RnnRun
-from jaxmod import compose, metrics, models
+from jaxmod import compose, models
 from jaxmod.approaches.rnn import (
     RnnDecomposition,
     check_composable,
@@ -375,11 +375,6 @@ def translate(t: Translator, language: str, x: np.ndarray, as_module: bool = Tru
     return np.argmax(module_outputs(t.model, t.variables, masks, None, x)[0], axis=-1)
 
 
-def bleu(references: list[list[int]], hypotheses: list[list[int]], max_order: int) -> float:
-    """Corpus BLEU in points (``jaxmod.metrics.corpus_bleu``, no smoothing, as the authors' nltk call)."""
-    return 100.0 * float(metrics.corpus_bleu(references, hypotheses, max_order=max_order))
-
-
 def average_bleu(data: Translation, sources: dict[str, tuple[Translator, bool]], max_order: int = 2
                  ) -> tuple[float, dict[str, float]]:
     """Mean over languages of each language's corpus BLEU (points, n-grams up to ``max_order``), each language
@@ -392,8 +387,8 @@ def average_bleu(data: Translation, sources: dict[str, tuple[Translator, bool]],
     for lang, (t, as_module) in sources.items():
         te = data.only("test", [lang])
         refs, hyps = runner.token_lists(te.y), runner.token_lists(translate(t, lang, te.x, as_module))
-        per[lang] = bleu(refs, hyps, max_order)
-        per[f"{lang}/bleu4"] = bleu(refs, hyps, 4)
+        per[lang] = runner.corpus_bleu(refs, hyps, max_order)
+        per[f"{lang}/bleu4"] = runner.corpus_bleu(refs, hyps, 4)
     return float(np.mean([v for k, v in per.items() if "/" not in k])), per
 
 
