@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import app
 
 from jaxmod import checkpoint, compose, data, metrics, models, train
 from jaxmod.activations import predict_logits
@@ -55,6 +56,19 @@ def parse_json_object(text: str, flag: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ValueError(f"--{flag} must be a JSON object, got {text!r}")
     return as_hashable(value)
+
+
+def number_list_flag(values: Sequence[str], flag: str, allow_zero: bool = False) -> list[float]:
+    """A list flag of numbers, each > 0 (>= 0 with ``allow_zero``), in the given order; ``app.UsageError``
+    naming the flag otherwise (empty lists included)."""
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError as err:
+        raise app.UsageError(f"--{flag} must be numbers: {list(values)}") from err
+    if not numbers or min(numbers) < 0 or (min(numbers) == 0 and not allow_zero):
+        kind = "non-negative" if allow_zero else "positive"
+        raise app.UsageError(f"--{flag} must be {kind} numbers, got {list(values)}")
+    return numbers
 
 
 def option(value: Any, default: Any) -> Any:

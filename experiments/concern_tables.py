@@ -34,7 +34,7 @@ import numpy as np
 from absl import app, flags, logging
 from tqdm.auto import tqdm
 
-from experiments.common import append_jsonl_rows, read_jsonl_rows, write_json_atomic
+from experiments.common import append_jsonl_rows, number_list_flag, read_jsonl_rows, write_json_atomic
 from jaxmod import data, metrics, models, train
 from jaxmod.activations import forward
 from jaxmod.approaches import concern
@@ -448,12 +448,7 @@ def main(argv: list[str]) -> None:
     for name in ("lr", "resnet_lr"):
         if getattr(FLAGS, name) is not None and getattr(FLAGS, name) <= 0:
             raise app.UsageError(f"--{name} must be > 0")
-    try:
-        deltas = [float(d) for d in FLAGS.deltas]
-    except ValueError as err:
-        raise app.UsageError(f"--deltas must be numbers: {err}") from err
-    if not deltas or min(deltas) <= 0:
-        raise app.UsageError(f"--deltas must be positive, got {FLAGS.deltas}")
+    number_list_flag(FLAGS.deltas, "deltas")
     {"dense": dense_mode, "cnn": cnn_mode, "timing": timing_mode, "recipe": recipe_mode,
      "steps": steps_mode}[FLAGS.mode]()
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from absl import app, flags
 
-from experiments.common import write_rows_tables
+from experiments.common import number_list_flag, write_rows_tables
 
 FLAGS = flags.FLAGS
 
@@ -104,12 +104,7 @@ def write_outputs(rows: list[dict[str, Any]], choice: float | None) -> str:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        betas = sorted({float(b) for b in FLAGS.betas}, reverse=True)
-    except ValueError as e:
-        raise app.UsageError(f"--betas must be numbers: {FLAGS.betas}") from e
-    if not betas or min(betas) < 0:
-        raise app.UsageError(f"--betas must be non-negative numbers, got {FLAGS.betas}")
+    betas = sorted(set(number_list_flag(FLAGS.betas, "betas", allow_zero=True)), reverse=True)
     if FLAGS.epochs < 1 or not 0 <= FLAGS.tolerance < 1:
         raise app.UsageError("--epochs must be >= 1 and --tolerance in [0, 1)")
     rows = []

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from experiments.common import write_rows_tables
+from experiments.common import number_list_flag, write_rows_tables
 from jaxmod import checkpoint
 from jaxmod.approaches import supermask as sm
 from jaxmod.compose import build_model
@@ -76,12 +76,7 @@ def evaluate_lr(model: Any, variables: Any, ds: Any, score_lr: float) -> dict[st
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        lrs = [float(v) for v in FLAGS.score_lrs]
-    except ValueError as err:
-        raise app.UsageError(f"--score_lrs must be numbers: {FLAGS.score_lrs}") from err
-    if not lrs or min(lrs) <= 0:
-        raise app.UsageError(f"--score_lrs must be positive, got {FLAGS.score_lrs}")
+    lrs = number_list_flag(FLAGS.score_lrs, "score_lrs")
     modules_dir = os.path.join(FLAGS.base_run, "modules")
     if not os.path.isdir(modules_dir):
         raise app.UsageError(f"--base_run: no saved module set at {modules_dir}")

@@ -116,3 +116,16 @@ def test_mwt_end_to_end_on_real_mnist(tmp_path):
     acc = train.evaluate(tuned.model, tuned.variables, ds.test.x[index], labels)["top1"]
     assert acc == pytest.approx(task["accuracy"], abs=1e-6)
     assert (work / "plots" / "kernel_frequency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_number_list_flag_parses_and_refuses_by_name():
+    from absl import app
+
+    from experiments.common import number_list_flag
+
+    assert number_list_flag(["0.5", "1", "2e-1"], "betas") == [0.5, 1.0, 0.2]
+    assert number_list_flag(["1.5", "0"], "betas", allow_zero=True) == [1.5, 0.0]
+    for values, allow_zero, message in [(["a"], False, "--lrs must be numbers"), ([], False, "positive"),
+                                        (["0"], False, "--lrs must be positive"), (["-1"], True, "non-negative")]:
+        with pytest.raises(app.UsageError, match=message):
+            number_list_flag(values, "lrs", allow_zero=allow_zero)
