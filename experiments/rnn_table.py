@@ -40,8 +40,8 @@ flags.DEFINE_string("output_dir", "experiments/results/rnn", "Where table.md, ta
 flags.DEFINE_bool("progress", True, "Progress bar.")
 flags.DEFINE_string("table_settings", "{}", "JSON overrides of SETTINGS per shape, e.g. "
                     '\'{"many_to_many": {"train_limit": 8000, "epochs": 5}}\' (RnnRun fields).')
-flags.DEFINE_list("table_max_remove", [], "Extra rolled decompositions with these removal caps (e.g. 0.05, the "
-                  "authors' rolled many-to-many script), reported as mode rolled@CAP.")
+flags.DEFINE_list("table_max_remove", [], "Extra decompositions with these removal caps (e.g. 0.05, the authors' "
+                  "many-to-many and translation scripts), reported as modes rolled@CAP and unrolled@CAP.")
 
 # Small models and short training so that the 30 models (60 decompositions) fit a shared 2-core CPU.
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -81,7 +81,7 @@ def settings() -> dict[str, dict[str, Any]]:
 
 
 def caps() -> list[float]:
-    """The extra rolled removal caps of ``--table_max_remove``, each in [0, 1]."""
+    """The extra removal caps of ``--table_max_remove``, each in [0, 1]."""
     try:
         values = [float(v) for v in FLAGS.table_max_remove]
     except ValueError as err:
@@ -95,12 +95,12 @@ def measure(shape: str, cell: str, layers: int) -> list[dict[str, Any]]:
     """One model, its rolled and (where it applies) unrolled decomposition: one row per mode."""
     cfg = RnnRun(cell=cell, shape=shape, layers=layers, units=FLAGS.table_units, seed=FLAGS.seed,
                  **settings()[shape])
-    modes = ("rolled",) if shape == "one_to_one" else ("rolled", "unrolled")
-    approaches = [RnnDecomposition.for_shape(shape, mode=m, gates=FLAGS.gates, max_remove=FLAGS.max_remove)
-                  for m in modes]
-    for cap in caps():
-        modes += (f"rolled@{cap:g}",)
-        approaches.append(RnnDecomposition.for_shape(shape, mode="rolled", gates=FLAGS.gates, max_remove=cap))
+    base_modes = ("rolled",) if shape == "one_to_one" else ("rolled", "unrolled")
+    variants = [(m, m, FLAGS.max_remove) for m in base_modes]
+    variants += [(f"{m}@{cap:g}", m, cap) for cap in caps() for m in base_modes]
+    modes = tuple(label for label, _, _ in variants)
+    approaches = [RnnDecomposition.for_shape(shape, mode=m, gates=FLAGS.gates, max_remove=cap)
+                  for _, m, cap in variants]
     out = train_and_measure(cfg, approaches)
     std = out["standard"]
     rows = []
@@ -163,21 +163,22 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
     groups = {"one-output (one_to_one, many_to_one)": ("one_to_one", "many_to_one"),
               "many-output (one_to_many, many_to_many)": ("one_to_many", "many_to_many"),
               "translation BLEU (encoder_decoder)": ("encoder_decoder",)}
+    modes = list(dict.fromkeys(["rolled", "unrolled", *(r["mode"] for r in rows)]))
     for label, shapes in groups.items():
-        for mode in ("rolled", "unrolled"):
+        for mode in modes:
             costs = [r["cost_points"] for r in rows if r["shape"] in shapes and r["mode"] == mode]
             if costs:
                 out.append(f"- {label}, {mode}: mean {np.mean(costs):+.2f}, median {np.median(costs):+.2f} "
                            f"points over {len(costs)} models")
     for shape in dict.fromkeys(r["shape"] for r in rows):
-        for mode in ("rolled", "unrolled"):
+        for mode in modes:
             chosen = [r for r in rows if r["shape"] == shape and r["mode"] == mode]
             if chosen:
                 acc = [100 * (r["composed_accuracy"] - r["standard_accuracy"]) for r in chosen]
                 out.append(f"- {shape} ({chosen[0]['dataset']}), {mode}: accuracy cost mean {np.mean(acc):+.2f}, "
                            f"worst {np.min(acc):+.2f} points over {len(chosen)} models; standard accuracy "
                            f"{np.mean([r['standard_accuracy'] for r in chosen]):.3f}")
-    for mode in ("rolled", "unrolled"):
+    for mode in modes:
         chosen = [r for r in rows if "bleu2_standard" in r and r["mode"] == mode]
         if chosen:
             cost = [r["bleu2_composed"] - r["bleu2_standard"] for r in chosen]

@@ -30,3 +30,23 @@ def test_overrides_apply_to_their_shape_only():
     assert out["s"]["many_to_many"] == {**out["base"]["many_to_many"], "epochs": 5, "train_limit": 8000}
     assert out["s"]["many_to_one"] == out["base"]["many_to_one"]
     assert out["caps"] == [0.05]
+
+
+def test_summary_reports_every_cap_mode_separately():
+    """Rows of an extra cap (``--table_max_remove``) get their own summary lines, never mixed into the defaults."""
+    rows = [{"shape": "encoder_decoder", "dataset": "translation", "cell": "lstm", "layers": 1, "mode": mode,
+             "standard_accuracy": 0.40, "composed_accuracy": 0.40 + acc, "cost_points": bleu, "jaccard": 0.8,
+             "bleu2_standard": 15.0, "bleu2_composed": 15.0 + bleu}
+            for mode, bleu, acc in [("rolled", -2.0, -0.01), ("unrolled", -3.0, -0.02),
+                                    ("rolled@0.05", -0.5, 0.0), ("unrolled@0.05", -0.25, -0.005)]]
+    code = ("import json, sys; from experiments import rnn_table as t; "
+            "print(json.dumps(t.summary_lines(json.loads(sys.stdin.read()))))")
+    proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(rows), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "- translation BLEU (encoder_decoder), unrolled: mean -3.00, median -3.00 points over 1 models" in lines
+    assert "- translation BLEU (encoder_decoder), unrolled@0.05: mean -0.25, median -0.25 points over 1 models" in lines
+    starts = ("- encoder_decoder (translation), rolled@0.05: accuracy cost mean +0.00",
+              "- translation BLEU-2 (encoder_decoder), unrolled@0.05: mean -0.25")
+    for start in starts:
+        assert any(line.startswith(start) for line in lines), start
