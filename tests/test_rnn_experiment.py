@@ -51,10 +51,11 @@ def test_tagger_decomposes_composes_and_its_modules_restore(tmp_path):
 
 
 @pytest.mark.parametrize("flag, message", [("--layers=5", "layers must be 1 to 4"),
-                                           ("--max_remove=1.5", "max_remove")])
+                                           ("--max_remove=1.5", "max_remove"),
+                                           ("--shape=many_to_one --padding=scored", "padding='scored' applies")])
 def test_bad_rnn_flags_fail_before_writing(tmp_path, flag, message):
     work = tmp_path / "never"
-    proc = _run(*FLAGS, flag, f"--workdir={work}")
+    proc = _run(*FLAGS, *flag.split(), f"--workdir={work}")
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not work.exists()

@@ -274,3 +274,38 @@ def test_translation_scenario_languages() -> None:
     assert ds.groups == ("uk", "et")
     counts = np.bincount(np.concatenate([ds.train.group, ds.val.group, ds.test.group]), minlength=2)
     assert counts[0] > 4000 and counts[1] > 1500  # measured: see BUILD_NOTES.md, "Recurrent models: data"
+
+
+# ------------------------------------------------------------------------------------------- the authors' padding
+
+
+def _toy_split(x, y, valid):
+    return text.SequenceSplit(np.asarray(x, np.int32), np.asarray(y, np.int32), np.asarray(valid, bool))
+
+
+def test_scored_padding_moves_padding_to_the_front_as_a_class() -> None:
+    """Hand-made tagger rows: words 5 6 (tags 1 0) and 7 (tag 2), post-padded to 3 steps with id 0."""
+    split = _toy_split([[5, 6, 0], [7, 0, 0]], [[1, 0, 0], [2, 0, 0]], [[1, 1, 0], [1, 0, 0]])
+    ds = text.SequenceDataset("toy", "many_to_many", split, split, split, ("<pad>", "<unk>", "a", "b", "c", "d",
+                              "e", "f"), ("T0", "T1", "T2"), 3, 3)
+    out = text.with_scored_padding(ds)
+    assert out.output_vocab == ("T0", "T1", "T2", "<pad>") and out.input_vocab[-1] == "<pad-token>"
+    np.testing.assert_array_equal(out.test.x, [[8, 5, 6], [8, 8, 7]])  # <pad-token> is id 8, at the front
+    np.testing.assert_array_equal(out.test.y, [[3, 1, 0], [3, 3, 2]])  # the <pad> class (3) is scored
+    assert out.test.y_valid.all()
+
+
+def test_scored_padding_pads_one_to_many_outputs_only() -> None:
+    split = _toy_split([[2, 3, 0]], [[1, 2, 0, 0]], [[1, 1, 0, 0]])
+    ds = text.SequenceDataset("toy", "one_to_many", split, split, split, ("<pad>", "<unk>", "a", "b"),
+                              ("P0", "P1", "P2"), 3, 4)
+    out = text.with_scored_padding(ds)
+    np.testing.assert_array_equal(out.test.x, [[2, 3, 4]])  # letters stay in place; id 0 becomes <pad-token>
+    np.testing.assert_array_equal(out.test.y, [[3, 3, 1, 2]])
+
+
+def test_scored_padding_refuses_one_output_datasets() -> None:
+    split = text.SequenceSplit(np.zeros((1, 3), np.int32), np.zeros(1, np.int32), np.ones(1, bool))
+    ds = text.SequenceDataset("toy", "many_to_one", split, split, split, ("<pad>", "<unk>"), ("A", "B"), 3, 1)
+    with pytest.raises(ValueError, match="scored padding applies"):
+        text.with_scored_padding(ds)

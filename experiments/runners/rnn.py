@@ -37,7 +37,7 @@ from jaxmod.approaches.rnn import (
     vocab_fingerprint,
 )
 from jaxmod.data import batching
-from jaxmod.data.text import SequenceDataset, load_sequence_dataset
+from jaxmod.data.text import SCORED_PADDING_SHAPES, SequenceDataset, load_sequence_dataset, with_scored_padding
 from jaxmod.models.recurrent import CELLS, SHAPES, RecurrentClassifier, check_sequences
 from jaxmod.modules import module_set
 from jaxmod.voting import voting_accuracy
@@ -46,6 +46,7 @@ FLAGS = flags.FLAGS
 DEFAULT_DATASETS = {"one_to_one": "bbc_news_bow", "one_to_many": "cmudict", "many_to_one": "fortunes",
                     "many_to_many": "brown_tags", "encoder_decoder": "translation"}
 EOS, PAD = 3, 0  # decoder-target vocabularies start <pad>, <unk>, <bos>, <eos> (jaxmod.data.text)
+PADDINGS = ("masked", "scored")
 
 flags.DEFINE_enum("cell", "lstm", list(CELLS), "rnn: recurrent cell.")
 flags.DEFINE_enum("shape", "many_to_one", list(SHAPES), "rnn: input-output shape.")
@@ -61,6 +62,9 @@ flags.DEFINE_integer("num_positive", None, "rnn: positive samples per label (per
 flags.DEFINE_integer("max_input_len", None, "rnn: input length cap (default: the dataset's).")
 flags.DEFINE_integer("max_output_len", None, "rnn: output length cap (default: the dataset's).")
 flags.DEFINE_integer("vocab_size", None, "rnn: vocabulary / feature cap (default: the dataset's).")
+flags.DEFINE_enum("padding", "masked", list(PADDINGS), "rnn: masked (ours: padded steps are never trained, "
+                  "sampled or scored) or scored (the authors' Keras protocol: padded at the front, padding a class "
+                  "with its own module, every step scored; many-output token datasets only).")
 
 SUMMARY_ROWS = (
     ("decomposition cost (composed - standard)", ("composed", "cost")),
@@ -90,6 +94,7 @@ class RnnRun:
     max_output_len: int | None = None
     vocab_size: int | None = None
     eval_batch_size: int = 256
+    padding: str = "masked"
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS or self.shape not in SHAPES:
@@ -101,6 +106,10 @@ class RnnRun:
                 raise ValueError(f"{name} must be >= 1")
         if self.lr <= 0:
             raise ValueError("the learning rate must be > 0")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, got {self.padding!r}")
+        if self.padding == "scored" and self.shape not in SCORED_PADDING_SHAPES:
+            raise ValueError(f"padding='scored' applies to the {SCORED_PADDING_SHAPES} shapes, not {self.shape}")
 
     @property
     def dataset_name(self) -> str:
@@ -145,6 +154,8 @@ def load(cfg: RnnRun) -> tuple[SequenceDataset, dict[str, Arrays]]:
                                vocab_size=cfg.vocab_size, seed=cfg.seed)
     if ds.shape != cfg.shape:
         raise ValueError(f"dataset {ds.name!r} is {ds.shape}, not {cfg.shape}")
+    if cfg.padding == "scored":
+        ds = with_scored_padding(ds)
     arrays = {s: split_arrays(ds, s) for s in ("train", "val", "test")}
     arrays["train"] = limit(arrays["train"], cfg.train_limit, cfg.seed)
     arrays["test"] = limit(arrays["test"], cfg.test_limit, cfg.seed)
@@ -318,7 +329,7 @@ def run_config_from_flags() -> tuple[RnnRun, RnnDecomposition]:
                  activation=FLAGS.rnn_activation, dataset=option(FLAGS.dataset, None), epochs=FLAGS.epochs,
                  batch_size=FLAGS.batch_size, lr=FLAGS.rnn_lr, seed=FLAGS.seed, train_limit=FLAGS.train_limit,
                  test_limit=FLAGS.test_limit, max_input_len=FLAGS.max_input_len, max_output_len=FLAGS.max_output_len,
-                 vocab_size=FLAGS.vocab_size, eval_batch_size=FLAGS.eval_batch_size)
+                 vocab_size=FLAGS.vocab_size, eval_batch_size=FLAGS.eval_batch_size, padding=FLAGS.padding)
     approach = RnnDecomposition.for_shape(FLAGS.shape, mode=FLAGS.mode, gates=FLAGS.gates, max_remove=FLAGS.max_remove,
                                           num_positive=FLAGS.num_positive)
     if FLAGS.shape == "one_to_one" and FLAGS.mode == "unrolled":

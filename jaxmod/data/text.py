@@ -667,6 +667,46 @@ def load_sequence_dataset(
                              data_dir)
 
 
+SCORED_PADDING_SHAPES: tuple[str, ...] = ("many_to_many", "one_to_many")
+PAD_CLASS = "<pad>"
+PAD_TOKEN = "<pad-token>"
+
+
+def _pre_pad_rows(a: np.ndarray, lengths: np.ndarray, fill: int) -> np.ndarray:
+    """Move each row's first ``lengths[i]`` entries to its end and fill the front (Keras ``padding="pre"``)."""
+    steps = a.shape[1]
+    source = np.arange(steps)[None, :] - (steps - lengths)[:, None]
+    moved = np.take_along_axis(a, np.clip(source, 0, steps - 1), axis=1)
+    return np.where(source >= 0, moved, fill).astype(a.dtype)
+
+
+def with_scored_padding(ds: SequenceDataset) -> SequenceDataset:
+    """The authors' padding protocol for many-output classifiers, to compare with ours.
+
+    Their Keras models pad at the front, embed the padding token like any other (no ``mask_zero``), train on
+    the padded steps with the padding tag as a class of its own, and score every step, padding included. This
+    returns ``ds`` that way: the padding tag becomes the last class ``<pad>`` (with its own module), output steps
+    are padded at the front with it and all marked valid, and the input padding id 0 becomes an ordinary token
+    ``<pad-token>`` (many-to-many inputs are moved to the front with their tags), so the model masks nothing.
+    """
+    if ds.shape not in SCORED_PADDING_SHAPES or ds.input_vocab is None:
+        raise ValueError(f"scored padding applies to token-input {SCORED_PADDING_SHAPES} datasets, not "
+                         f"{ds.name!r} ({ds.shape})")
+    pad_class, pad_token = len(ds.output_vocab), len(ds.input_vocab)
+
+    def convert(split: SequenceSplit) -> SequenceSplit:
+        lengths = split.y_valid.sum(axis=1)
+        y = _pre_pad_rows(np.where(split.y_valid, split.y, pad_class), lengths, pad_class)
+        x = split.x
+        if ds.shape == "many_to_many":
+            x = _pre_pad_rows(x, np.minimum(lengths, x.shape[1]), 0)
+        x = np.where(x == 0, pad_token, x).astype(split.x.dtype)
+        return SequenceSplit(x, y, np.ones_like(split.y_valid), split.group)
+
+    return dataclasses.replace(ds, train=convert(ds.train), val=convert(ds.val), test=convert(ds.test),
+                               input_vocab=(*ds.input_vocab, PAD_TOKEN), output_vocab=(*ds.output_vocab, PAD_CLASS))
+
+
 __all__ = [
     "SEQUENCE_DATASET_NAMES",
     "SEQUENCE_SHAPES",
@@ -678,4 +718,5 @@ __all__ = [
     "decode",
     "load_sequence_dataset",
     "tokenize",
+    "with_scored_padding",
 ]
