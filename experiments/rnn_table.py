@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from experiments.common import append_jsonl_rows, parse_json_object, read_jsonl_rows, write_json_atomic
 from experiments.runners.rnn import RnnRun, train_and_measure
+from jaxmod import metrics
 from jaxmod.approaches.rnn import RnnDecomposition
 from jaxmod.models.recurrent import CELLS, SHAPES
 
@@ -192,6 +193,19 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def plot_cost_vs_size(rows: list[dict[str, Any]], path: str) -> None:
+    """Cost against module size: one point per model and mode (x: the mean module-model Jaccard index), one
+    colour per shape and mode, so the removal caps of ``--table_max_remove`` show as clusters."""
+    groups: dict[str, tuple[list[float], list[float]]] = {}
+    for r in rows:
+        xs, ys = groups.setdefault(f"{r['shape']} {r['mode']}", ([], []))
+        xs.append(r["jaccard"])
+        ys.append(r["cost_points"])
+    metrics.scatter_plot_png(groups, path, xlabel="module-model Jaccard index (module size)",
+                             ylabel="cost, points (translation: BLEU-4)",
+                             title="Decomposition cost against module size")
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -218,6 +232,8 @@ def main(argv: list[str]) -> None:
         writer = csv.DictWriter(f, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
+    if rows:
+        plot_cost_vs_size(rows, os.path.join(FLAGS.output_dir, "cost_vs_size.png"))
     if grid:  # a resume with nothing left to run keeps the last run's timing
         write_json_atomic(os.path.join(FLAGS.output_dir, "timing.json"),
                           {"seconds_this_run": time.perf_counter() - start, "models_this_run": len(grid)})

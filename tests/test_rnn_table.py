@@ -50,3 +50,15 @@ def test_summary_reports_every_cap_mode_separately():
               "- translation BLEU-2 (encoder_decoder), unrolled@0.05: mean -0.25")
     for start in starts:
         assert any(line.startswith(start) for line in lines), start
+
+
+def test_cost_against_size_plot_is_a_png(tmp_path):
+    rows = [{"shape": "many_to_many", "mode": mode, "jaccard": ji, "cost_points": cost}
+            for mode, ji, cost in [("rolled", 0.65, -1.7), ("unrolled", 0.66, -1.5), ("rolled@0.05", 0.88, -0.2)]]
+    out = tmp_path / "cost_vs_size.png"
+    code = ("import json, sys; from experiments import rnn_table as t; "
+            "t.plot_cost_vs_size(json.loads(sys.stdin.read()), sys.argv[1])")
+    proc = subprocess.run([sys.executable, "-c", code, str(out)], input=json.dumps(rows), capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
