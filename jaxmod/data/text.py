@@ -699,7 +699,7 @@ def with_scored_padding(ds: SequenceDataset) -> SequenceDataset:
         y = _pre_pad_rows(np.where(split.y_valid, split.y, pad_class), lengths, pad_class)
         x = split.x
         if ds.shape == "many_to_many":
-            x = _pre_pad_rows(x, np.minimum(lengths, x.shape[1]), 0)
+            x = _pre_pad_rows(x, lengths, 0)  # a tag per word: inputs and outputs share their lengths
         x = np.where(x == 0, pad_token, x).astype(split.x.dtype)
         return SequenceSplit(x, y, np.ones_like(split.y_valid), split.group)
 
