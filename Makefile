@@ -24,8 +24,8 @@ data: setup
 	$(PY) -m jaxmod.data.fetch bbc_news fortunes brown_tags cmudict translation
 
 demo: data
-	$(PY) -m experiments.modularize --approach=moda --model=lenet5 --dataset=mnist \
-		--epochs=3 --workdir=$(DEMO_DIR)
+	$(PY) -m experiments.modularize --config=experiments/configs/moda.py --config.model=lenet5 \
+		--config.dataset=mnist --config.train.epochs=3 --workdir=$(DEMO_DIR)
 
 test: data
 	$(PY) -m pytest -n 2 -q tests

@@ -22,7 +22,7 @@ from typing import Any
 
 from absl import app, flags
 
-from experiments.common import option
+from experiments.pipeline import dig
 from jaxmod import checkpoint, compose, data
 from jaxmod.approaches import mwt as mwt_lib
 
@@ -68,17 +68,18 @@ ROWS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 
 def run_command(approach: str) -> list[str]:
-    """The ``experiments.modularize`` command line of one approach (shared flags identical)."""
-    cmd = [sys.executable, "-m", "experiments.modularize", f"--approach={approach}", f"--model={FLAGS.model}",
-           f"--dataset={FLAGS.dataset}", f"--epochs={FLAGS.epochs}", f"--seed={FLAGS.seed}",
-           f"--num_subtasks={FLAGS.num_subtasks}", f"--workdir={os.path.join(FLAGS.workdir, approach)}",
-           f"--progress={str(FLAGS.progress).lower()}"]
+    """The ``experiments.modularize`` command line of one approach (shared settings identical)."""
+    cmd = [sys.executable, "-m", "experiments.modularize", f"--config=experiments/configs/{approach}.py",
+           f"--config.model={FLAGS.model}", f"--config.dataset={FLAGS.dataset}",
+           f"--config.train.epochs={FLAGS.epochs}",
+           f"--config.seed={FLAGS.seed}", f"--config.reuse.num_subtasks={FLAGS.num_subtasks}",
+           f"--workdir={os.path.join(FLAGS.workdir, approach)}", f"--config.progress={str(FLAGS.progress).lower()}"]
     if FLAGS.train_limit:
-        cmd.append(f"--train_limit={FLAGS.train_limit}")
+        cmd.append(f"--config.train_limit={FLAGS.train_limit}")
     if approach == "mwt":
-        cmd.append(f"--mwt_finetune_epochs={FLAGS.finetune_epochs}")
-        cmd += [f"--{name}={value}" for name, value in (("alpha", FLAGS.mwt_alpha), ("beta", FLAGS.mwt_beta))
-                if value is not None]
+        cmd.append(f"--config.options.finetune_epochs={FLAGS.finetune_epochs}")
+        cmd += [f"--config.options.{name}={value}" for name, value in (("alpha", FLAGS.mwt_alpha),
+                                                                      ("beta", FLAGS.mwt_beta)) if value is not None]
     return cmd
 
 
@@ -101,7 +102,8 @@ def finished_results(approach: str) -> dict[str, Any] | None:
     if approach == "mwt":  # the loss weights too: a table never mixes runs of other weights
         defaults = mwt_lib.MwT()
         found += (r["config"]["approach"]["alpha"], r["config"]["approach"]["beta"])
-        wanted += (option(FLAGS.mwt_alpha, defaults.alpha), option(FLAGS.mwt_beta, defaults.beta))
+        wanted += (FLAGS.mwt_alpha if FLAGS.mwt_alpha is not None else defaults.alpha,
+                   FLAGS.mwt_beta if FLAGS.mwt_beta is not None else defaults.beta)
     if found != wanted:
         raise ValueError(f"{path} was made with (approach, model, dataset, seed, epochs, subtasks, finetune "
                          f"epochs) {found}, not {wanted}: rerun with --rerun")
@@ -113,7 +115,7 @@ def moda_kernel_metrics(workdir: str) -> dict[str, Any]:
     modules, variables = checkpoint.restore_modules(os.path.join(workdir, "modules"))
     model = compose.build_model(modules)
     dataset = data.load_dataset(FLAGS.dataset, seed=FLAGS.seed, train_limit=FLAGS.train_limit)
-    return mwt_lib.kernel_metrics(model, variables, modules.masks, dataset.train.x, dataset.train.y,
+    return mwt_lib.kernel_metrics(model, variables, modules.units, dataset.train.x, dataset.train.y,
                                   generators=False)
 
 
@@ -136,18 +138,10 @@ def comparable(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _get(r: dict[str, Any], path: tuple[str, ...]) -> Any:
-    for key in path:
-        if not isinstance(r, dict) or key not in r:
-            return None
-        r = r[key]
-    return r
-
-
 def write_tables(results: dict[str, dict[str, Any]], commands: list[str], stem: str) -> tuple[str, str]:
     """``<stem>.md`` (with the commands) and ``<stem>.csv``; returns both paths."""
     os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
-    rows = [(label, *[_get(results[a], path) for a in APPROACHES]) for label, path in ROWS]
+    rows = [(label, *[dig(results[a], path) for a in APPROACHES]) for label, path in ROWS]
     with open(f"{stem}.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["metric", *APPROACHES])

@@ -26,16 +26,17 @@ import sys
 import time
 from typing import Any
 
-import jax
 import numpy as np
 from absl import app, flags, logging
 
 from experiments.common import write_json_atomic
-from jaxmod import checkpoint, data, metrics, models, train
+from jaxmod import checkpoint, data, models, report, reuse, train
 from jaxmod.approaches import concern
-from jaxmod.compose import subtask_samples
 from jaxmod.data.core import Dataset, Split
 from jaxmod.losses import cross_entropy_loss
+from jaxmod.modules import ModuleSet
+from jaxmod.reuse import subtask_samples
+from jaxmod.running import module_outputs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/concern_scenarios", "Trained models (resumable).")
@@ -111,14 +112,9 @@ def two_class_dataset(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.n
                    tuple(str(i) for i in range(len(parts))), np.zeros(1, np.float32), np.ones(1, np.float32))
 
 
-def rows_of(dec, rows: list[int]):
-    masks = jax.tree.map(lambda m: np.asarray(m)[rows], dec.masks)
-    return masks, dec.heads["channel"][rows]
-
-
-def confidences(model, variables, dec, rows, x, masks=None):
-    m, h = rows_of(dec, rows)
-    return concern.module_confidences(model, variables, m if masks is None else masks, h, rows, x)
+def confidences(model, variables, modules: ModuleSet, rows, x):
+    """The confidences of the modules of classes ``rows`` on ``x`` (one jitted scan)."""
+    return module_outputs(model, variables, modules.select(rows), x)
 
 
 def plus(a: float | None, b: float) -> float | None:
@@ -142,7 +138,8 @@ def main(argv: list[str]) -> None:
     load = lambda n: data.load_dataset(n, seed=FLAGS.seed, train_limit=FLAGS.train_limit,  # noqa: E731
                                        test_limit=FLAGS.test_limit)
     mnist, fashion = load("mnist"), load("fashion_mnist")
-    concern.check_same_input([mnist.input_shape, fashion.input_shape])
+    if mnist.input_shape != fashion.input_shape:
+        raise ValueError(f"MNIST and Fashion-MNIST inputs differ: {mnist.input_shape} vs {fashion.input_shape}")
     model, v_m, train_m = fit("mnist", mnist, FLAGS.epochs, 10)
     _, v_f, _ = fit("fashion", fashion, FLAGS.epochs, 10)
     weak_limit = FLAGS.weak_train_limit or FLAGS.train_limit
@@ -150,8 +147,9 @@ def main(argv: list[str]) -> None:
     _, v_w, train_w = fit(f"mnist_weak_e{FLAGS.weak_epochs}_n{weak_limit}", weak_data, FLAGS.weak_epochs, 10)
     approach.decompose(model, v_m, mnist.train.x[:2000], mnist.train.y[:2000], 10)  # compile, not timed
     dec_m, dec_s = timed(approach.decompose, model, v_m, mnist.train.x, mnist.train.y, 10)
-    dec_f = approach.decompose(model, v_f, fashion.train.x, fashion.train.y, 10)
-    dec_w = approach.decompose(model, v_w, mnist.train.x, mnist.train.y, 10)
+    dec_m = dec_m.modules
+    dec_f = approach.decompose(model, v_f, fashion.train.x, fashion.train.y, 10).modules
+    dec_w = approach.decompose(model, v_w, mnist.train.x, mnist.train.y, 10).modules
     out: dict[str, Any] = {"decompose_seconds_mnist": dec_s, "train_seconds_mnist_full_model": train_m,
                            "train_seconds_weak_model": train_w,
                            "weak_model": {"epochs": FLAGS.weak_epochs, "train_samples": len(weak_data.train.x)},
@@ -167,7 +165,7 @@ def main(argv: list[str]) -> None:
         ds2 = two_class_dataset([(*p, i) for i, p in enumerate(parts)])
         m2, v2, train_s = fit(f"intra_{a}_{b}", ds2, FLAGS.epochs, 2)
         ev2, pred_s = timed(train.evaluate, m2, v2, ds2.test.x, ds2.test.y)
-        intra.append({"classes": f"{a}-{b}", "module_accuracy": concern.voted(conf, labels, [0, 1])["top1"],
+        intra.append({"classes": f"{a}-{b}", "module_accuracy": reuse.voted_accuracy(conf, labels, [0, 1])["top1"],
                       "trained_accuracy": ev2["top1"], "reuse_seconds": reuse_s,
                       "train_predict_seconds": plus(train_s, pred_s)})
     out["intra_reuse"] = intra
@@ -182,16 +180,16 @@ def main(argv: list[str]) -> None:
         row = {"mnist_class": a, "fashion_class": b}
         for cl in (False, True):
             start = time.perf_counter()
-            masks_a, masks_b = None, None
+            mod_a, mod_b = dec_m.select([a]), dec_f.select([b])
             if cl:  # re-apply tangling with the other dataset's class (training samples, the TI quota)
                 neg = approach.negatives_per_class(10)
                 na = renormalise(subset(fashion, "train", [b])[0][:neg], fashion, mnist)
                 nb = renormalise(subset(mnist, "train", [a])[0][:neg], mnist, fashion)
-                masks_a = approach.continue_learning(model, v_m, rows_of(dec_m, [a])[0], na, classes=[a])
-                masks_b = approach.continue_learning(model, v_f, rows_of(dec_f, [b])[0], nb, classes=[b])
-            conf = np.concatenate([confidences(model, v_m, dec_m, [a], x_m, masks_a),
-                                   confidences(model, v_f, dec_f, [b], x_f, masks_b)])
-            row["modified_module_accuracy" if cl else "module_accuracy"] = concern.voted(conf, labels, [0, 1])["top1"]
+                mod_a = approach.continue_learning(model, v_m, mod_a, na)
+                mod_b = approach.continue_learning(model, v_f, mod_b, nb)
+            conf = np.concatenate([module_outputs(model, v_m, mod_a, x_m), module_outputs(model, v_f, mod_b, x_f)])
+            key = "modified_module_accuracy" if cl else "module_accuracy"
+            row[key] = reuse.voted_accuracy(conf, labels, [0, 1])["top1"]
             row["cl_seconds" if cl else "reuse_seconds"] = time.perf_counter() - start
         parts = [tuple(subset(mnist, s, [a])[0] for s in ("train", "val", "test")),
                  tuple(renormalise(subset(fashion, s, [b])[0], fashion, mnist) for s in ("train", "val", "test"))]
@@ -210,12 +208,12 @@ def main(argv: list[str]) -> None:
     weak_model_acc = train.evaluate(model, v_w, mnist.test.x, mnist.test.y)
     replace = {"weak_model_top1": weak_model_acc["top1"], "weak_model_top5": weak_model_acc["top5"],
                "strong_model_top1": train.evaluate(model, v_m, mnist.test.x, mnist.test.y)["top1"],
-               "prior_composed": concern.voted(conf_w, mnist.test.y, all10),
-               "strong_composed": concern.voted(conf_s, mnist.test.y, all10)}
+               "prior_composed": reuse.voted_accuracy(conf_w, mnist.test.y, all10),
+               "strong_composed": reuse.voted_accuracy(conf_s, mnist.test.y, all10)}
     for r in all10:
         conf = conf_w.copy()
         conf[r] = conf_s[r]
-        replace[f"RM{r}"] = concern.voted(conf, mnist.test.y, all10)
+        replace[f"RM{r}"] = reuse.voted_accuracy(conf, mnist.test.y, all10)
     out["intra_replace"] = replace
 
     # inter-dataset replacement: MNIST class 0's module -> a Fashion-MNIST class k module
@@ -229,7 +227,7 @@ def main(argv: list[str]) -> None:
         start = time.perf_counter()
         conf = np.concatenate([confidences(model, v_f, dec_f, [k], x_f),
                                confidences(model, v_m, dec_m, all10[1:], x_m)])
-        composed = concern.voted(conf, labels, all10)
+        composed = reuse.voted_accuracy(conf, labels, all10)
         compose_s = time.perf_counter() - start
         mixed = [(mnist.train.x[mnist.train.y == c], mnist.val.x[mnist.val.y == c], mnist.test.x[mnist.test.y == c], c)
                  for c in all10[1:]]
@@ -280,7 +278,7 @@ def write_outputs(out: dict[str, Any]) -> None:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        md += [f"## {name.replace('_', ' ')}\n", metrics.markdown_table(rows), ""]
+        md += [f"## {name.replace('_', ' ')}\n", report.markdown_table(rows), ""]
     with open(os.path.join(FLAGS.out, "scenarios.md"), "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))

@@ -35,10 +35,12 @@ from absl import app, flags, logging
 from tqdm.auto import tqdm
 
 from experiments.common import append_jsonl_rows, number_list_flag, read_jsonl_rows, write_json_atomic
-from jaxmod import data, metrics, models, train
+from jaxmod import data, models, report, reuse, train
 from jaxmod.activations import forward
 from jaxmod.approaches import concern
 from jaxmod.losses import cross_entropy_loss
+from jaxmod.modules import ModuleSet
+from jaxmod.running import module_outputs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("mode", "dense", ["dense", "cnn", "timing", "recipe", "steps"], "Which table to produce.")
@@ -111,51 +113,51 @@ def trained(model_name: str, dataset: data.Dataset, dataset_name: str, epochs: i
     if optimizer == "adam" and lr is None:
         lr = 1e-3
     model = models.create_model(model_name, dataset.num_classes, **overrides)
-    config = train.TrainConfig(epochs=epochs, seed=FLAGS.seed, **({} if lr is None else {"learning_rate": lr}))
-    opt, info = None, {"model": model_name, "dataset": dataset_name}
-    if optimizer == "adam":
-        steps = train.num_batches(len(dataset.train.x), config.batch_size, drop_remainder=True)
-        opt = train.make_optimizer(config, steps, "adam")
-        info["optimizer"] = "adam"
+    config = train.TrainConfig(epochs=epochs, seed=FLAGS.seed, optimizer=optimizer,
+                               **({} if lr is None else {"learning_rate": lr}))
+    info = {"model": model_name, "dataset": dataset_name, **({"optimizer": "adam"} if optimizer == "adam" else {})}
     suffix = (("" if lr is None else f"_lr{lr:g}") + ("_zi" if overrides.get("zero_init_residual") else "")
               + ("_adam" if optimizer == "adam" else ""))
     workdir = os.path.join(FLAGS.workdir, f"{model_name}_{dataset_name}_e{epochs}_n{len(dataset.train.x)}{suffix}")
     state, history = train.fit(model, dataset, cross_entropy_loss(), config, workdir, progress=FLAGS.progress,
-                               description=f"{model_name}/{dataset_name}", run_info=info, optimizer=opt)
+                               description=f"{model_name}/{dataset_name}", run_info=info)
     return model, state.variables(), history
 
 
-def modules_digest(masks: Any, heads: np.ndarray | None) -> str:
+def modules_digest(modules: ModuleSet) -> str:
     """A digest of a module set's masks and heads: equal digests, equal modules (so equal outputs)."""
     digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(masks) + ([] if heads is None else [heads]):
+    for leaf in jax.tree.leaves(modules):
         leaf = np.asarray(leaf)
         digest.update(str((leaf.shape, leaf.dtype)).encode())
         digest.update(leaf.tobytes())
     return digest.hexdigest()
 
 
+def vote(model, variables, modules: ModuleSet, dataset: data.Dataset, cache: dict[str, np.ndarray] | None) -> dict:
+    """All modules voting on the test split. ``cache`` (digest -> confidences) skips the test-split forward passes
+    when an earlier variant of the same model produced the very same modules (e.g. a backtracking step that
+    removed nothing)."""
+    key = modules_digest(modules)
+    if cache is not None and key in cache:
+        conf = cache[key]
+    else:
+        conf = module_outputs(model, variables, modules, dataset.test.x)
+        if cache is not None:
+            cache[key] = conf
+    return reuse.voted_accuracy(conf, dataset.test.y, range(dataset.num_classes))
+
+
 def decompose_and_measure(model, variables, dataset: data.Dataset, variant: str,
                           cache: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """Decompose with ``variant``, vote with all modules on the test split, measure Jaccard indices.
-    ``cache`` (digest -> confidences) skips the test-split forward passes when an earlier variant of the
-    same model produced the very same masks and heads (e.g. a backtracking step that removed nothing)."""
+    """Decompose with ``variant``, vote with all modules on the test split, measure Jaccard indices."""
     approach = concern.Concern(variant=variant)
     start = time.perf_counter()
     dec = approach.decompose(model, variables, dataset.train.x, dataset.train.y, dataset.num_classes)
     seconds = time.perf_counter() - start
-    heads = None if dec.heads is None else dec.heads["channel"]
-    key = modules_digest(dec.masks, heads)
-    if cache is not None and key in cache:
-        conf = cache[key]
-    else:
-        conf = concern.module_confidences(model, variables, dec.masks, heads, range(dataset.num_classes),
-                                          dataset.test.x)
-        if cache is not None:
-            cache[key] = conf
-    voted = concern.voted(conf, dataset.test.y, range(dataset.num_classes))
-    kept = float(sum(np.sum(m) for m in jax.tree.leaves(dec.masks))) / dataset.num_classes
-    return {"variant": variant, **voted, **concern.jaccard_figures(model, variables, dec.masks, dataset.input_shape),
+    voted = vote(model, variables, dec.modules, dataset, cache)
+    kept = float(sum(np.sum(m) for m in jax.tree.leaves(dec.modules.positions))) / dataset.num_classes
+    return {"variant": variant, **voted, **concern.jaccard_figures(model, variables, dec.modules),
             "decompose_seconds": seconds, "kept_nodes": kept}
 
 
@@ -167,7 +169,7 @@ def write_table(name: str, rows: list[dict[str, Any]], columns: Sequence[str], t
         writer.writerows(rows)
     command = "python -m experiments.concern_tables " + " ".join(sys.argv[1:])
     md = (f"# {title}\n\nCommand: `{command}`\n\n{notes}\n\n"
-          f"{metrics.markdown_table([{c: r.get(c) for c in columns} for r in rows], list(columns))}\n")
+          f"{report.markdown_table([{c: r.get(c) for c in columns} for r in rows], list(columns))}\n")
     with open(os.path.join(FLAGS.out, f"{name}.md"), "w") as f:
         f.write(md)
 
@@ -307,7 +309,7 @@ def timing_mode() -> None:
     approach.decompose(model, variables, x[:2000], y[:2000], 10)  # compile
     start = time.perf_counter()
     dec = approach.decompose(model, variables, x, y, 10)
-    jax.block_until_ready(jax.tree.leaves(dec.masks))
+    jax.block_until_ready(jax.tree.leaves(dec.modules))
     vectorised = time.perf_counter() - start
     scanned = int(np.sum(dec.statistics["positives"]) + 0)
     is_pos, is_neg = concern.select_samples(y, 10, approach.positives, approach.negatives_per_class(10))
@@ -391,7 +393,7 @@ def steps_mode() -> None:
             plan = approach.check(model, variables, x, y, c)
             is_pos, is_neg = concern.select_samples(y, c, approach.positives, approach.negatives_per_class(c))
             pos_c, neg_c, n_pos, _ = concern.node_counts(model, variables, x, y, is_pos, is_neg, c)
-            heads = concern.channel_heads(c)
+            base = approach.decompose(model, variables, x, y, c).modules  # the set's head and metadata
             cache: dict[str, np.ndarray] = {}
             model_top1 = (train.evaluate(model, variables, dataset.test.x, dataset.test.y)["top1"]
                           if FLAGS.steps_accuracy else None)
@@ -404,13 +406,9 @@ def steps_mode() -> None:
                               for r in concern.edge_strength(variables["params"], plan, delta)]
                 for step, variant in () if not FLAGS.steps_accuracy else (
                         ("ti", "ci_ti_mc"), ("bln", "ci_ti_mc_bln"), ("bi", "ci_ti_mc_bln_bi")):
-                    masks = concern.nest(steps[step])
-                    key = modules_digest(masks, heads)
-                    if key not in cache:
-                        cache[key] = concern.module_confidences(model, variables, masks, heads, range(c),
-                                                                dataset.test.x)
-                    voted = concern.voted(cache[key], dataset.test.y, range(c))
-                    ji = concern.jaccard_figures(model, variables, masks, dataset.input_shape)
+                    modules = base.replace(positions=steps[step])
+                    voted = vote(model, variables, modules, dataset, cache)
+                    ji = concern.jaccard_figures(model, variables, modules)
                     delta_rows.append({**where, "variant": variant, "model_top1": round(model_top1, 4),
                                        "top1": round(voted["top1"], 4), "top5": round(voted["top5"], 4),
                                        "ji": round(ji["node_mean_module_model"], 4),

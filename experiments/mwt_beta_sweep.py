@@ -7,7 +7,8 @@ The paper's beta (1.5) was set for VGG16 / ResNet18, whose masked layers have 64
 few kernels per masked layer (LeNet-5: 16) has little room to give each class kernels of its own, and the
 coupling term then costs accuracy. The rule, on the validation split only: the largest beta (the most
 modular training) whose last-epoch validation accuracy is within ``--tolerance`` of the standard model's.
-Test accuracies are reported beside it, never used. Each run is ``experiments.modularize --approach=mwt``
+Test accuracies are reported beside it, never used. Each run is ``experiments.modularize
+--config=experiments/configs/mwt.py``
 in ``<workdir>/beta_<b>`` (a rerun resumes finished training); writes ``<out>/<model>_<dataset>_beta.md/.csv``
 and a PNG of validation accuracy against kernel retention.
 """
@@ -43,9 +44,11 @@ def define_flags() -> None:
 
 def run_command(beta: float) -> list[str]:
     """The MwT run of one beta (one sub-task, one fine-tuning epoch: the sweep reads training only)."""
-    return [sys.executable, "-m", "experiments.modularize", "--approach=mwt", f"--model={FLAGS.model}",
-            f"--dataset={FLAGS.dataset}", f"--epochs={FLAGS.epochs}", f"--seed={FLAGS.seed}", f"--beta={beta}",
-            "--num_subtasks=1", "--mwt_finetune_epochs=1", f"--workdir={beta_dir(beta)}", "--progress=false"]
+    return [sys.executable, "-m", "experiments.modularize", "--config=experiments/configs/mwt.py",
+            f"--config.model={FLAGS.model}", f"--config.dataset={FLAGS.dataset}",
+            f"--config.train.epochs={FLAGS.epochs}", f"--config.seed={FLAGS.seed}", f"--config.options.beta={beta}",
+            "--config.reuse.num_subtasks=1",
+            "--config.options.finetune_epochs=1", f"--workdir={beta_dir(beta)}", "--config.progress=false"]
 
 
 def beta_dir(beta: float) -> str:

@@ -48,25 +48,18 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import jax
 import numpy as np
 from absl import app, flags
 from tqdm.auto import tqdm
 
 from experiments.common import append_jsonl_rows, read_jsonl_rows, write_json_atomic
-from experiments.runners import rnn as runner
-from experiments.runners.rnn import Arrays, RnnRun
-from jaxmod import compose, models
-from jaxmod.approaches.rnn import (
-    RnnDecomposition,
-    check_composable,
-    composed_outputs,
-    module_outputs,
-    vocab_fingerprint,
-)
-from jaxmod.data.text import SequenceDataset, load_sequence_dataset
+from experiments.pipeline_rnn import RnnRun, accuracy, build_model, fit_split, load, standard_probs
+from jaxmod import metrics, reuse
+from jaxmod.approaches.rnn import RnnDecomposition, vocab_fingerprint
+from jaxmod.data.text import SequenceDataset, SequenceSplit, load_sequence_dataset, model_split, subset_split
 from jaxmod.models.recurrent import CELLS, RecurrentClassifier
-from jaxmod.modules import ModuleMetadata, ModuleSet, module_set
+from jaxmod.modules import ModuleSet
+from jaxmod.running import module_outputs
 from jaxmod.voting import voting_accuracy
 
 FLAGS = flags.FLAGS
@@ -113,18 +106,18 @@ class Trained:
 # Pieces
 
 
-def rows_of(a: Arrays, rows: np.ndarray) -> Arrays:
+def rows_of(a: SequenceSplit, rows: np.ndarray) -> SequenceSplit:
     """The samples ``rows`` (indices or a boolean mask) of a split."""
-    return Arrays(a.x[rows], a.y[rows], a.valid[rows], a.module_label[rows])
+    return SequenceSplit(a.x[rows], a.y[rows], a.y_valid[rows], None if a.group is None else a.group[rows])
 
 
-def pair_arrays(a: Arrays, pair: Sequence[int]) -> Arrays:
+def pair_arrays(a: SequenceSplit, pair: Sequence[int]) -> SequenceSplit:
     """A two-label problem: the samples (steps) labelled ``pair[0]`` or ``pair[1]``, relabelled 0 and 1;
     for per-step labels the other steps become invalid and samples with no such step are dropped."""
-    chosen = np.isin(a.y, pair) & a.valid
+    chosen = np.isin(a.y, pair) & a.y_valid
     y = (a.y == pair[1]).astype(np.int32)
     rows = chosen if a.y.ndim == 1 else chosen.any(axis=1)
-    return Arrays(a.x[rows], y[rows], chosen[rows], y[rows] if a.y.ndim == 1 else a.module_label[rows])
+    return SequenceSplit(a.x[rows], y[rows], chosen[rows])
 
 
 def undersample(y: np.ndarray, seed: int) -> np.ndarray:
@@ -141,38 +134,21 @@ def undersample(y: np.ndarray, seed: int) -> np.ndarray:
     return np.flatnonzero(rank < counts.min())
 
 
-def train(model: RecurrentClassifier, cfg: RnnRun, data: Arrays) -> Any:
-    """The runner's Adam training (masked cross-entropy) of ``model`` on ``data``."""
-    return runner.fit(model, cfg, data)
-
-
-def accuracy(model: RecurrentClassifier, variables: Any, data: Arrays, batch_size: int = 256) -> float:
-    """Test accuracy over valid samples (steps)."""
-    pred = np.argmax(runner.standard_outputs(model, variables, data.x, batch_size), axis=-1)
-    return runner.masked_accuracy(pred, data.y, data.valid)
-
-
-def decompose(model: RecurrentClassifier, variables: Any, data: Arrays, approach: RnnDecomposition,
+def decompose(model: RecurrentClassifier, variables: Any, data: SequenceSplit, approach: RnnDecomposition,
               num_modules: int, dataset: str, vocab: Sequence[str] | None, translation: bool = False) -> ModuleSet:
     """One module per label (per target language when ``translation``), as a module set whose metadata
-    carries the input vocabulary's fingerprint (so ``check_composable`` sees what each module reads)."""
-    labels, valid = (data.module_label, None) if translation else (data.y, data.valid)
-    dec = approach.decompose(model, variables, data.x, labels, num_modules, valid)
-    extra = {**approach.config(), "input_vocab_hash": vocab_fingerprint(vocab)}
-    if not translation:
-        return module_set(dec.masks, approach="rnn", model_name=f"rnn_{model.cell}", model=model, dataset=dataset,
-                          input_shape=data.x.shape[1:], heads=dec.heads, extra=extra)
-    # One module per target language: rows are languages (``extra["module_labels"]``), not output classes.
-    meta = ModuleMetadata(approach="rnn", model_name=f"rnn_{model.cell}", model_config=models.model_config(model),
-                          dataset=dataset, input_shape=tuple(data.x.shape[1:]), num_classes=model.num_classes,
-                          classes=tuple(range(num_modules)), extra={**extra, "module_labels": "target languages"})
-    return ModuleSet(dec.masks, meta, None)
+    carries the input vocabulary's fingerprint (so composition sees what each module reads)."""
+    labels, valid = (data.group, None) if translation else (data.y, data.y_valid)
+    modules = approach.decompose(model, variables, data.x, labels, num_modules, valid).modules
+    modules = modules.with_meta(dataset=dataset, input_vocab=vocab_fingerprint(vocab, model.vocab_size))
+    # translation: one module per target language, rows are languages, not output classes
+    return modules.with_meta(extra={"module_labels": "target languages"}) if translation else modules
 
 
-def train_decompose(model: RecurrentClassifier, cfg: RnnRun, arrays: dict[str, Arrays], approach: RnnDecomposition,
-                    num_classes: int, dataset: str, vocab: Sequence[str] | None) -> Trained:
+def train_decompose(model: RecurrentClassifier, cfg: RnnRun, arrays: dict[str, SequenceSplit],
+                    approach: RnnDecomposition, num_classes: int, dataset: str, vocab: Sequence[str] | None) -> Trained:
     """Train a classifier, measure it on the test split and decompose it."""
-    variables = train(model, cfg, arrays["train"])
+    variables = fit_split(model, cfg, arrays["train"])
     modules = decompose(model, variables, arrays["train"], approach, num_classes, dataset, vocab)
     return Trained(model, variables, modules, accuracy(model, variables, arrays["test"]))
 
@@ -195,33 +171,35 @@ def intra(shape: str, cell: str, deep_layers: int, pairs: int, units: int, seed:
     approach = RnnDecomposition.for_shape(shape, mode="rolled" if shape == "one_to_one" else mode)
     cfgs = {n: RnnRun(cell=cell, shape=shape, layers=n, units=units, seed=seed, **SETTINGS[shape])
             for n in sorted({1, deep_layers})}
-    ds, arrays = runner.load(cfgs[deep_layers])
+    data = load(cfgs[deep_layers])
+    ds, arrays = data.dataset, {"train": data.train, "val": data.val, "test": data.test}
     te = arrays["test"]
-    trained = {n: train_decompose(runner.build_model(cfg, ds, arrays["train"].x), cfg, arrays, approach,
+    trained = {n: train_decompose(build_model(cfg, ds, arrays["train"].x), cfg, arrays, approach,
                                   ds.num_classes, ds.name, ds.input_vocab) for n, cfg in cfgs.items()}
     deep = trained[deep_layers]
     out: list[dict] = []
-    conf, _ = composed_outputs([deep.modules], [deep.variables], te.x)
-    for pair in compose.sample_subtasks(ds.num_classes, pairs, min_size=2, max_size=2, seed=seed):
+    conf, _ = reuse.cross_model_confidences([deep.modules], [deep.variables], te.x)
+    for pair in reuse.sample_subtasks(ds.num_classes, pairs, min_size=2, max_size=2, seed=seed):
         test_pair = pair_arrays(te, pair)
         train_pair = pair_arrays(arrays["train"], pair)
-        if not test_pair.valid.any() or len(np.unique(train_pair.y[train_pair.valid])) < 2:
+        if not test_pair.y_valid.any() or len(np.unique(train_pair.y[train_pair.y_valid])) < 2:
             continue
-        chosen = np.isin(te.y, pair) & te.valid
+        chosen = np.isin(te.y, pair) & te.y_valid
         composed = voting_accuracy(conf[list(pair)], te.y, classes=pair, valid=chosen)
         scratch = deep.model.clone(num_classes=2)
-        variables = train(scratch, cfgs[deep_layers], train_pair)
+        variables = fit_split(scratch, cfgs[deep_layers], train_pair)
         reference = accuracy(scratch, variables, test_pair)
         out.append(row("III", "intra", shape, cell, "-".join(ds.output_vocab[c] for c in pair), composed, reference,
                        dataset=ds.name, layers=deep_layers, reference_kind="two-label model from scratch"))
     if len(trained) > 1:
         faulty, best = sorted(trained.values(), key=lambda t: t.accuracy)
-        both, _ = composed_outputs([faulty.modules, best.modules], [faulty.variables, best.variables], te.x)
+        both, _ = reuse.cross_model_confidences([faulty.modules, best.modules], [faulty.variables, best.variables],
+                                                te.x)
         c = ds.num_classes
-        base = voting_accuracy(both[:c], te.y, valid=te.valid)
+        base = voting_accuracy(both[:c], te.y, valid=te.y_valid)
         for label in range(c):
             chosen_rows = [c + k if k == label else k for k in range(c)]
-            composed = voting_accuracy(both[chosen_rows], te.y, valid=te.valid)
+            composed = voting_accuracy(both[chosen_rows], te.y, valid=te.y_valid)
             out.append(row("IV", "intra", shape, cell, f"replace {ds.output_vocab[label]}", composed, faulty.accuracy,
                            dataset=ds.name, faulty_layers=faulty.model.num_layers,
                            best_layers=best.model.num_layers, faulty_composed=base, best_accuracy=best.accuracy,
@@ -254,22 +232,23 @@ def inter(cell: str, pairs: int, units: int, seed: int, mode: str) -> list[dict]
     approach = RnnDecomposition.for_shape("many_to_one", mode=mode)
     cfg_t = RnnRun(cell=cell, shape="many_to_many", units=units, seed=seed, **SETTINGS["many_to_many"])
     cfg_c = RnnRun(cell=cell, shape="many_to_one", units=units, seed=seed, **SETTINGS["many_to_one"])
-    ds_t, arr_t = runner.load(cfg_t)
+    data_t = load(cfg_t)
+    ds_t, arr_t = data_t.dataset, {"train": data_t.train, "val": data_t.val, "test": data_t.test}
     ds_c = recode(load_sequence_dataset("fortunes", max_input_len=cfg_c.max_input_len, seed=seed), ds_t.input_vocab)
-    arr_c = {s: runner.split_arrays(ds_c, s) for s in ("train", "val", "test")}
-    arr_c["train"] = runner.limit(arr_c["train"], cfg_c.train_limit, seed)
-    arr_c["test"] = runner.limit(arr_c["test"], cfg_c.test_limit, seed)
-    tagger = train_decompose(runner.build_model(cfg_t, ds_t, arr_t["train"].x), cfg_t, arr_t, approach,
+    arr_c = {s: model_split(ds_c, s) for s in ("train", "val", "test")}
+    arr_c["train"] = subset_split(arr_c["train"], cfg_c.train_limit, seed)
+    arr_c["test"] = subset_split(arr_c["test"], cfg_c.test_limit, seed)
+    tagger = train_decompose(build_model(cfg_t, ds_t, arr_t["train"].x), cfg_t, arr_t, approach,
                              ds_t.num_classes, ds_t.name, ds_t.input_vocab)
-    classifier = train_decompose(runner.build_model(cfg_c, ds_c, arr_c["train"].x), cfg_c, arr_c, approach,
+    classifier = train_decompose(build_model(cfg_c, ds_c, arr_c["train"].x), cfg_c, arr_c, approach,
                                  ds_c.num_classes, ds_c.name, ds_c.input_vocab)
-    check_composable([tagger.modules.metadata, classifier.modules.metadata])
+    reuse.check_same_inputs([tagger.modules.meta, classifier.modules.meta])
     tt, ct = arr_t["test"], arr_c["test"]
-    tag_probs = module_outputs(tagger.model, tagger.variables, tagger.modules.masks, tagger.modules.heads,
+    tag_probs = module_outputs(tagger.model, tagger.variables, tagger.modules,
                                np.concatenate([tt.x, ct.x]))  # (tags, N_t + N_c, T)
-    cls_probs = module_outputs(classifier.model, classifier.variables, classifier.modules.masks,
-                               classifier.modules.heads, np.concatenate([tt.x, ct.x]))  # (classes, N_t + N_c)
-    has_tag = lambda a, t: np.any((a.y == t) & a.valid, axis=1)  # noqa: E731
+    cls_probs = module_outputs(classifier.model, classifier.variables, classifier.modules,
+                               np.concatenate([tt.x, ct.x]))  # (classes, N_t + N_c)
+    has_tag = lambda a, t: np.any((a.y == t) & a.y_valid, axis=1)  # noqa: E731
     rng = np.random.default_rng(seed)
     chosen = rng.permutation(ds_t.num_classes * ds_c.num_classes)[:pairs]
     out: list[dict] = []
@@ -291,8 +270,8 @@ def inter(cell: str, pairs: int, units: int, seed: int, mode: str) -> list[dict]
                                np.ones(int((tr_c.y == k).sum()), np.int32)])
         keep = undersample(y_tr, seed)
         scratch = classifier.model.clone(num_classes=2)
-        variables = train(scratch, cfg_c, Arrays(x_tr[keep], y_tr[keep], np.ones(len(keep), bool), y_tr[keep]))
-        test = Arrays(x_all[test_rows], y_test[test_rows], np.ones(int(test_rows.sum()), bool), y_test[test_rows])
+        variables = fit_split(scratch, cfg_c, SequenceSplit(x_tr[keep], y_tr[keep], np.ones(len(keep), bool)))
+        test = SequenceSplit(x_all[test_rows], y_test[test_rows], np.ones(int(test_rows.sum()), bool))
         out.append(row("III", "inter", "M:1-M:N", cell, names, composed, accuracy(scratch, variables, test),
                        reference_kind="two-label many-to-one model from scratch"))
         # Replace: category k's module is replaced by tag t's; Brown sentences holding t are labelled k.
@@ -305,8 +284,8 @@ def inter(cell: str, pairs: int, units: int, seed: int, mode: str) -> list[dict]
         y_tr = np.concatenate([np.full(int(has_tag(tr_t, t).sum()), k, np.int32), tr_c.y[tr_c.y != k]])
         keep = undersample(y_tr, seed)
         scratch = classifier.model.clone()
-        variables = train(scratch, cfg_c, Arrays(x_tr[keep], y_tr[keep], np.ones(len(keep), bool), y_tr[keep]))
-        test = Arrays(x_all[test_rows], y_test[test_rows], np.ones(int(test_rows.sum()), bool), y_test[test_rows])
+        variables = fit_split(scratch, cfg_c, SequenceSplit(x_tr[keep], y_tr[keep], np.ones(len(keep), bool)))
+        test = SequenceSplit(x_all[test_rows], y_test[test_rows], np.ones(int(test_rows.sum()), bool))
         out.append(row("IV", "inter", "M:1-M:N", cell, f"{ds_c.output_vocab[k]} <- {ds_t.output_vocab[t]}", composed,
                        accuracy(scratch, variables, test), reference_kind="many-to-one model from scratch"))
     return out
@@ -321,12 +300,12 @@ class Translation:
     """The shared translation data: every language's train/test arrays in one vocabulary."""
 
     ds: SequenceDataset
-    train: Arrays
-    test: Arrays
+    train: SequenceSplit
+    test: SequenceSplit
 
-    def only(self, split: str, languages: Sequence[str]) -> Arrays:
+    def only(self, split: str, languages: Sequence[str]) -> SequenceSplit:
         a = getattr(self, split)
-        return rows_of(a, np.isin(a.module_label, [LANGUAGES.index(lang) for lang in languages]))
+        return rows_of(a, np.isin(a.group, [LANGUAGES.index(lang) for lang in languages]))
 
 
 def load_translation(seed: int) -> Translation:
@@ -334,7 +313,7 @@ def load_translation(seed: int) -> Translation:
     s = SETTINGS["encoder_decoder"]
     ds = load_sequence_dataset("translation", languages=LANGUAGES, max_input_len=s["max_input_len"],
                                max_output_len=s["max_output_len"], vocab_size=s["vocab_size"], seed=seed)
-    return Translation(ds, runner.split_arrays(ds, "train"), runner.split_arrays(ds, "test"))
+    return Translation(ds, model_split(ds, "train"), model_split(ds, "test"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,18 +327,19 @@ class Translator:
 
 
 def translator(data: Translation, cell: str, layers: int, units: int, seed: int, epochs: int,
-               languages: Sequence[str], train_data: Arrays | None = None, decompose_it: bool = True) -> Translator:
+               languages: Sequence[str], train_data: SequenceSplit | None = None,
+               decompose_it: bool = True) -> Translator:
     """Train an English -> ``languages`` model (on ``train_data`` if given) and decompose it per language."""
     positions = [LANGUAGES.index(lang) for lang in languages]
     if positions != sorted(set(positions)):
         raise ValueError(f"languages must follow the order of {LANGUAGES} without repeats, got {languages}")
     cfg = RnnRun(cell=cell, shape="encoder_decoder", layers=layers, units=units, seed=seed, epochs=epochs)
     tr = train_data if train_data is not None else data.only("train", languages)
-    model = runner.build_model(cfg, data.ds, tr.x)
-    variables = train(model, cfg, tr)
+    model = build_model(cfg, data.ds, tr.x)
+    variables = fit_split(model, cfg, tr)
     modules = None
     if decompose_it:
-        local = dataclasses.replace(tr, module_label=np.searchsorted(positions, tr.module_label).astype(np.int32))
+        local = dataclasses.replace(tr, group=np.searchsorted(positions, tr.group).astype(np.int32))
         approach = RnnDecomposition.for_shape("encoder_decoder", mode="rolled")
         modules = decompose(model, variables, local, approach, len(languages), data.ds.name, data.ds.input_vocab,
                             translation=True)
@@ -369,10 +349,9 @@ def translator(data: Translation, cell: str, layers: int, units: int, seed: int,
 def translate(t: Translator, language: str, x: np.ndarray, as_module: bool = True) -> np.ndarray:
     """``int[N, T]`` token ids: ``language``'s module of ``t`` (or the whole model) on ``x``."""
     if not as_module or t.modules is None:
-        return np.argmax(runner.standard_outputs(t.model, t.variables, x, 256), axis=-1)
-    index = t.languages.index(language)
-    masks = jax.tree.map(lambda m: np.asarray(m)[index:index + 1], dict(t.modules.masks))
-    return np.argmax(module_outputs(t.model, t.variables, masks, None, x)[0], axis=-1)
+        return np.argmax(standard_probs(t.model, t.variables, x, 256), axis=-1)
+    module = t.modules.select([t.languages.index(language)])
+    return np.argmax(module_outputs(t.model, t.variables, module, x, output="distribution")[0], axis=-1)
 
 
 def average_bleu(data: Translation, sources: dict[str, tuple[Translator, bool]], max_order: int = 2
@@ -380,15 +359,15 @@ def average_bleu(data: Translation, sources: dict[str, tuple[Translator, bool]],
     """Mean over languages of each language's corpus BLEU (points, n-grams up to ``max_order``), each language
     translated by its source (a translator and whether its module, rather than the whole model, is used): the
     paper's "Avg. BLEU". Per-language BLEU-4 is added under ``"<lang>/bleu4"``."""
-    used = [t.modules.metadata for t, as_module in sources.values() if as_module and t.modules is not None]
+    used = [t.modules.meta for t, as_module in sources.values() if as_module and t.modules is not None]
     if used:
-        check_composable(used)
+        reuse.check_same_inputs(used)
     per = {}
     for lang, (t, as_module) in sources.items():
         te = data.only("test", [lang])
-        refs, hyps = runner.token_lists(te.y), runner.token_lists(translate(t, lang, te.x, as_module))
-        per[lang] = runner.corpus_bleu(refs, hyps, max_order)
-        per[f"{lang}/bleu4"] = runner.corpus_bleu(refs, hyps, 4)
+        refs, hyps = metrics.token_lists(te.y), metrics.token_lists(translate(t, lang, te.x, as_module))
+        per[lang] = metrics.bleu_points(refs, hyps, max_order)
+        per[f"{lang}/bleu4"] = metrics.bleu_points(refs, hyps, 4)
     return float(np.mean([v for k, v in per.items() if "/" not in k])), per
 
 
@@ -421,15 +400,15 @@ def translation_rows(data: Translation, cell: str, deep_layers: int, units: int,
     return out, shallow
 
 
-def corrupt(a: Arrays, language: str, fraction: float, seed: int) -> Arrays:
+def corrupt(a: SequenceSplit, language: str, fraction: float, seed: int) -> SequenceSplit:
     """Faulty data: ``fraction`` of ``language``'s pairs get another pair's target (shuffled among them)."""
-    rows = np.flatnonzero(a.module_label == LANGUAGES.index(language))
+    rows = np.flatnonzero(a.group == LANGUAGES.index(language))
     rng = np.random.default_rng(seed)
     picked = rng.permutation(rows)[: int(round(fraction * len(rows)))]
-    y, valid = a.y.copy(), a.valid.copy()
+    y, valid = a.y.copy(), a.y_valid.copy()
     shuffled = rng.permutation(picked)
-    y[picked], valid[picked] = a.y[shuffled], a.valid[shuffled]
-    return Arrays(a.x, y, valid, a.module_label)
+    y[picked], valid[picked] = a.y[shuffled], a.y_valid[shuffled]
+    return SequenceSplit(a.x, y, valid, a.group)
 
 
 def motivating(data: Translation, cell: str, original: Translator, layers: int, units: int, seed: int, epochs: int,

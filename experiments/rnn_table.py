@@ -25,13 +25,14 @@ from absl import app, flags
 from tqdm.auto import tqdm
 
 from experiments.common import append_jsonl_rows, parse_json_object, read_jsonl_rows, write_json_atomic
-from experiments.runners.rnn import RnnRun, train_and_measure
-from jaxmod import metrics
+from experiments.pipeline_rnn import RnnRun, decompose_and_measure, train_model
+from jaxmod import report
 from jaxmod.approaches.rnn import RnnDecomposition
 from jaxmod.models.recurrent import CELLS, SHAPES
 
 FLAGS = flags.FLAGS
-# --gates and --max_remove come from the rnn runner's flags (imported above).
+flags.DEFINE_enum("gates", "hidden", ["hidden", "own"], "Cut gates by the hidden state or each by its own.")
+flags.DEFINE_float("max_remove", 0.2, "Removal cap per layer (fraction of units; the paper's 20%).")
 flags.DEFINE_list("table_layers", ["1", "2"], "Recurrent layer counts (1-4).")
 flags.DEFINE_list("table_cells", list(CELLS), "Cells.")
 flags.DEFINE_list("table_shapes", list(SHAPES), "Input-output shapes.")
@@ -102,16 +103,17 @@ def measure(shape: str, cell: str, layers: int) -> list[dict[str, Any]]:
     modes = tuple(label for label, _, _ in variants)
     approaches = [RnnDecomposition.for_shape(shape, mode=m, gates=FLAGS.gates, max_remove=cap)
                   for _, m, cap in variants]
-    out = train_and_measure(cfg, approaches)
-    std = out["standard"]
+    trained = train_model(cfg, approaches)
+    std = trained.standard
+    measured = [decompose_and_measure(a, trained, cfg.eval_batch_size, seed=cfg.seed) for a in approaches]
     rows = []
-    for mode, m in zip(modes, out["measured"], strict=True):
-        row = {"shape": shape, "dataset": out["dataset"].name, "cell": cell, "layers": layers, "mode": mode,
+    for mode, m in zip(modes, measured, strict=True):
+        row = {"shape": shape, "dataset": trained.data.dataset.name, "cell": cell, "layers": layers, "mode": mode,
                "standard_accuracy": std["test_accuracy"], "composed_accuracy": m["accuracy"],
                "cost_points": 100 * (m["accuracy"] - std["test_accuracy"]), "jaccard": m["mean_jaccard"],
                "train_seconds": std["train_seconds"], "decompose_seconds": m["decompose_seconds"]}
         if "bleu" in m:
-            for lang in out["dataset"].groups:
+            for lang in trained.data.dataset.groups:
                 row[f"bleu_standard_{lang}"] = std["bleu"][lang]
                 row[f"bleu_composed_{lang}"] = m["bleu"][lang]
             row["bleu_standard"], row["bleu_composed"] = std["bleu"]["all"], m["bleu"]["all"]
@@ -201,7 +203,7 @@ def plot_cost_vs_size(rows: list[dict[str, Any]], path: str) -> None:
         xs, ys = groups.setdefault(f"{r['shape']} {r['mode']}", ([], []))
         xs.append(r["jaccard"])
         ys.append(r["cost_points"])
-    metrics.scatter_plot_png(groups, path, xlabel="module-model Jaccard index (module size)",
+    report.scatter_plot_png(groups, path, xlabel="module-model Jaccard index (module size)",
                              ylabel="cost, points (translation: BLEU-4)",
                              title="Decomposition cost against module size")
 
@@ -220,7 +222,7 @@ def main(argv: list[str]) -> None:
     done = {(r["shape"], r["cell"], r["layers"]) for r in rows}
     grid = [(s, c, n) for s in shapes for c in cells for n in layers if (s, c, n) not in done]
     start = time.perf_counter()
-    for shape, cell, n in tqdm(grid, desc="models", disable=not FLAGS.progress):
+    for shape, cell, n in tqdm(grid, desc="models", disable=None if FLAGS.progress else True):
         new = measure(shape, cell, n)
         append_jsonl_rows(jsonl, new)
         rows += new

@@ -4,10 +4,10 @@ base model once per learning rate and vote on the validation split (never the te
     python -m experiments.supermask_score_lr --base_run=runs/supermask_tables/t1_fc4_mnist --dataset=mnist \
         --score_lrs=0.1,1.0 --out=experiments/results/supermask/score_lr_fc4_mnist
 
-``--base_run`` is the work directory of an ``experiments.modularize --approach=supermask`` run: its saved module
-set carries the frozen base variables and architecture. Writes ``<out>.md`` / ``<out>.csv`` with, per learning
-rate, the validation voting accuracy, the mean balanced accuracy of the modules, the per-epoch cross-entropy, the
-mean Jaccard index and two-class RPs.
+``--base_run`` is the work directory of an ``experiments.modularize --config=experiments/configs/supermask.py``
+run: its saved module set carries the frozen base variables and architecture. Writes ``<out>.md`` / ``<out>.csv``
+with, per learning rate, the validation voting accuracy, the mean balanced accuracy of the modules, the per-epoch
+cross-entropy, the mean Jaccard index and two-class RPs.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from jaxmod import checkpoint
 from jaxmod.approaches import supermask as sm
 from jaxmod.compose import build_model
 from jaxmod.data import load_dataset
+from jaxmod.metrics.modules import element_statistics
+from jaxmod.running import module_outputs
 from jaxmod.voting import voting_accuracy
 
 FLAGS = flags.FLAGS
@@ -56,20 +58,14 @@ def evaluate_lr(model: Any, variables: Any, ds: Any, score_lr: float) -> dict[st
     """Co-train every module at ``score_lr`` and measure it on the validation split."""
     approach = sm.Supermask(epochs=FLAGS.module_epochs, score_lr=score_lr, graft_lr=FLAGS.graft_lr, alpha=FLAGS.alpha)
     start = time.perf_counter()
-    x, y = ds.train.x, ds.train.y
-    state, history = approach.train_modules(model, variables, x, y, ds.num_classes)
-    masks = sm.hard_masks(state.scores, approach.k)
-    heads = {"graft": state.graft}
-    if sm.uses_batch_statistics(variables, approach.batch_norm):
-        heads["batch_stats"] = sm.module_batch_stats(model, variables, masks, x,
-                                                     approach.batch_order(len(x), approach.epochs))
-    confidences = np.asarray(sm.module_confidences(model, variables, masks, heads, ds.val.x))
-    pairs = sm.pair_statistics(masks)
+    dec = approach.decompose(model, variables, ds.train.x, ds.train.y, ds.num_classes)
+    confidences = module_outputs(model, variables, dec.modules, ds.val.x)
+    pairs = element_statistics(dec.modules.weights)
+    ce = dec.statistics["cross_entropy"]
     return {"score_lr": score_lr, "val_voting_accuracy": float(voting_accuracy(confidences, ds.val.y)),
             "val_mean_balanced_accuracy": float(balanced_accuracies(confidences, ds.val.y).mean()),
-            "first_epoch_ce": float(np.mean(history["epochs"][0]["cross_entropy"])),
-            "last_epoch_ce": float(np.mean(history["epochs"][-1]["cross_entropy"])),
-            "mean_jaccard": float(pairs["mean_jaccard"]), "two_class_rps": float(pairs["two_class_rps_mean"]),
+            "first_epoch_ce": float(np.mean(ce[0])), "last_epoch_ce": float(np.mean(ce[-1])),
+            "mean_jaccard": float(pairs["mean_jaccard"]), "two_class_rps": float(pairs["two_class_union_mean"]),
             "seconds": time.perf_counter() - start}
 
 
@@ -81,13 +77,13 @@ def main(argv: list[str]) -> None:
     if not os.path.isdir(modules_dir):
         raise app.UsageError(f"--base_run: no saved module set at {modules_dir}")
     modules, variables = checkpoint.restore_modules(modules_dir)
-    if modules.metadata.approach != "supermask":
-        raise app.UsageError(f"--base_run holds {modules.metadata.approach!r} modules, not supermask ones")
+    if modules.meta.approach != "supermask":
+        raise app.UsageError(f"--base_run holds {modules.meta.approach!r} modules, not supermask ones")
     model = build_model(modules)
     ds = load_dataset(FLAGS.dataset, train_limit=FLAGS.train_limit, seed=FLAGS.seed)
     rows = [evaluate_lr(model, variables, ds, lr) for lr in lrs]
     best = max(rows, key=lambda r: r["val_voting_accuracy"])
-    title = f"Supermask score learning rate on the validation split ({modules.metadata.model_name}, {FLAGS.dataset})"
+    title = f"Supermask score learning rate on the validation split ({modules.meta.model_name}, {FLAGS.dataset})"
     notes = (f"Best validation voting accuracy: score lr {best['score_lr']}. Validation split only ({len(ds.val.x)} "
              f"images); {len(ds.train.x)} training images, {FLAGS.module_epochs} co-training epochs.")
     md = write_rows_tables(FLAGS.out, rows, title, notes, "experiments.supermask_score_lr")

@@ -3,8 +3,8 @@ r"""Tables 1 and 2 of Kingetsu et al. on our runs (supermask decomposition), as 
     python -m experiments.supermask_tables --table=all --runs_dir=runs/supermask_tables \
         --out_dir=experiments/results/supermask
 
-Every cell is one ``python -m experiments.modularize --approach=supermask ...`` run (its command is in the
-Markdown and in ``RUN/command.txt``); a run whose ``results.json`` exists with the same command is reused.
+Every cell is one ``python -m experiments.modularize --config=experiments/configs/supermask.py ...`` run (its command
+is in the Markdown and in ``RUN/command.txt``); a run whose ``results.json`` exists with the same command is reused.
 
 * Table 1: mean Jaccard index of the modules and accuracy of the recomposed model of all modules (voting),
   module stemming at k = 10%, alpha 1, FC1-FC4 on MNIST and Fashion-MNIST, beside the paper's figures and,
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from jaxmod import metrics
+from jaxmod import report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("table", "all", ["all", "1", "2"], "Which table to produce.")
@@ -69,17 +69,20 @@ def run_command(workdir: str, model: str, dataset: str, module_epochs: int, *, s
                 stemming: bool = True, score_seed: int = 0, time_single: bool = False,
                 score_lr: float | None = None) -> list[str]:
     """The ``experiments.modularize`` command of one cell (``score_lr`` None: the runner's default)."""
-    cmd = [sys.executable, "-m", "experiments.modularize", "--approach=supermask", f"--model={model}",
-           f"--dataset={dataset}", "--k=0.1", "--alpha=1.0", f"--epochs={FLAGS.epochs}",
-           f"--module_epochs={module_epochs}", f"--share_init={str(share_init).lower()}",
-           f"--stemming={str(stemming).lower()}", f"--score_seed={score_seed}", f"--num_subtasks={FLAGS.num_subtasks}",
-           f"--time_single_module={str(time_single).lower()}", "--progress=false", f"--workdir={workdir}"]
+    cmd = [sys.executable, "-m", "experiments.modularize", "--config=experiments/configs/supermask.py",
+           f"--config.model={model}", f"--config.dataset={dataset}", "--config.options.k=0.1",
+           "--config.options.alpha=1.0", f"--config.train.epochs={FLAGS.epochs}",
+           f"--config.options.epochs={module_epochs}", f"--config.options.share_init={str(share_init).lower()}",
+           f"--config.options.stemming={str(stemming).lower()}", f"--config.options.seed={score_seed}",
+           f"--config.reuse.num_subtasks={FLAGS.num_subtasks}",
+           f"--config.extras.time_single_module={str(time_single).lower()}", "--config.progress=false",
+           f"--workdir={workdir}"]
     if score_lr is not None:
-        cmd.append(f"--score_lr={score_lr:g}")
+        cmd.append(f"--config.options.score_lr={score_lr:g}")
     if FLAGS.train_limit:
-        cmd.append(f"--train_limit={FLAGS.train_limit}")
+        cmd.append(f"--config.train_limit={FLAGS.train_limit}")
     if FLAGS.test_limit:
-        cmd.append(f"--test_limit={FLAGS.test_limit}")
+        cmd.append(f"--config.test_limit={FLAGS.test_limit}")
     return cmd
 
 
@@ -171,7 +174,7 @@ def write_table(name: str, rows: list[dict[str, Any]], title: str, commands: Seq
     os.makedirs(FLAGS.out_dir, exist_ok=True)
     program = shlex.join(["python", "-m", "experiments.supermask_tables", *sys.argv[1:]])
     body = [f"# {title}", "", "Produced by:", "", "```", program, "```", "", notes, "",
-            metrics.markdown_table(rows, floatfmt=".4f"), "", "Runs (one `experiments.modularize` call each):", "",
+            report.markdown_table(rows, floatfmt=".4f"), "", "Runs (one `experiments.modularize` call each):", "",
             "```", *commands, "```", ""]
     with open(os.path.join(FLAGS.out_dir, f"{name}.md"), "w") as f:
         f.write("\n".join(body))
@@ -179,7 +182,7 @@ def write_table(name: str, rows: list[dict[str, Any]], title: str, commands: Seq
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
-    print(metrics.summary_table(rows, floatfmt=".4f"))
+    print(report.summary_table(rows, floatfmt=".4f"))
 
 
 def make_table1() -> None:
@@ -228,7 +231,7 @@ def make_table2() -> None:
     curves = {f"sharing {'on' if s else 'off'}, stemming {'on' if t else 'off'}":
               np.mean([r["modules"]["rps"]["two_class_per_epoch"] for r in runs], axis=0)
               for (s, t), runs in results.items()}
-    metrics.line_plot_png(epochs, curves, os.path.join(FLAGS.out_dir, "table2_rps_per_epoch.png"),
+    report.line_plot_png(epochs, curves, os.path.join(FLAGS.out_dir, "table2_rps_per_epoch.png"),
                           xlabel="module epoch", ylabel="two-class RPs (mean over pairs and trials)",
                           title="FC1 / MNIST, alpha 1, k 10%")
 

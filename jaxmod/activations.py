@@ -39,9 +39,10 @@ def _stack_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> tuple[np.nd
     pad = (-n) % batch_size
     valid = np.concatenate([np.ones(n, bool), np.zeros(pad, bool)])
     x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-    y = np.concatenate([y, np.zeros(pad, y.dtype)]) if pad else y
+    y = np.concatenate([y, np.zeros((pad, *y.shape[1:]), y.dtype)]) if pad else y
     nb = len(x) // batch_size
-    return (x.reshape(nb, batch_size, *x.shape[1:]), y.reshape(nb, batch_size), valid.reshape(nb, batch_size))
+    return (x.reshape(nb, batch_size, *x.shape[1:]), y.reshape(nb, batch_size, *y.shape[1:]),
+            valid.reshape(nb, batch_size))
 
 
 def scan_dataset(batch_fn: Callable, init: Any, x: np.ndarray, y: np.ndarray, batch_size: int,
@@ -108,11 +109,12 @@ def _map_logits(model, variables, xs):
 
 def predict_logits(model: nn.Module, variables: Mapping[str, Any], x: np.ndarray,
                    batch_size: int = 512) -> np.ndarray:
-    """Eval-mode logits for every sample of ``x``, batched inside one jit (``lax.map``)."""
+    """Eval-mode logits ``[N, (T,) C]`` for every sample of ``x``, batched inside one jit (``lax.map``)."""
     x = np.asarray(x)
     check_inputs(model, variables, x)
     xs, _, _ = _stack_batches(x, np.zeros(len(x), np.int32), batch_size)
-    return np.asarray(_map_logits(model, variables, xs)).reshape(-1, model.num_classes)[: len(x)]
+    out = np.asarray(_map_logits(model, variables, xs))
+    return out.reshape(-1, *out.shape[2:])[: len(x)]
 
 
 def activation_rates(counts: Mapping[str, jax.Array], totals: jax.Array) -> dict[str, np.ndarray]:

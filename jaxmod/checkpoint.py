@@ -44,7 +44,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 import jaxmod
-from jaxmod.modules import ModuleMetadata, ModuleSet
+from jaxmod.modules import FORMAT_VERSION, GRANULARITIES, ModuleMeta, ModuleSet, check_source, fingerprint
 
 __all__ = [
     "MANIFEST_FILE",
@@ -527,44 +527,81 @@ def restore_model(directory: PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def save_modules(directory: PathLike, modules: ModuleSet, variables: Mapping[str, Any], *,
                  overwrite: bool = False) -> None:
-    """Saves a module set together with its source model's variables (self-contained for composition)."""
+    """Saves a module set with the variables it was decomposed from (self-contained for composition).
+
+    ``ValueError`` before anything is written when the set breaks its conventions or ``variables`` are not
+    the model the modules were decomposed from (their fingerprint is in the set's metadata).
+    """
     if not isinstance(modules, ModuleSet):
         raise TypeError(f"modules must be a ModuleSet, got {type(modules).__name__}")
+    modules.validate()
     _check_variables(variables)
-    metadata = {
-        "kind": "modules",
-        "library_version": jaxmod.__version__,
-        "modules": _json_metadata(modules.metadata.to_json(), "module metadata"),
-    }
-    tree = {"masks": _nest_group_names(modules), "variables": variables}
-    if modules.heads is not None:
-        tree["heads"] = modules.heads
+    check_source(modules, variables)
+    kind = modules.granularity
+    masks = modules.masks
+    if kind == "weights":
+        masks = traverse_util.unflatten_dict(
+            {k: v for k, v in traverse_util.flatten_dict(dict(masks)).items() if v is not None})
+    else:
+        masks = traverse_util.unflatten_dict(dict(masks), sep="/")
+    tree = {kind: masks, "variables": variables}
+    for part in ("head", "state"):
+        if getattr(modules, part) is not None:
+            tree[part] = getattr(modules, part)
+    metadata = {"kind": "modules", "format_version": FORMAT_VERSION, "library_version": jaxmod.__version__,
+                "modules": _json_metadata(modules.meta.to_json(), "module metadata")}
     save_tree(directory, tree, metadata, overwrite=overwrite)
 
 
-def _nest_group_names(modules: ModuleSet) -> Any:
-    """Unit masks are keyed by '/'-joined group paths; store them as the nested tree they name."""
-    if modules.metadata.granularity != "unit":
-        return modules.masks
-    return traverse_util.unflatten_dict(dict(modules.masks), sep="/")
-
-
 def restore_modules(directory: PathLike) -> tuple[ModuleSet, dict[str, Any]]:
-    """``(modules, variables)`` from :func:`save_modules`."""
+    """``(modules, variables)`` from :func:`save_modules`.
+
+    Modules saved in format version 1 (jaxmod before the one-module-type redesign) restore when they are
+    unit masks without heads (MODA, MwT); any other version-1 set is refused with a message naming it.
+    """
     path = _path(directory)
     tree, metadata = restore_tree(path)
     _check_kind(path, metadata, "modules", ("modules",))
-    if set(tree) not in ({"masks", "variables"}, {"masks", "variables", "heads"}):
-        raise ValueError(f"checkpoint {path}: expected 'masks', 'variables' (and 'heads'), found {sorted(tree)}")
+    version = metadata.get("format_version", 1)
     try:
-        module_metadata = ModuleMetadata.from_json(metadata["modules"])
-        masks = tree["masks"]
-        if module_metadata.granularity == "unit":
-            masks = traverse_util.flatten_dict(masks, sep="/")
-        modules = ModuleSet(masks=masks, metadata=module_metadata, heads=tree.get("heads"))
+        if version == 1:
+            return _restore_version_1(path, tree, metadata)
+        if version != FORMAT_VERSION:
+            raise ValueError(f"module format version {version!r} is not one this jaxmod ({jaxmod.__version__}) "
+                             f"reads (version {FORMAT_VERSION})")
+        kinds = [k for k in GRANULARITIES if k in tree]
+        extra = set(tree) - {*GRANULARITIES, "head", "state", "variables"}
+        if len(kinds) != 1 or "variables" not in tree or extra:
+            raise ValueError(f"expected one of {GRANULARITIES}, 'variables' (and 'head', 'state'), "
+                             f"found {sorted(tree)}")
+        kind = kinds[0]
+        if kind == "weights":
+            flat_masks = traverse_util.flatten_dict(tree[kind])
+            masks = traverse_util.unflatten_dict(
+                {p: flat_masks.get(p) for p in traverse_util.flatten_dict(tree["variables"]["params"])})
+        else:
+            masks = traverse_util.flatten_dict(tree[kind], sep="/")
+        modules = ModuleSet(**{kind: masks}, head=tree.get("head"), state=tree.get("state"),
+                            meta=ModuleMeta.from_json(metadata["modules"])).validate()
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"checkpoint {path}: invalid module set ({type(e).__name__}: {e})") from e
     return modules, tree["variables"]
+
+
+def _restore_version_1(path: Path, tree: dict[str, Any], metadata: dict[str, Any]) -> tuple[ModuleSet, dict]:
+    """Format version 1: ``masks`` + ``granularity`` + optional ``heads``. Unit masks without heads convert."""
+    old = dict(metadata["modules"])
+    if old.get("granularity") != "unit" or "heads" in tree or set(tree) != {"masks", "variables"}:
+        raise ValueError(f"checkpoint {path} holds {old.get('approach')!r} modules of granularity "
+                         f"{old.get('granularity')!r} in module format version 1, which this jaxmod "
+                         f"({jaxmod.__version__}, format version {FORMAT_VERSION}) does not convert; decompose again")
+    meta = ModuleMeta(approach=old["approach"], model_name=old["model_name"], model_config=old["model_config"],
+                      input_shape=tuple(old["input_shape"]), num_classes=old["num_classes"],
+                      classes=tuple(old["classes"]), approach_config=old.get("extra", {}),
+                      dataset=old.get("dataset", ""), library_version=old.get("library_version", ""),
+                      source=fingerprint(tree["variables"]))
+    units = traverse_util.flatten_dict(tree["masks"], sep="/")
+    return ModuleSet(units=units, meta=meta).validate(), tree["variables"]
 
 
 # ---------------------------------------------------------------------------
@@ -686,6 +723,15 @@ class RunCheckpointer:
         problem = _finalisation_problem(step_path)
         if problem is not None:
             raise RuntimeError(f"orbax returned but step {step} {problem}")
+
+    def metadata(self, step: int) -> dict[str, Any]:
+        """The JSON metadata saved with ``step``, read without restoring any array (check a run's identity
+        before restoring a state that may have other shapes)."""
+        step_path = self._step_path(int(step))
+        problem = _finalisation_problem(step_path)
+        if problem is not None:
+            raise ValueError(f"cannot read step {step} of {self.directory}: {step_path.name} {problem}")
+        return _read_json(step_path / _METADATA / _JSON_FILE, f"checkpoint {step_path}: metadata item")
 
     def restore(self, step: int, like: Any) -> tuple[Any, dict[str, Any]]:
         """``(state, metadata)`` of ``step``, restored into the structure, shapes and dtypes of ``like``.

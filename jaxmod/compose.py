@@ -1,12 +1,21 @@
-"""Composition: a physically smaller model for any subset of classes, from a module set.
+"""Composition: a model for any subset of classes from a module set, by merging or by voting.
 
-Unit-granularity modules from one model are merged by OR-ing the chosen classes' unit masks
-layer by layer and slicing the parameter tree (MODA's reuse without fine-tuning); the result
-outputs logits for the chosen classes only, in the order given.
+Two ways, one call (:func:`compose`):
+
+* **merge** (MODA's reuse without fine-tuning, and any unit-mask modules without a time axis): the
+  chosen classes' unit masks are OR-ed layer by layer and the parameter tree is sliced, giving a
+  physically smaller model (:class:`SlicedModel`) whose logits are the chosen classes', in order.
+* **vote** (modules with a head, or masks that cannot be sliced: positions, weights, unrolled recurrent
+  units): each module runs with its own masks and head and scores "my class"; the composed prediction
+  is the most confident module's class (:class:`VotingModel`).
+
+Both return a callable ``composed(x) -> float[B, ..., k]`` over the chosen classes (logits, or the
+modules' confidences), whose argmax is the composed prediction.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,81 +27,132 @@ import numpy as np
 from flax import traverse_util
 
 from jaxmod.models import create_model, model_config
-from jaxmod.modules import ModuleSet, as_hashable, check_compatible
-from jaxmod.topology import SlicedModel, check_class_list, resolve_topology, slice_model
+from jaxmod.modules import ModuleSet, as_hashable, check_class_list, check_compatible, check_source
+from jaxmod.running import apply_weight_mask, module_outputs, module_rows, one_module_output
+from jaxmod.topology import SlicedModel, Topology, slice_model, topology_for_groups
+
+HOW = ("merge", "vote")
 
 
 def build_model(modules: ModuleSet) -> nn.Module:
-    """The full model the modules were decomposed from, rebuilt from their metadata."""
-    meta = modules.metadata
+    """The full model the modules were decomposed from, rebuilt from their metadata (zoo models)."""
+    meta = modules.meta
+    if meta.model_name is None:
+        raise ValueError("the modules come from a model the zoo does not build; pass it as model=...")
     return create_model(meta.model_name, meta.num_classes, **as_hashable(dict(meta.model_config)))
 
 
 @functools.lru_cache(maxsize=64)
-def _param_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict:
-    expected = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *input_shape)), train=False))
+def _param_shapes(model: nn.Module, input_shape: tuple[int, ...], dtype: str) -> dict:
+    sample = jnp.zeros((1, *input_shape), dtype)
+    expected = jax.eval_shape(lambda: model.init(jax.random.key(0), sample, train=False))
     return {k: v.shape for k, v in traverse_util.flatten_dict(dict(expected.get("params", {}))).items()}
 
 
-def check_variables_fit(model: nn.Module, variables: Mapping[str, Any], input_shape: Sequence[int]) -> None:
+def check_variables_fit(model: nn.Module, variables: Mapping[str, Any], input_shape: Sequence[int],
+                        dtype: str = "float32") -> None:
     """``ValueError`` when ``variables`` are not shaped like ``model``'s (another configuration)."""
-    want = _param_shapes(model, tuple(int(d) for d in input_shape))
-    have = {k: np.shape(v) for k, v in traverse_util.flatten_dict(dict(variables.get("params", {}))).items()}
+    if not isinstance(variables, Mapping) or "params" not in variables:
+        raise ValueError("variables must be a mapping of collections that includes 'params'")
+    want = _param_shapes(model, tuple(int(d) for d in input_shape), dtype)
+    have = {k: np.shape(v) for k, v in traverse_util.flatten_dict(dict(variables["params"])).items()}
     if want != have:
         diff = sorted(set(want.items()) ^ set(have.items()), key=str)[:4]
         raise ValueError(f"the variables do not fit {type(model).__name__} {model_config(model)}: e.g. {diff}")
 
 
-def compose(modules: ModuleSet, variables: Mapping[str, Any], classes: Sequence[int], *,
-            model: nn.Module | None = None, model_name: str | None = None) -> SlicedModel:
-    """A sliced model for ``classes`` from unit-granularity ``modules`` of the model ``variables`` hold.
+def source_model(modules: ModuleSet, variables: Mapping[str, Any], model: nn.Module | None = None) -> nn.Module:
+    """The model the modules run on, checked against their metadata and ``variables`` before any work."""
+    modules.validate()
+    meta = modules.meta
+    full = build_model(modules) if model is None else model
+    if model is not None:
+        check_compatible(meta, model_name=meta.model_name, model_config=model_config(model),
+                         input_shape=meta.input_shape, num_classes=int(model.num_classes))
+        if meta.model_name is not None and type(model) is not type(build_model(modules)):
+            raise ValueError(f"modules come from a {type(build_model(modules)).__name__}, not a {type(model).__name__}")
+    check_variables_fit(full, variables, meta.input_shape, meta.input_dtype)
+    check_source(modules, variables)
+    return full
 
-    ``model``/``model_name``, when given, must be the model the modules came from; a different
-    name or configuration raises ``ValueError`` before any work.
+
+def how_modules_compose(modules: ModuleSet) -> str:
+    """``"vote"`` for modules with a head or masks that do not slice, else ``"merge"``."""
+    if modules.votes or modules.granularity != "units" or modules.time_axis:
+        return "vote"
+    return "merge"
+
+
+@dataclasses.dataclass(frozen=True)
+class VotingModel:
+    """Modules of ``classes`` that vote: ``model`` with ``variables`` (weights outside the union of the
+    modules' weight masks zeroed: the deployed subnetwork), run once per module with its own masks and head.
+
+    ``voter(x)`` gives ``float[B, ..., k]``: module i's confidence that each sample (step) is ``classes[i]``.
     """
-    meta = modules.metadata
-    if meta.granularity != "unit":
-        raise ValueError(f"merging by slicing needs unit-granularity modules, these are {meta.granularity!r}")
-    classes = check_class_list(classes, meta.classes)
-    if model is not None or model_name is not None:
-        check_compatible(meta, model_name=model_name or meta.model_name,
-                         model_config=model_config(model) if model is not None else meta.model_config,
-                         input_shape=meta.input_shape, num_classes=getattr(model, "num_classes", meta.num_classes))
-    full = build_model(modules)
-    if model is not None and type(model) is not type(full):
-        raise ValueError(f"modules come from a {type(full).__name__}, not a {type(model).__name__}")
-    check_variables_fit(full, variables, meta.input_shape)
-    topology = resolve_topology(full, meta.input_shape)
-    return slice_model(full, topology, variables, modules.union(classes), classes)
+
+    model: nn.Module
+    variables: Mapping[str, Any]
+    modules: ModuleSet
+    classes: tuple[int, ...]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return _vote_fn(self.model)(dict(self.variables), module_rows(self.modules),
+                                    jnp.asarray(self.classes, jnp.int32), jnp.asarray(x))
+
+    def confidences(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """``float[k, N, ...]`` over a whole dataset, in one jitted scan."""
+        return module_outputs(self.model, self.variables, self.modules, x, batch_size=batch_size)
+
+    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """The voted class of every sample (step)."""
+        conf = self.confidences(x, batch_size)
+        return np.asarray(self.classes)[np.argmax(conf, axis=0)]
 
 
-def sample_subtasks(num_classes: int, count: int, *, min_size: int = 2, max_size: int = 9,
-                    seed: int = 0) -> list[tuple[int, ...]]:
-    """``count`` distinct random sub-tasks (sorted class tuples) of ``min_size``..``max_size`` classes."""
-    max_size = min(max_size, num_classes)
-    if not 1 <= min_size <= max_size:
-        raise ValueError(f"sub-task sizes must satisfy 1 <= min_size <= max_size <= {num_classes}")
-    if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
-    rng = np.random.default_rng(seed)
-    seen: dict[tuple[int, ...], None] = {}
-    for _ in range(100 * count):
-        size = int(rng.integers(min_size, max_size + 1))
-        seen.setdefault(tuple(sorted(int(c) for c in rng.choice(num_classes, size, replace=False))), None)
-        if len(seen) == count:
-            return list(seen)
-    raise ValueError(f"could not draw {count} distinct sub-tasks of {min_size}..{max_size} of {num_classes} classes")
+@functools.lru_cache(maxsize=64)
+def _vote_fn(model: nn.Module):
+    @jax.jit
+    def run(variables, rows, classes, x):
+        conf = jax.vmap(lambda m, c: one_module_output(model, variables, m, c, x))(rows, classes)
+        return jnp.moveaxis(conf, 0, -1)
+
+    return run
 
 
-def subtask_samples(y: np.ndarray, classes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the samples of ``classes`` and their labels as positions in ``classes``."""
-    y = np.asarray(y)
-    classes = check_class_list(classes, None)
-    if y.size == 0 or not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
-        raise ValueError("labels must be a non-empty array of non-negative integers")
-    lookup = np.full(max(int(y.max()), max(classes)) + 1, -1, np.int64)
-    lookup[list(classes)] = np.arange(len(classes))
-    index = np.flatnonzero(lookup[y] >= 0)
-    if len(index) == 0:
-        raise ValueError(f"no samples of classes {list(classes)}")
-    return index, lookup[y[index]].astype(np.int32)
+def compose(modules: ModuleSet, variables: Mapping[str, Any], classes: Sequence[int], *, how: str | None = None,
+            model: nn.Module | None = None) -> SlicedModel | VotingModel:
+    """A model for ``classes`` from ``modules`` of the model whose ``variables`` they were decomposed from.
+
+    ``how``: ``"merge"`` (slice the union of unit masks: a smaller model), ``"vote"`` (the modules vote), or
+    ``None`` for the modules' own way (:func:`how_modules_compose`: voting for modules with a head or masks
+    that cannot be sliced). ``model``, when given, must be the model the modules came from (required for a
+    model outside the zoo). ``ValueError`` before any work for modules of another model, variables of
+    another model or another training run, or an unknown, repeated or empty class list.
+    """
+    if how not in (None, *HOW):
+        raise ValueError(f"how must be one of {HOW} or None, got {how!r}")
+    full = source_model(modules, variables, model)
+    classes = check_class_list(classes, modules.meta.classes)
+    how = how or how_modules_compose(modules)
+    if how == "merge":
+        if modules.granularity != "units" or modules.time_axis:
+            raise ValueError(f"merging slices unit masks without a time axis; these modules have "
+                             f"{modules.granularity}{' with a time axis' if modules.time_axis else ''}: vote instead")
+        topology = module_topology(full, modules)
+        unsliceable = sorted(set(modules.units) - set(topology.sizes))
+        if unsliceable:
+            raise ValueError(f"merging slices the model's unit groups; these modules also mask {unsliceable}, which "
+                             "slicing cannot remove (e.g. single gate units): vote instead")
+        return slice_model(full, topology, variables, modules.union(classes), classes)
+    chosen = modules.select(classes)
+    deployed = dict(variables)
+    if chosen.weights is not None:
+        deployed["params"] = apply_weight_mask(variables["params"], modules.union(classes))
+    return VotingModel(full, deployed, chosen, classes)
+
+
+def module_topology(model: nn.Module, modules: ModuleSet) -> Topology:
+    """The unit topology the modules' unit masks index, read from their group names (MwT's kernel sets
+    inside residual sums are groups of their own, see :func:`jaxmod.topology.topology_for_groups`)."""
+    return topology_for_groups(model, modules.meta.input_shape, tuple(modules.units))

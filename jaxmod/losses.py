@@ -95,6 +95,19 @@ def cross_entropy_loss() -> LossFn:
     return loss_fn
 
 
+def masked_cross_entropy_loss() -> LossFn:
+    """Cross-entropy over the labelled steps only: labels below 0 (padded output steps) are not scored."""
+
+    def loss_fn(logits, activations, labels):
+        del activations
+        valid = labels >= 0
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+        loss = jnp.sum(ce * valid) / jnp.maximum(jnp.sum(valid), 1)
+        return loss, {}
+
+    return loss_fn
+
+
 def moda_loss(alpha: float = 1.0, beta: float = 1.0, gamma: float = 0.3,
               layers: Sequence[str] | None = None) -> LossFn:
     """MODA's Eq. 7: CE + alpha (1 - affinity) + beta dispersion + gamma compactness."""

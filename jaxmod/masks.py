@@ -37,9 +37,9 @@ def union_rows(stacked: MaskTree, rows: Any) -> MaskTree:
     return jax.tree.map(lambda m: jnp.any(m[rows], axis=0), stacked)
 
 
-def count(tree: MaskTree) -> int:
-    """Number of True entries over all leaves."""
-    return int(sum(int(jnp.sum(leaf)) for leaf in _leaves(tree)))
+def count(tree: MaskTree) -> jax.Array:
+    """Number of True entries over all leaves (an int32 scalar; jit-able)."""
+    return sum((jnp.sum(leaf, dtype=jnp.int32) for leaf in _leaves(tree)), jnp.zeros((), jnp.int32))
 
 
 @jax.jit
@@ -49,7 +49,8 @@ def _gram(leaf: jax.Array) -> jax.Array:
 
 
 def pairwise_intersections(stacked: MaskTree) -> np.ndarray:
-    """``I[i, j]`` = entries kept by both module i and module j; the diagonal is each size."""
+    """``I[i, j]`` = entries kept by both module i and module j; the diagonal is each size. Host: sums the
+    per-leaf Gram matrices in int64 NumPy, beyond int32's range for large models."""
     return np.sum([np.asarray(_gram(leaf), np.int64) for leaf in _leaves(stacked)], axis=0)
 
 

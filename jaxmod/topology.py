@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxmod.modules import check_class_list
 from jaxmod.taps import ACTIVATIONS, INDEX_MAPS, UNIT_MASKS
 
 Path = tuple[str, ...]
@@ -213,29 +214,6 @@ def check_keep(topology: Topology, keep: Mapping[str, Any], rows: tuple[int, ...
             raise ValueError(f"unit mask for {name!r} has shape {shape}, expected {(*rows, size)}")
 
 
-def check_class_list(classes: Any, available: Sequence[int] | None) -> tuple[int, ...]:
-    """The class list as a tuple of ints; ``ValueError`` if empty, not integers, repeated or unknown.
-
-    ``available=None`` accepts any non-negative class.
-    """
-    values = np.asarray(list(classes) if not isinstance(classes, np.ndarray) else classes).reshape(-1)
-    if values.size == 0:
-        raise ValueError("the class list is empty")
-    if not (np.issubdtype(values.dtype, np.integer) or np.all(np.mod(values.astype(float), 1) == 0)):
-        raise ValueError(f"class labels must be integers, got {values.tolist()}")
-    out = tuple(int(c) for c in values)
-    if len(set(out)) != len(out):
-        raise ValueError(f"the class list {list(out)} repeats a class")
-    if available is None:
-        unknown = [c for c in out if c < 0]
-    else:
-        unknown = [c for c in out if c not in set(int(a) for a in available)]
-    if unknown:
-        known = "non-negative integers" if available is None else list(available)
-        raise ValueError(f"unknown classes {unknown}: available classes are {known}")
-    return out
-
-
 def class_vector(topology: Topology, classes: Sequence[int] | np.ndarray) -> np.ndarray:
     """A bool[num_classes] vector from a list of class indices, validated."""
     vec = np.zeros(topology.num_classes, bool)
@@ -315,6 +293,10 @@ class SlicedModel:
     model: nn.Module
     variables: dict
     classes: tuple[int, ...]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """The logits of ``classes`` (in that order) for a batch ``x``."""
+        return self.model.apply(self.variables, x)
 
 
 def slice_variables(
@@ -411,3 +393,12 @@ def split_residual_producers(topology: Topology, splits: Sequence[tuple[str, str
         maps.append(IndexMapSpec(f"{group}_pad", source=group, target=parent))
     spec = TopologySpec(tuple(new_groups), topology.spec.output, tuple(maps))
     return dataclasses.replace(topology, spec=spec, sizes=sizes)
+
+
+def topology_for_groups(model: nn.Module, input_shape: Sequence[int], groups: Sequence[str]) -> Topology:
+    """The model's topology with the residual producer splits (``model.residual_splits()``) that ``groups``
+    name applied: masks keyed by a split group (MwT's ``<block>/conv2``) index the split topology."""
+    topology = resolve_topology(model, input_shape)
+    named = set(groups)
+    splits = [s for s in getattr(model, "residual_splits", lambda: ())() if s[0] in named]
+    return split_residual_producers(topology, splits) if splits else topology

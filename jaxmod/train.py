@@ -1,20 +1,27 @@
-"""Training: one jitted train step built from a loss function, evaluation, resumable fitting.
+"""Training: one loop for every model and objective, resumable, with explicit pytree state.
 
-State is an explicit pytree (:class:`TrainState`). :func:`fit` checkpoints it with orbax after
-every epoch and, when rerun on the same work directory, continues from the last complete
-checkpoint; shuffling depends only on (seed, epoch), so a resumed run ends with the same
-parameters as an uninterrupted one.
+:func:`fit_task` is the one training loop. It trains a :class:`TrainTask` (pure functions over an
+explicit state pytree: ``init``, ``run_epoch``, optionally ``evaluate``) for a number of epochs over
+batches whose order depends only on (seed, epoch), checkpoints the state with orbax after every epoch
+and, rerun on the same work directory, continues from the last complete epoch (so a resumed run ends
+exactly where an uninterrupted one does). Standard and modular training of images and sequences
+(:class:`ModelTask`, through :func:`fit`), MwT's reuse fine-tuning (best epoch on the validation split)
+and supermask co-training (its own task in :mod:`jaxmod.approaches.supermask`) are configurations of it.
+
+Labels below 0 are ignored by evaluation and by :func:`jaxmod.losses.masked_cross_entropy_loss`: padded
+output steps of sequence data carry -1.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import flax.linen as nn
 import jax
@@ -24,19 +31,23 @@ import optax
 from flax import struct
 from tqdm.auto import tqdm
 
-from jaxmod import metrics
 from jaxmod.activations import scan_dataset
 from jaxmod.checkpoint import RunCheckpointer
-from jaxmod.data import Dataset, batch_iterator, check_labels, epoch_seed, num_batches
+from jaxmod.data import epoch_seed
 from jaxmod.losses import LossFn
-from jaxmod.models import ACTIVATIONS, check_input_shape, check_inputs
+from jaxmod.metrics.accuracy import top_k_hits
+from jaxmod.models import ACTIVATIONS
 from jaxmod.modules import json_normal
 from jaxmod.topology import flat_activations
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("cosine", "constant")
+SELECT = ("last", "best_val")
 
 
 @struct.dataclass
 class TrainState:
-    """Everything training carries from step to step; a checkpointable pytree."""
+    """Everything model training carries from step to step; a checkpointable pytree."""
 
     step: jax.Array
     params: Any
@@ -51,7 +62,12 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings; defaults follow the papers (SGD, Nesterov 0.9, cosine, lr 0.05)."""
+    """Optimisation settings; defaults follow the papers (SGD, Nesterov 0.9, cosine, lr 0.05).
+
+    ``optimizer``: ``"sgd"`` (Nesterov momentum, the papers' recipe) or ``"adam"`` (the recurrent models, as
+    the paper's Keras models; and models plain SGD does not train). ``schedule``: ``"cosine"`` decay over all
+    steps or a ``"constant"`` learning rate.
+    """
 
     epochs: int = 5
     batch_size: int = 128
@@ -60,60 +76,76 @@ class TrainConfig:
     nesterov: bool = True
     weight_decay: float = 0.0
     seed: int = 0
+    optimizer: str = "sgd"
+    schedule: str = "cosine"
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.epochs, int) and self.epochs >= 1):
-            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
-        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
-            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
+                and self.learning_rate > 0):
+            raise ValueError(f"learning_rate must be a finite number > 0, got {self.learning_rate!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+
+    def identity(self) -> dict[str, Any]:
+        """The settings a resumed run must share (optimizer and schedule only where they differ from the
+        papers' SGD and cosine, so that runs written before they were settings resume)."""
+        out = dataclasses.asdict(self)
+        for name, default in (("optimizer", "sgd"), ("schedule", "cosine")):
+            if out[name] == default:
+                del out[name]
+        return out
 
 
-OPTIMIZERS = ("sgd", "adam")
-
-
-def make_optimizer(config: TrainConfig, steps_per_epoch: int, kind: str = "sgd") -> optax.GradientTransformation:
-    """The optimizer, with a cosine schedule over all training steps.
-
-    ``"sgd"``: SGD with Nesterov momentum (and ``config.weight_decay``), the papers' recipe. ``"adam"``:
-    Adam on the same schedule, for models plain SGD does not train (ResNet20 without batch norm).
-    """
-    if kind not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {kind!r}")
-    schedule = optax.cosine_decay_schedule(config.learning_rate, max(1, config.epochs * steps_per_epoch))
-    if kind == "adam":
-        opt = optax.adam(schedule)
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The optimizer ``config`` names, on its schedule over all ``config.epochs * steps_per_epoch`` steps."""
+    if config.schedule == "cosine":
+        rate = optax.cosine_decay_schedule(config.learning_rate, max(1, config.epochs * steps_per_epoch))
     else:
-        opt = optax.sgd(schedule, momentum=config.momentum or None, nesterov=config.nesterov and config.momentum > 0)
+        rate = config.learning_rate
+    if config.optimizer == "adam":
+        opt = optax.adam(rate)
+    else:
+        opt = optax.sgd(rate, momentum=config.momentum or None, nesterov=config.nesterov and config.momentum > 0)
     if config.weight_decay:
         return optax.chain(optax.add_decayed_weights(config.weight_decay), opt)
     return opt
 
 
-def init_state(model: nn.Module, input_shape: tuple[int, ...], optimizer: optax.GradientTransformation,
-               seed: int) -> TrainState:
-    """Fresh parameters (from ``seed``) and optimizer state."""
-    init_key, train_key = jax.random.split(jax.random.key(seed))
-    variables = model.init(init_key, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+def init_state(model: nn.Module, sample: Any, optimizer: optax.GradientTransformation, seed: int, *,
+               split_key: bool = True, variables: Mapping[str, Any] | None = None) -> TrainState:
+    """Fresh parameters (from ``seed``) and optimizer state; ``sample`` is one input batch or an input shape.
+
+    ``split_key``: the parameters draw from the first half of ``key(seed)`` split in two and training from
+    the second (False: both from ``key(seed)`` itself, the recurrent models' convention). ``variables``:
+    start from these instead of an initialisation (e.g. fine-tuning).
+    """
+    if isinstance(sample, tuple) and all(isinstance(d, (int, np.integer)) for d in sample):
+        sample = jnp.zeros((1, *sample), jnp.float32)
+    key = jax.random.key(seed)
+    init_key, train_key = jax.random.split(key) if split_key else (key, key)
+    if variables is None:
+        variables = model.init(init_key, jnp.asarray(sample[:1]), train=False)
     params = variables["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=optimizer.init(params),
-        key=jax.random.key_data(train_key),
-    )
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables.get("batch_stats", {}),
+                      opt_state=optimizer.init(params), key=jax.random.key_data(train_key))
 
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, loss_fn: LossFn,
                     constants: Mapping[str, Any] | None = None,
                     ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
-    """The jitted step: forward in train mode with activation taps, ``loss_fn``, SGD update.
+    """The jitted step: forward in train mode with activation taps, ``loss_fn``, optimizer update.
 
     ``constants`` are extra variable collections the model reads but never trains (e.g. the
     ``index_maps`` of a sliced model being fine-tuned).
@@ -135,33 +167,50 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, l
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                                   batch_stats=batch_stats, opt_state=opt_state)
-        accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
+        valid = y >= 0
+        accuracy = jnp.sum((jnp.argmax(logits, -1) == y) & valid) / jnp.maximum(jnp.sum(valid), 1)
         return new_state, {"loss": loss, "accuracy": accuracy, **aux}
 
     return jax.jit(step, donate_argnums=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
 
 
 @functools.lru_cache(maxsize=64)
 def _eval_fn(model: nn.Module) -> Callable:
     def batch_fn(carry, xb, yb, valid, variables):
         logits = model.apply(variables, xb)
-        weight = valid.astype(jnp.float32)
-        top1 = jnp.sum(metrics.top_k_hits(logits, yb, 1) * weight)
-        top5 = jnp.sum(metrics.top_k_hits(logits, yb, min(5, logits.shape[-1])) * weight)
-        loss = jnp.sum(optax.softmax_cross_entropy_with_integer_labels(logits, yb) * weight)
-        return carry + jnp.stack([top1, top5, loss, jnp.sum(weight)])
+        scored = valid.reshape(valid.shape + (1,) * (yb.ndim - 1)) & (yb >= 0)
+        weight = scored.astype(jnp.float32)
+        top1 = jnp.sum(top_k_hits(logits, yb, 1) * weight)
+        top5 = jnp.sum(top_k_hits(logits, yb, min(5, logits.shape[-1])) * weight)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(yb, 0))
+        return carry + jnp.stack([top1, top5, jnp.sum(ce * weight), jnp.sum(weight)])
 
     return batch_fn
 
 
 def evaluate(model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
              batch_size: int = 512) -> dict[str, float]:
-    """Top-1, top-5 accuracy and mean cross-entropy of the eval-mode model, in one jitted scan."""
-    check_labels(np.asarray(y), model.num_classes)
+    """Top-1, top-5 accuracy and mean cross-entropy of the eval-mode model, in one jitted scan.
+
+    ``y`` is ``(N,)`` or, for many-output models, ``(N, T)``; labels below 0 (padded steps) are not scored.
+    """
+    from jaxmod.models import check_inputs  # noqa: PLC0415 - keeps the module's import graph at the top small
+
+    y = np.asarray(y)
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got {y.dtype}")
+    if y.size and y.max() >= model.num_classes:
+        raise ValueError(f"labels {sorted(set(y[y >= model.num_classes].tolist()))[:5]} lie outside the model's "
+                         f"{model.num_classes} classes")
     check_inputs(model, variables, np.asarray(x))
-    totals = scan_dataset(_eval_fn(model), jnp.zeros(4, jnp.float32), x, np.asarray(y, np.int32), batch_size,
-                          variables)
+    totals = scan_dataset(_eval_fn(model), jnp.zeros(4, jnp.float32), x, y.astype(np.int32), batch_size, variables)
     top1, top5, loss, n = (float(v) for v in totals)
+    if n == 0:
+        raise ValueError("no labelled samples to evaluate")
     return {"top1": top1 / n, "top5": top5 / n, "loss": loss / n}
 
 
@@ -182,69 +231,198 @@ def benchmark_step(step_fn: Callable, state: TrainState, x: np.ndarray, y: np.nd
     return statistics.median(times)
 
 
-def fit(model: nn.Module, data: Dataset, loss_fn: LossFn, config: TrainConfig, workdir: str | os.PathLike,
-        *, progress: bool = True, stop_after: int | None = None, description: str = "train",
-        run_info: Mapping[str, Any] | None = None,
-        optimizer: optax.GradientTransformation | None = None) -> tuple[TrainState, list]:
-    """Train ``model`` on ``data.train`` with ``loss_fn``, checkpointing every epoch under ``workdir``.
+# ---------------------------------------------------------------------------------------------
+# The training loop
 
-    Rerunning with the same ``workdir`` resumes from the last complete epoch (a finished run
-    returns at once). ``stop_after`` ends this call after that many epochs in total (the rest
-    can be run later). ``run_info`` (JSON-able: model, dataset, loss and its weights...) is
-    stored with every checkpoint; resuming a directory whose run had other settings or other
-    ``run_info`` raises ``ValueError``. Returns the final state and the per-epoch history (train
-    loss and accuracy, validation accuracy). ``optimizer`` replaces :func:`make_optimizer`'s SGD
-    (name it in ``run_info`` so that resuming checks it).
+
+class TrainTask(Protocol):
+    """What :func:`fit_task` trains: pure functions over an explicit state pytree."""
+
+    def init(self) -> Any:
+        """The state before the first epoch (also the structure a checkpoint restores into)."""
+
+    def run_epoch(self, state: Any, x: np.ndarray, y: np.ndarray, order: np.ndarray, epoch: int,
+                  bar: Any) -> tuple[Any, dict[str, Any]]:
+        """One epoch over the batches ``order`` (``int[steps, batch]`` into ``x``): the new state and a
+        JSON-able summary (e.g. mean training loss)."""
+
+    def evaluate(self, state: Any, x: np.ndarray, y: np.ndarray) -> float:
+        """Accuracy on the validation samples (used for the history and for ``select="best_val"``)."""
+
+
+def batch_order(n: int, batch_size: int, seed: int) -> np.ndarray:
+    """``int32[steps, batch]``: a shuffled epoch of ``n`` samples in full batches (the remainder dropped)."""
+    steps = n // batch_size
+    perm = np.random.default_rng(seed).permutation(n)
+    return perm[: steps * batch_size].reshape(steps, batch_size).astype(np.int32)
+
+
+def fit_task(task: TrainTask, x: np.ndarray, y: np.ndarray, config: TrainConfig,
+             workdir: str | os.PathLike | None = None, *, val: tuple[np.ndarray, np.ndarray] | None = None,
+             run_info: Mapping[str, Any] | None = None, progress: bool = True, description: str = "train",
+             stop_after: int | None = None, order_seed: Callable[[int], int] | None = None,
+             select: str = "last") -> tuple[Any, list[dict[str, Any]]]:
+    """Train ``task`` on ``(x, y)`` for ``config.epochs`` epochs; returns the final (or best) state and the history.
+
+    Batches: epoch ``e`` shuffles with ``order_seed(e)`` (default ``epoch_seed(config.seed, e)``) and drops the
+    last partial batch. ``workdir``: checkpoint after every epoch and resume from the last complete one; a
+    directory holding a run with other settings or ``run_info`` raises ``ValueError`` naming both. ``val``:
+    validation accuracy per epoch; ``select="best_val"`` returns the state of the first epoch with the best
+    one (kept in memory). ``stop_after`` ends this call after that many epochs in total (resume later).
+    A non-finite training loss stops the run at that epoch with a ``FloatingPointError`` naming it; the
+    checkpoints of the epochs before are kept.
     """
-    check_input_shape(model, data.input_shape)
-    check_labels(data.train.y, model.num_classes)
-    check_labels(data.val.y, model.num_classes)
-    if len(data.train.x) < config.batch_size:
-        raise ValueError(
-            f"the training split has {len(data.train.x)} samples, fewer than one batch of {config.batch_size}"
-        )
+    if select not in SELECT:
+        raise ValueError(f"select must be one of {SELECT}, got {select!r}")
+    if select == "best_val" and val is None:
+        raise ValueError("select='best_val' needs validation samples (val=...)")
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} training samples but {len(y)} labels")
+    if len(x) < config.batch_size:
+        raise ValueError(f"the training split has {len(x)} samples, fewer than one batch of {config.batch_size}")
     if stop_after is not None and not 1 <= stop_after <= config.epochs:
         raise ValueError(f"stop_after must be in [1, {config.epochs}], got {stop_after}")
-    steps_per_epoch = num_batches(len(data.train.x), config.batch_size, drop_remainder=True)
-    optimizer = make_optimizer(config, steps_per_epoch) if optimizer is None else optimizer
-    state = init_state(model, data.input_shape, optimizer, config.seed)
-    step_fn = make_train_step(model, optimizer, loss_fn)
-    history: list[dict[str, float]] = []
-    run = {"config": dataclasses.asdict(config), "run_info": json_normal(dict(run_info or {}))}
-    with RunCheckpointer(os.fspath(workdir)) as ckpt:
-        start = ckpt.latest_step() or 0
-        if start:
+    order_seed = order_seed or (lambda epoch: epoch_seed(config.seed, epoch))
+    steps = len(x) // config.batch_size
+    run = {"config": config.identity(), "run_info": json_normal(dict(run_info or {}))}
+    state = task.init()
+    history: list[dict[str, Any]] = []
+    best = (-math.inf, state, 0)
+    last = config.epochs if stop_after is None else stop_after
+    with RunCheckpointer(os.fspath(workdir)) if workdir is not None else _no_checkpoints() as ckpt:
+        start = (ckpt.latest_step() or 0) if ckpt is not None else 0
+        if start:  # the identity first: a run with other settings may hold a state of other shapes
+            _check_same_run(ckpt.metadata(start), run, description)
             state, meta = ckpt.restore(start, state)
-            _check_same_run(meta, run, description)
             history = list(meta["history"])
-        last = config.epochs if stop_after is None else stop_after
         for epoch in range(start, last):
-            batches = batch_iterator(data.train.x, data.train.y, config.batch_size,
-                                     shuffle_seed=epoch_seed(config.seed, epoch), drop_remainder=True)
-            bar = tqdm(batches, total=steps_per_epoch, disable=not progress, leave=False,
+            order = batch_order(len(x), config.batch_size, order_seed(epoch))
+            bar = tqdm(total=steps, disable=None if progress else True, leave=False, mininterval=2.0,
                        desc=f"{description} epoch {epoch + 1}/{config.epochs}")
-            sums = jnp.zeros(2)  # summed on the device: no host sync per step
-            for i, (xb, yb) in enumerate(bar):
-                state, out = step_fn(state, xb, yb)
-                sums = sums + jnp.stack([out["loss"], out["accuracy"]])
-                if progress and i % 50 == 0:
-                    bar.set_postfix(loss=f"{float(out['loss']):.3f}", acc=f"{float(out['accuracy']):.3f}",
-                                    refresh=False)
-            loss_sum, accuracy_sum = (float(v) for v in sums)
-            val = evaluate(model, state.variables(), data.val.x, data.val.y)
-            history.append({"epoch": epoch + 1, "train_loss": loss_sum / steps_per_epoch,
-                            "train_accuracy": accuracy_sum / steps_per_epoch, "val_accuracy": val["top1"]})
+            began = time.perf_counter()
+            state, summary = task.run_epoch(state, x, y, order, epoch, bar)
+            bar.close()
+            entry = {"epoch": epoch + 1, **summary, "seconds": time.perf_counter() - began}
+            loss = summary.get("train_loss")
+            if loss is not None and not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"{description}: the training loss became {loss} in epoch {epoch + 1} ({summary}); lower the "
+                    "learning rate or check the inputs for non-finite values (the checkpoints of earlier epochs "
+                    "are kept)")
+            if val is not None:
+                entry["val_accuracy"] = task.evaluate(state, *val)
+                if select == "best_val" and entry["val_accuracy"] > best[0]:
+                    best = (entry["val_accuracy"], jax.tree.map(jnp.copy, state), epoch + 1)
+            history.append(entry)
             if progress:
-                tqdm.write(f"{description} epoch {epoch + 1}/{config.epochs}: loss {history[-1]['train_loss']:.4f} "
-                           f"train acc {history[-1]['train_accuracy']:.4f} val acc {val['top1']:.4f}")
-            ckpt.save(epoch + 1, state, {"history": history, **run})
+                shown = ", ".join(f"{k} {v:.4f}" for k, v in entry.items() if isinstance(v, float) and k != "seconds")
+                tqdm.write(f"{description} epoch {epoch + 1}/{config.epochs}: {shown}")
+            if ckpt is not None:
+                ckpt.save(epoch + 1, state, {"history": history, **run})
+    if select == "best_val" and best[2]:
+        return best[1], history
     return state, history
+
+
+class _no_checkpoints:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def _check_same_run(meta: Mapping[str, Any], run: Mapping[str, Any], description: str) -> None:
     saved = {k: meta.get(k) for k in run}
     if saved != dict(run):
-        raise ValueError(
-            f"{description}: the work directory holds a run with a different configuration ({saved}); "
-            f"use another work directory or the same settings ({dict(run)})"
-        )
+        diffs = sorted(f"{k}.{s}" for k in run for s in set(run[k] or {}) | set(saved[k] or {})
+                       if (saved[k] or {}).get(s) != (run[k] or {}).get(s))
+        raise ValueError(f"{description}: the work directory holds a run with other settings ({', '.join(diffs)} "
+                         f"differ: saved {saved}); use another work directory or the same settings")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelTask:
+    """Training a model's parameters (and batch statistics) with ``loss_fn``: standard and modular training,
+    images and sequences, fine-tuning from given ``variables``.
+
+    ``sample``: one input batch (or an image input shape) to initialise from; ``constants``: variable
+    collections read but never trained; ``split_key``: see :func:`init_state`.
+    """
+
+    model: nn.Module
+    loss_fn: LossFn
+    optimizer: optax.GradientTransformation
+    sample: Any
+    seed: int = 0
+    constants: Mapping[str, Any] | None = None
+    variables: Mapping[str, Any] | None = None
+    split_key: bool = True
+    eval_batch_size: int = 512
+
+    @functools.cached_property
+    def step(self) -> Callable:
+        return make_train_step(self.model, self.optimizer, self.loss_fn, self.constants)
+
+    def init(self) -> TrainState:
+        # copies: the train step donates its state, which must not delete the caller's arrays
+        variables = None if self.variables is None else jax.tree.map(jnp.array, dict(self.variables))
+        return init_state(self.model, self.sample, self.optimizer, self.seed, split_key=self.split_key,
+                          variables=variables)
+
+    def run_epoch(self, state: TrainState, x: np.ndarray, y: np.ndarray, order: np.ndarray, epoch: int,
+                  bar: Any) -> tuple[TrainState, dict[str, float]]:
+        sums = jnp.zeros(2)  # summed on the device: no host sync per step
+        for i, index in enumerate(order):
+            state, out = self.step(state, x[index], y[index])
+            sums = sums + jnp.stack([out["loss"], out["accuracy"]])
+            bar.update(1)
+            if i % 50 == 0 and not bar.disable:
+                bar.set_postfix(loss=f"{float(out['loss']):.3f}", refresh=False)
+        loss_sum, accuracy_sum = (float(v) for v in sums)
+        return state, {"train_loss": loss_sum / len(order), "train_accuracy": accuracy_sum / len(order)}
+
+    def evaluate(self, state: TrainState, x: np.ndarray, y: np.ndarray) -> float:
+        variables = {**state.variables(), **dict(self.constants or {})}
+        return evaluate(self.model, variables, x, y, self.eval_batch_size)["top1"]
+
+
+def training_labels(split: Any) -> np.ndarray:
+    """A split's labels for training: ``y``, with -1 on the steps ``y_valid`` marks as padding (sequences)."""
+    y = np.asarray(split.y)
+    valid = getattr(split, "y_valid", None)
+    return (y if valid is None else np.where(valid, y, -1)).astype(np.int32)
+
+
+def fit(model: nn.Module, data: Any, loss_fn: LossFn, config: TrainConfig, workdir: str | os.PathLike | None, *,
+        progress: bool = True, stop_after: int | None = None, description: str = "train",
+        run_info: Mapping[str, Any] | None = None, split_key: bool = True,
+        validate: bool = True) -> tuple[TrainState, list]:
+    """Train ``model`` on ``data.train`` with ``loss_fn`` (:func:`fit_task` with a :class:`ModelTask`).
+
+    ``data`` has ``train`` and ``val`` splits with ``x`` and ``y`` (an image :class:`jaxmod.data.Dataset`, or a
+    sequence dataset whose splits' ``y_valid`` marks padded steps). ``validate``: validation accuracy per epoch.
+    ``run_info`` (JSON-able: model, dataset, loss and its weights...) is stored with every checkpoint; resuming a
+    directory whose run had other settings raises ``ValueError``.
+    """
+    from jaxmod.models import check_inputs  # noqa: PLC0415
+
+    x = np.asarray(data.train.x)
+    y = training_labels(data.train)
+    if y.size and y.max() >= model.num_classes:
+        raise ValueError(f"training labels reach {int(y.max())}; the model has {model.num_classes} classes")
+    if not isinstance(loss_fn, Callable):
+        raise TypeError(f"loss_fn must be a loss function (logits, activations, labels) -> (loss, metrics), "
+                        f"got {type(loss_fn).__name__}")
+    init_sample = jnp.asarray(x[:1])
+    try:
+        probe = jax.eval_shape(lambda: model.init(jax.random.key(0), init_sample, train=False))
+    except Exception as err:  # noqa: BLE001 - any failure to trace means the model does not take these inputs
+        raise ValueError(f"{type(model).__name__} does not take samples of shape {x.shape[1:]}: "
+                         f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
+    check_inputs(model, probe, x[:1])
+    optimizer = make_optimizer(config, len(x) // config.batch_size if len(x) >= config.batch_size else 1)
+    task = ModelTask(model, loss_fn, optimizer, x[:1], config.seed, split_key=split_key)
+    val = (np.asarray(data.val.x), training_labels(data.val)) if validate else None
+    return fit_task(task, x, y, config, workdir, val=val, run_info=run_info, progress=progress,
+                    description=description, stop_after=stop_after)

@@ -32,10 +32,10 @@ def test_class_counts_by_hand_with_a_partial_last_batch():
 
 def test_moda_decomposition_by_hand():
     # tau 0.7 keeps unit 0 for class 0 and unit 1 for class 1; unit 2 is in no module
-    masks = create_approach("moda", tau=0.7).decompose(MODEL, VARIABLES, X, Y, 2).masks
+    masks = create_approach("moda", tau=0.7).decompose(MODEL, VARIABLES, X, Y, 2).modules.units
     np.testing.assert_array_equal(masks["fc1_relu"], [[True, False, False], [False, True, False]])
     # tau 0.8: class 1 has no unit at 0.8, so the floor keeps its most frequent unit (unit 1)
-    masks = create_approach("moda", tau=0.8).decompose(MODEL, VARIABLES, X, Y, 2).masks
+    masks = create_approach("moda", tau=0.8).decompose(MODEL, VARIABLES, X, Y, 2).modules.units
     np.testing.assert_array_equal(masks["fc1_relu"], [[True, False, False], [False, True, False]])
 
 

@@ -32,7 +32,7 @@ from jaxmod.checkpoint import (
     save_modules,
     save_tree,
 )
-from jaxmod.modules import ModuleMetadata, ModuleSet, check_compatible
+from jaxmod.modules import FORMAT_VERSION, ModuleMeta, ModuleSet, check_compatible, fingerprint
 
 # When tensorstore fails to read a damaged step, orbax's worker threads can later post a callback to
 # an already closed asyncio loop ("RuntimeError: Event loop is closed", reported by pytest as an
@@ -73,14 +73,15 @@ def _checksum(tree) -> str:
     return digest.hexdigest()
 
 
-def _module_set() -> ModuleSet:
+def _module_set(variables: dict | None = None) -> ModuleSet:
     rng = np.random.default_rng(1)
-    metadata = ModuleMetadata(
+    meta = ModuleMeta(
         approach="moda", model_name="dense", model_config=MODEL_CONFIG, dataset="mnist",
         input_shape=(6,), num_classes=3, classes=(0, 1, 2), extra={"threshold": 0.5},
+        source=fingerprint(variables or _variables()),
     )
-    masks = {"fc1_relu": rng.random((3, 5)) > 0.5, "fc2_relu": rng.random((3, 4)) > 0.5}
-    return ModuleSet(masks=masks, metadata=metadata)
+    units = {"fc1_relu": rng.random((3, 5)) > 0.5, "block/fc2_relu": rng.random((3, 4)) > 0.5}
+    return ModuleSet(units=units, meta=meta)
 
 
 def _variables() -> dict:
@@ -306,26 +307,70 @@ def test_modules_round_trip_is_self_contained(tmp_path):
     save_modules(tmp_path / "modules", modules, variables)
     restored, restored_variables = restore_modules(tmp_path / "modules")
     assert isinstance(restored, ModuleSet)
-    assert restored.metadata == modules.metadata
-    chex.assert_trees_all_equal(restored.masks, modules.masks, strict=True)
-    assert restored.masks["fc1_relu"].dtype == np.bool_
+    assert restored.meta == modules.meta
+    chex.assert_trees_all_equal(restored.units, modules.units, strict=True)
+    assert restored.units["fc1_relu"].dtype == np.bool_
     chex.assert_trees_all_equal(restored_variables, jax.tree.map(np.asarray, variables), strict=True)
-    np.testing.assert_array_equal(restored.union([0, 2])["fc2_relu"], modules.union([0, 2])["fc2_relu"])
-    check_compatible(restored.metadata, model_name="dense", model_config=MODEL_CONFIG, input_shape=(6,), num_classes=3)
+    np.testing.assert_array_equal(restored.union([0, 2])["block/fc2_relu"], modules.union([0, 2])["block/fc2_relu"])
+    check_compatible(restored.meta, model_name="dense", model_config=MODEL_CONFIG, input_shape=(6,), num_classes=3)
+    # the restored set is a pytree of its masks that crosses jit unchanged
+    assert len(jax.tree.leaves(restored)) == 2
+    chex.assert_trees_all_equal(jax.jit(lambda m: m)(restored).units, restored.units)
+    assert jax.jit(lambda m: m)(restored).meta == restored.meta
 
 
-def test_module_heads_round_trip_and_are_checked(tmp_path):
+def test_module_heads_state_and_weight_masks_round_trip(tmp_path):
     base = _module_set()
-    heads = {"out": {"kernel": np.arange(3 * 4 * 2, dtype=np.float32).reshape(3, 4, 2),
-                     "bias": np.ones((3, 2), np.float32)}}
-    modules = ModuleSet(base.masks, base.metadata, heads)
-    save_modules(tmp_path / "modules", modules, _variables())
+    head = {"kernel": np.arange(3 * 3 * 2, dtype=np.float32).reshape(3, 3, 2), "bias": np.ones((3, 2), np.float32)}
+    state = {"batch_stats": {"bn": {"mean": np.arange(15, dtype=np.float32).reshape(3, 5)}}}
+    variables = _variables()
+    weights = {"fc1": {"kernel": np.random.default_rng(2).random((3, 6, 5)) > 0.5, "bias": None},
+               "fc2": {"kernel": np.ones((3, 5, 4), bool), "bias": None}}
+    modules = ModuleSet(weights=weights, head=head, state=state, meta=base.meta).validate()
+    assert modules.granularity == "weights" and modules.votes
+    save_modules(tmp_path / "modules", modules, variables)
     restored, _ = restore_modules(tmp_path / "modules")
-    chex.assert_trees_all_equal(restored.heads, heads, strict=True)
-    np.testing.assert_array_equal(restored.head(2)["out"]["kernel"], heads["out"]["kernel"][2])
-    assert base.head(1) is None
-    with pytest.raises(ValueError, match="head leaves have leading sizes"):
-        ModuleSet(base.masks, base.metadata, {"out": np.zeros((2, 4))})
+    assert restored.weights["fc1"]["bias"] is None  # untouched leaves come back as None (the jaxpruner convention)
+    chex.assert_trees_all_equal(restored.weights["fc1"]["kernel"], weights["fc1"]["kernel"])
+    chex.assert_trees_all_equal(restored.head, head, strict=True)
+    chex.assert_trees_all_equal(restored.state, state, strict=True)
+    np.testing.assert_array_equal(restored.select([2]).head["kernel"][0], head["kernel"][2])
+    with pytest.raises(ValueError, match="one row per module"):
+        ModuleSet(units=base.units, head={"kernel": np.zeros((2, 3, 2)), "bias": np.zeros((2, 2))},
+                  meta=base.meta).validate()
+
+
+def test_saving_checks_the_modules_against_their_variables(tmp_path):
+    modules = _module_set()
+    other = jax.tree.map(lambda a: np.asarray(a) + 1, _variables())
+    with pytest.raises(ValueError, match="not the model these modules were decomposed from"):
+        save_modules(tmp_path / "modules", modules, other)
+    bad = modules.replace(units={**modules.units, "fc1_relu": modules.units["fc1_relu"].astype(np.float32) * 0.3})
+    with pytest.raises(ValueError, match="masks must be boolean"):
+        save_modules(tmp_path / "modules", bad, _variables())
+    assert not (tmp_path / "modules").exists()
+
+
+def test_modules_of_format_version_1_restore_or_are_refused_by_name(tmp_path):
+    variables = _variables()
+    old_meta = {"approach": "moda", "model_name": "dense", "model_config": MODEL_CONFIG, "dataset": "mnist",
+                "input_shape": [6], "num_classes": 3, "classes": [0, 1, 2], "granularity": "unit",
+                "library_version": "0.1.0", "extra": {"tau": 0.9}}
+    masks = {"fc1_relu": np.ones((3, 5), bool), "block": {"fc2_relu": np.zeros((3, 4), bool)}}
+    save_tree(tmp_path / "v1", {"masks": masks, "variables": variables},
+              {"kind": "modules", "library_version": "0.1.0", "modules": old_meta})
+    restored, _ = restore_modules(tmp_path / "v1")
+    assert restored.meta.format_version == FORMAT_VERSION and restored.meta.approach_config == {"tau": 0.9}
+    assert set(restored.units) == {"fc1_relu", "block/fc2_relu"}
+    heads = {"channel": np.zeros((3, 3, 2), np.float32)}
+    save_tree(tmp_path / "v1_heads", {"masks": masks, "variables": variables, "heads": heads},
+              {"kind": "modules", "library_version": "0.1.0", "modules": {**old_meta, "granularity": "position"}})
+    with pytest.raises(ValueError, match="module format version 1"):
+        restore_modules(tmp_path / "v1_heads")
+    save_tree(tmp_path / "v9", {"units": masks, "variables": variables},
+              {"kind": "modules", "format_version": 9, "modules": old_meta})
+    with pytest.raises(ValueError, match="format version 9"):
+        restore_modules(tmp_path / "v9")
 
 
 def test_restoring_the_wrong_kind_raises(tmp_path):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from jaxmod import checkpoint, compose, masks, metrics, models
+from jaxmod import checkpoint, compose, masks, metrics, models, reuse
 from jaxmod.activations import predict_logits
-from jaxmod.modules import ModuleMetadata, ModuleSet
+from jaxmod.modules import ModuleMeta, ModuleSet, fingerprint
 from jaxmod.topology import (
     count_parameters,
     module_intersections,
@@ -33,10 +33,10 @@ def _random_modules(name, seed=0, p=0.4, **config):
     masks = {g: rng.random((10, n)) < p for g, n in topo.sizes.items()}
     for m in masks.values():
         m[np.arange(10), rng.integers(0, m.shape[1], 10)] = True  # every module keeps a unit per layer
-    meta = ModuleMetadata(approach="test", model_name=name, model_config=models.model_config(model), dataset="none",
-                          input_shape=SHAPE, num_classes=10, classes=tuple(range(10)))
     variables = model.init(jax.random.key(seed), jnp.zeros((1, *SHAPE)))
-    return model, topo, ModuleSet(masks, meta), variables
+    meta = ModuleMeta(approach="moda", model_name=name, model_config=models.model_config(model), dataset="none",
+                      input_shape=SHAPE, num_classes=10, classes=tuple(range(10)), source=fingerprint(variables))
+    return model, topo, ModuleSet(units=masks, meta=meta), variables
 
 
 @pytest.mark.parametrize("name", ["fc3", "lenet5"])
@@ -57,11 +57,11 @@ def test_composed_flops_fall_with_kept_units():
     flops = []
     for p in (0.1, 0.4, 0.7, 1.0):
         _, _, mods, _ = _random_modules("lenet5", seed=3, p=p)
-        sliced = compose.compose(mods, variables, (1, 2))
+        sliced = compose.compose(modules.replace(units=mods.units), variables, (1, 2))
         flops.append(metrics.forward_flops(sliced.model, sliced.variables, SHAPE))
     assert flops == sorted(flops) and flops[0] < flops[-1] < full
     # keeping every unit and class reproduces the full model's FLOPs
-    everything = ModuleSet({g: np.ones((10, n), bool) for g, n in topo.sizes.items()}, modules.metadata)
+    everything = modules.replace(units={g: np.ones((10, n), bool) for g, n in topo.sizes.items()})
     sliced = compose.compose(everything, variables, range(10))
     assert metrics.forward_flops(sliced.model, sliced.variables, SHAPE) == full
     # LeNet-5's first conv by hand: 28*28 outputs x 6 channels x 25 MACs x 2
@@ -77,13 +77,14 @@ def test_composed_flops_fall_with_kept_units():
 def test_module_metrics_match_sliced_sizes(name, config):
     # sequential, flatten, residual (shared producers, identity shortcuts) and depthwise models
     model, topo, modules, variables = _random_modules(name, **config)
-    stats = metrics.module_metrics(topo, modules.masks, variables["params"])
+    stats = metrics.unit_statistics(topo, modules.units, variables["params"])
+    chex.assert_trees_all_close(metrics.module_statistics(modules, variables, model)["sizes"], stats["sizes"])
     total = count_parameters(variables)
     for c in (0, 5):
         sliced = compose.compose(modules, variables, (c,))
         np.testing.assert_allclose(stats["sizes"][c], count_parameters(sliced.variables) / total)
     # the overlap of modules 0 and 5, by brute force on their materialised parameter masks
-    a, b = (parameter_masks(topo, {g: m[c] for g, m in modules.masks.items()}, np.eye(10, dtype=bool)[c])
+    a, b = (parameter_masks(topo, {g: m[c] for g, m in modules.units.items()}, np.eye(10, dtype=bool)[c])
             for c in (0, 5))
     shared = sum(int(np.sum(x & y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
     np.testing.assert_allclose(stats["overlap"][0, 5], shared / total)
@@ -98,10 +99,10 @@ def test_module_metrics_match_sliced_sizes(name, config):
 def test_factored_intersections_equal_materialised_masks(name, config):
     _, topo, modules, variables = _random_modules(name, **config)
     stacked = jax.vmap(lambda keep, cls: parameter_masks(topo, keep, cls))(
-        {g: jnp.asarray(m) for g, m in modules.masks.items()}, jnp.eye(10, dtype=bool))
+        {g: jnp.asarray(m) for g, m in modules.units.items()}, jnp.eye(10, dtype=bool))
     unindexed = sum(np.size(v) for path, v in traverse_util.flatten_dict(variables["params"]).items()
                     if ("params", path) not in topo.leaf_shapes)
-    np.testing.assert_array_equal(module_intersections(topo, modules.masks),
+    np.testing.assert_array_equal(module_intersections(topo, modules.units),
                                   masks.pairwise_intersections(stacked) + unindexed)
 
 
@@ -114,30 +115,50 @@ def test_bad_class_lists(classes, message):
 
 
 def test_modules_from_another_configuration_are_refused():
-    _, _, modules, variables = _random_modules("fc1")
+    model, _, modules, variables = _random_modules("fc1")
     with pytest.raises(ValueError, match="different model"):
         compose.compose(modules, variables, [1, 2], model=models.create_model("fc1", 10, units=64))
     with pytest.raises(ValueError, match="different model"):
-        compose.compose(modules, variables, [1, 2], model_name="fc2")
+        compose.compose(modules, variables, [1, 2], model=models.create_model("fc2", 10))
     other = models.create_model("fc2", 10).init(jax.random.key(0), jnp.zeros((1, *SHAPE)))
     with pytest.raises(ValueError, match="do not fit"):
         compose.compose(modules, other, [1, 2])
+    # the same architecture trained otherwise (here: initialised from another seed) is refused too
+    retrained = model.init(jax.random.key(7), jnp.zeros((1, *SHAPE)))
+    with pytest.raises(ValueError, match="not the model these modules were decomposed from"):
+        compose.compose(modules, retrained, [1, 2])
+    with pytest.raises(ValueError, match="string"):
+        compose.compose(modules, variables, "358")
+
+
+def test_unit_modules_also_vote_through_the_same_call():
+    model, topo, modules, variables = _random_modules("fc3")
+    x = np.asarray(jax.random.normal(jax.random.key(1), (6, *SHAPE)))
+    voter = compose.compose(modules, variables, (7, 2), how="vote")
+    assert isinstance(voter, compose.VotingModel) and voter.classes == (7, 2)
+    conf = np.asarray(voter(x))  # [B, k]: each module's softmax at its own class, the model masked by its units
+    for i, c in enumerate((7, 2)):
+        keep = {g: m[c] for g, m in modules.units.items()}
+        probs = jax.nn.softmax(model.apply({**variables, **unit_mask_variables(topo, keep)}, x))[:, c]
+        chex.assert_trees_all_close(conf[:, i], probs, atol=1e-6)
+    np.testing.assert_array_equal(voter.predict(x), np.asarray((7, 2))[np.argmax(conf, axis=1)])
+    chex.assert_trees_all_close(voter.confidences(x, batch_size=4), conf.T, atol=1e-6)
 
 
 def test_sample_subtasks():
-    tasks = compose.sample_subtasks(10, 30, min_size=2, max_size=9, seed=1)
+    tasks = reuse.sample_subtasks(10, 30, min_size=2, max_size=9, seed=1)
     assert len(tasks) == 30 and len(set(tasks)) == 30
     assert all(2 <= len(t) <= 9 and list(t) == sorted(set(t)) for t in tasks)
-    assert tasks == compose.sample_subtasks(10, 30, min_size=2, max_size=9, seed=1)
+    assert tasks == reuse.sample_subtasks(10, 30, min_size=2, max_size=9, seed=1)
     with pytest.raises(ValueError):
-        compose.sample_subtasks(10, 0)
-    index, labels = compose.subtask_samples(np.array([3, 1, 3, 0, 7]), (7, 3))
+        reuse.sample_subtasks(10, 0)
+    index, labels = reuse.subtask_samples(np.array([3, 1, 3, 0, 7]), (7, 3))
     np.testing.assert_array_equal(index, [0, 2, 4])
     np.testing.assert_array_equal(labels, [1, 1, 0])
     with pytest.raises(ValueError, match="non-negative"):
-        compose.subtask_samples(np.array([-1, 0, 3]), (0, 3))
+        reuse.subtask_samples(np.array([-1, 0, 3]), (0, 3))
     with pytest.raises(ValueError, match="empty"):
-        compose.subtask_samples(np.array([0, 3]), ())
+        reuse.subtask_samples(np.array([0, 3]), ())
 
 
 @pytest.mark.parametrize("name, config", [("lenet5", {}), ("resnet20", {"width_multiplier": 0.5})])

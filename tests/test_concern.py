@@ -8,10 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmod import checkpoint, data, metrics, models, train
+from jaxmod import checkpoint, data, metrics, models, reuse, train
+from jaxmod.activations import forward
 from jaxmod.approaches import concern, create_approach
+from jaxmod.compose import VotingModel, compose
 from jaxmod.losses import cross_entropy_loss
-from jaxmod.modules import module_set
+from jaxmod.modules import POSITIVE, ModuleMeta
+from jaxmod.running import channel_head, head_logits, module_outputs
 
 
 def tiny_mlp():
@@ -64,15 +67,21 @@ def test_channeling_is_the_concerned_logit_and_the_mean_of_the_others():
     model, variables = tiny_mlp()
     x = samples([[1, 0], [0, 3]])
     logits = np.asarray(model.apply(variables, x))
-    heads = concern.channel_heads(3)
-    out = np.einsum("bc,mcd->mbd", logits, heads)
-    chex.assert_trees_all_close(out[1, :, 0], logits[:, 1], rtol=1e-6)
-    chex.assert_trees_all_close(out[1, :, 1], (logits[:, 0] + logits[:, 2]) / 2, rtol=1e-6)
+    head = channel_head(3, range(3))
+    assert head["kernel"].shape == (3, 3, 2) and head["bias"].shape == (3, 2) and not head["bias"].any()
+    out = np.stack([np.asarray(head_logits(jax.tree.map(lambda h, m=m: h[m], head), logits)) for m in range(3)])
+    chex.assert_trees_all_close(out, np.einsum("bc,mcd->mbd", logits, head["kernel"]), rtol=1e-6)
+    # column 1 (POSITIVE) is the concerned class's logit, column 0 the mean of the others
+    assert POSITIVE == 1
+    chex.assert_trees_all_close(out[1, :, POSITIVE], logits[:, 1], rtol=1e-6)
+    chex.assert_trees_all_close(out[1, :, 0], (logits[:, 0] + logits[:, 2]) / 2, rtol=1e-6)
     # the same as a 2-node output layer whose unconcerned edges and bias are the other classes' means
     kernel, bias = variables["params"]["logits"]["kernel"], variables["params"]["logits"]["bias"]
     hidden = np.maximum(np.asarray(x).reshape(2, 2) @ np.asarray(variables["params"]["fc1"]["kernel"]), 0)
     unconcerned = hidden @ ((kernel[:, 0] + kernel[:, 2]) / 2) + (bias[0] + bias[2]) / 2
-    chex.assert_trees_all_close(out[1, :, 1], np.asarray(unconcerned), rtol=1e-5)
+    chex.assert_trees_all_close(out[1, :, 0], np.asarray(unconcerned), rtol=1e-5)
+    # a head for a subset of classes holds the chosen classes' rows, in order
+    chex.assert_trees_all_equal(channel_head(3, [2, 0])["kernel"], head["kernel"][np.array([2, 0])])
 
 
 def test_backtracking_through_dense_layers_by_hand():
@@ -144,15 +153,14 @@ def lenet():
 def test_mc_bi_shrinks_modules_without_changing_predictions(lenet):
     model, variables, x, y = lenet
     dec = concern.Concern(variant="ci_ti_mc_bln", positives=3, negatives=1).decompose(model, variables, x, y, 10)
-    masks = concern.flatten(dec.masks)
+    masks = {k: np.array(v) for k, v in dec.modules.positions.items()}
     masks["conv2_relu"][:, :5] = False  # rows 0-4 of conv2's 10x10 map removed in every module
     bi = concern.backtrack_conv(masks, concern.model_plan(model))
     # pooled rows 0-4 feed only conv2 rows 0-4 (5x5 valid windows), so conv1 rows 0-9 go; row 10 on stays
     assert not bi["conv1_relu"][:, :10].any()
     chex.assert_trees_all_equal(bi["conv1_relu"][:, 10:], masks["conv1_relu"][:, 10:])
     chex.assert_trees_all_equal(bi["conv2_relu"], masks["conv2_relu"])
-    conf = [concern.module_confidences(model, variables, concern.nest(m), dec.heads["channel"], range(10), x[:40])
-            for m in (masks, bi)]
+    conf = [module_outputs(model, variables, dec.modules.replace(positions=m), x[:40]) for m in (masks, bi)]
     chex.assert_trees_all_close(conf[0], conf[1], atol=1e-6)
 
 
@@ -161,9 +169,12 @@ def test_continuous_learning_restores_nodes_active_on_the_new_classes(lenet):
     approach = concern.Concern(variant="ci_ti_mc", positives=2, negatives=0)
     dec = approach.decompose(model, variables, x, y, 10)
     other = np.random.default_rng(1).normal(size=(8, 28, 28, 1)).astype(np.float32)
-    new = concern.flatten(approach.continue_learning(model, variables, dec.masks, other, rows=[3]))
-    old = concern.flatten(dec.masks)
-    _, active = concern.forward(model, variables, jnp.asarray(other))
+    updated = approach.continue_learning(model, variables, dec.modules, other, rows=[3])
+    assert updated.meta == dec.modules.meta
+    chex.assert_trees_all_equal(updated.head, dec.modules.head)  # continuous learning changes masks only
+    new = {k: np.asarray(v) for k, v in updated.positions.items()}
+    old = {k: np.asarray(v) for k, v in dec.modules.positions.items()}
+    _, active = forward(model, variables, jnp.asarray(other))
     for k in old:
         any_active = np.asarray(jnp.any(active[k] > 0, axis=0))
         chex.assert_trees_all_equal(new[k][3], old[k][3] | any_active)
@@ -178,10 +189,10 @@ def test_voting_rules_on_constructed_outputs():
     y = np.array([0, 2, 2, 1])
     # one voter says yes -> it wins; two say yes -> the more confident; none -> the most confident
     # samples: 0 -> module 0 (right), 1 -> module 1 (wrong, label 2), 2 -> module 2 (right), 3 -> module 0 (wrong)
-    assert concern.voted(conf, y, [0, 1, 2])["top1"] == pytest.approx(0.5)
-    assert concern.voted(conf, y, [0, 1, 2])["top5"] == pytest.approx(1.0)  # k clipped to 3 classes
+    assert reuse.voted_accuracy(conf, y, [0, 1, 2])["top1"] == pytest.approx(0.5)
+    assert reuse.voted_accuracy(conf, y, [0, 1, 2])["top5"] == pytest.approx(1.0)  # k clipped to 3 classes
     # a two-class sub-task votes with its two modules on its own samples only
-    assert concern.voted(conf, y, [1, 2])["top1"] == pytest.approx(1 / 3)
+    assert reuse.voted_accuracy(conf, y, [1, 2])["top1"] == pytest.approx(1 / 3)
 
 
 def test_metrics_jaccard_with_the_model_and_co2e_by_hand():
@@ -214,8 +225,11 @@ def test_bad_inputs_fail_before_any_work(lenet):
         concern.model_plan(models.create_model("resnet20", 10))
     with pytest.raises(ValueError, match="dense"):
         concern.Concern(variant="ti_sne").decompose(model, variables, x, y, 10)
-    with pytest.raises(ValueError, match="different input shapes"):
-        concern.check_same_input([(28, 28, 1), (32, 32, 3)])
+    metas = [ModuleMeta(approach="concern", model_name=name, model_config={}, input_shape=shape, num_classes=10,
+                        classes=tuple(range(10))) for name, shape in (("lenet5", (28, 28, 1)), ("vgg16", (32, 32, 3)))]
+    reuse.check_same_inputs(metas[:1] * 2)  # the same inputs compose
+    with pytest.raises(ValueError, match=r"different inputs: input_shape: \(28, 28, 1\) vs \(32, 32, 3\)"):
+        reuse.check_same_inputs(metas)
 
 
 def test_resnet_without_bn_plan_and_decomposition_run():
@@ -227,7 +241,7 @@ def test_resnet_without_bn_plan_and_decomposition_run():
     plan = concern.model_plan(model)
     assert plan.flatten[1] == "gap" and len(plan.conv_edges) == 9
     dec = concern.Concern(variant="ci_ti_mc_bln_bi", positives=4, delta=0.05).decompose(model, variables, x, y, 3)
-    flat = concern.flatten(dec.masks)
+    flat = {k: np.asarray(v) for k, v in dec.modules.positions.items()}
     assert flat["stage3_block0/relu2"].shape == (3, 2, 2, 8)
     # GAP backtracking removes whole channels of the last sum, for the modules whose channel goes
     removed = concern.output_removal(np.asarray(variables["params"]["logits"]["kernel"]), 0.05)
@@ -243,16 +257,20 @@ def test_end_to_end_on_mnist_and_module_checkpoint(tmp_path):
     model_acc = train.evaluate(model, variables, ds.test.x, ds.test.y)["top1"]
     approach = concern.Concern(variant="cm_rie")
     dec = approach.decompose(model, variables, ds.train.x, ds.train.y, 10)
-    conf = concern.module_confidences(model, variables, dec.masks, dec.heads["channel"], range(10), ds.test.x)
-    composed = concern.voted(conf, ds.test.y, range(10))
+    assert dec.modules.granularity == "positions" and dec.modules.votes
+    conf = module_outputs(model, variables, dec.modules, ds.test.x)
+    composed = reuse.voted_accuracy(conf, ds.test.y, range(10))
     assert model_acc > 0.8 and composed["top1"] >= model_acc - 0.02
-    jac = concern.jaccard_figures(model, variables, dec.masks, ds.input_shape)
+    jac = concern.jaccard_figures(model, variables, dec.modules)
     assert 0 < jac["weight_mean_pairwise"] <= 1 and 0 < jac["node_mean_module_model"] <= 1
-    modules = module_set(dec.masks, approach="concern", model_name="fc1", model=model, dataset="mnist",
-                         input_shape=ds.input_shape, granularity="position", heads=dec.heads)
+    modules = dec.modules.with_meta(dataset="mnist")
+    assert modules.meta.input_shape == ds.input_shape and modules.meta.model_name == "fc1"
     checkpoint.save_modules(tmp_path / "modules", modules, variables)
     restored, restored_vars = checkpoint.restore_modules(tmp_path / "modules")
+    assert restored.meta == modules.meta
     chex.assert_trees_all_equal(jax.tree.map(np.asarray, restored.masks), jax.tree.map(np.asarray, modules.masks))
-    again = concern.module_confidences(model, restored_vars, restored.masks, restored.heads["channel"], range(10),
-                                       ds.test.x[:50])
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, restored.head), jax.tree.map(np.asarray, modules.head))
+    voter = compose(restored, restored_vars, range(10))  # rebuilt from the saved metadata, voting
+    assert isinstance(voter, VotingModel)
+    again = voter.confidences(ds.test.x[:50])
     chex.assert_trees_all_close(again, conf[:, :50], atol=1e-6)

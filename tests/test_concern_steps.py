@@ -67,7 +67,7 @@ def test_step_masks_match_the_variants_decompositions():
     steps = concern.step_masks(pc, nc, n_pos, params, concern.model_plan(model), 0.5)
     for step, variant in (("ti", "ci_ti_mc"), ("bln", "ci_ti_mc_bln"), ("bi", "ci_ti_mc_bln_bi")):
         dec = concern.Concern(variant=variant, **kw).decompose(model, variables, x, y, 10)
-        chex.assert_trees_all_equal(concern.flatten(dec.masks), steps[step])
+        chex.assert_trees_all_equal({k: np.asarray(v) for k, v in dec.modules.positions.items()}, steps[step])
     rows = {r["group"]: r for r in concern.step_removals(steps)}
     assert rows["fc2_relu"]["bln_removed"] > 0 and rows["fc2_relu"]["kept"] < rows["fc2_relu"]["nodes"]
 

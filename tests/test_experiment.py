@@ -15,15 +15,16 @@ SCHEMA = {
 }
 
 
-def _run(*flags):
-    return subprocess.run([sys.executable, "-m", "experiments.modularize", "--progress=false", *flags],
-                          capture_output=True, text=True)
+def _run(approach, *flags):
+    program = [sys.executable, "-m", "experiments.modularize", f"--config=experiments/configs/{approach}.py"]
+    return subprocess.run([*program, "--config.progress=false", *flags], capture_output=True, text=True)
 
 
 def test_moda_end_to_end_on_real_mnist(tmp_path):
     work = tmp_path / "run"
-    proc = _run("--approach=moda", "--model=lenet5", "--dataset=mnist", "--epochs=1", "--train_limit=2000",
-                "--test_limit=1000", "--num_subtasks=4", "--timing_repeats=3", f"--workdir={work}")
+    proc = _run("moda", "--config.model=lenet5", "--config.dataset=mnist", "--config.train.epochs=1",
+                "--config.train_limit=2000", "--config.test_limit=1000", "--config.reuse.num_subtasks=4",
+                "--config.timing_repeats=3", f"--workdir={work}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((work / "results.json").read_text())
     assert SCHEMA <= set(results)
@@ -44,26 +45,44 @@ def test_moda_end_to_end_on_real_mnist(tmp_path):
     assert (work / "plots" / "activation_frequency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the saved modules compose the same sub-task model the run measured
     modules, variables = checkpoint.restore_modules(work / "modules")
-    assert modules.metadata.approach == "moda" and modules.metadata.model_name == "lenet5"
+    assert modules.meta.approach == "moda" and modules.meta.model_name == "lenet5" and modules.meta.dataset == "mnist"
     sliced = compose.compose(modules, variables, reuse["subtasks"][0]["classes"])
     assert sliced.model.num_classes == len(reuse["subtasks"][0]["classes"])
     assert "reuse accuracy" in proc.stdout  # the summary table
 
 
+def test_random_control_end_to_end_on_real_mnist(tmp_path):
+    """The random control runs like every approach: the reference's training, random modules of the
+    reference's per-layer sizes, the common results.json."""
+    work = tmp_path / "run"
+    proc = _run("random", "--config.train.epochs=1", "--config.train_limit=1000", "--config.test_limit=500",
+                "--config.reuse.num_subtasks=2", "--config.timing_repeats=0", f"--workdir={work}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((work / "results.json").read_text())
+    assert SCHEMA <= set(results) and results["approach"] == "random"
+    assert results["config"]["approach"] == {"reference": "moda", "seed": 0}
+    modules, variables = checkpoint.restore_modules(work / "modules")
+    assert modules.meta.approach == "random" and modules.granularity == "units"
+    assert 0.0 < results["modules"]["mean_size"] <= 1.0 and 0 < results["composed"]["test_accuracy"] <= 1
+    composed = compose.compose(modules, variables, [1, 2])
+    assert composed.model.num_classes == 2
+
+
 @pytest.mark.parametrize("flag, message", [
-    ("--model=resnet99", "unknown model"),
-    ("--tau=1.5", "tau"),
-    ("--dataset=imagenet21k", "dataset"),
-    ("--num_subtasks=0", "num_subtasks"),
-    ("--model=vgg16", "does not take"),
-    ("--train_limit=100", "fewer than one batch"),
-    ("--train_limit=5 --batch_size=4", "no training samples"),
-    ("--model_config={\"units\":8}", "bad configuration"),
-    ("--optimizer=adam", "trains only the standard model"),
+    ("--config.model=resnet99", "unknown model"),
+    ("--config.options.tau=1.5", "tau"),
+    ("--config.dataset=imagenet21k", "dataset"),
+    ("--config.reuse.num_subtasks=0", "num_subtasks"),
+    ("--config.model=vgg16", "does not take"),
+    ("--config.train_limit=100", "fewer than one batch"),
+    ("--config.train_limit=5 --config.train.batch_size=4", "have no train samples"),
+    ("--config.model_config={\"units\":8}", "bad configuration"),
+    ("--config.train.optimizer=adam", "would also train moda's modular model"),
+    ("--config.options.alpha=-1", "alpha"),
 ])
-def test_bad_flags_fail_before_writing(tmp_path, flag, message):
+def test_bad_settings_fail_before_writing(tmp_path, flag, message):
     work = tmp_path / "never"
-    proc = _run("--epochs=1", f"--workdir={work}", *flag.split(" "))
+    proc = _run("moda", "--config.train.epochs=1", f"--workdir={work}", *flag.split(" "))
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not work.exists()
@@ -83,16 +102,16 @@ def test_rows_tables_hold_the_command_and_every_row(tmp_path):
 
 
 def test_mwt_end_to_end_on_real_mnist(tmp_path):
-    """``--approach=mwt`` through the runner: the common results plus MwT's kernel metrics and both reuse
+    """``configs/mwt.py`` through the pipeline: the common results plus MwT's kernel metrics and both reuse
     accuracies, and a saved fine-tuned sub-model that restores to the accuracy the run reported."""
     from jaxmod import data, train
     from jaxmod.approaches import mwt as mwt_lib
-    from jaxmod.compose import subtask_samples
+    from jaxmod.reuse import subtask_samples
 
     work = tmp_path / "run"
-    proc = _run("--approach=mwt", "--model=lenet5", "--dataset=mnist", "--epochs=1", "--train_limit=2000",
-                "--test_limit=1000", "--num_subtasks=2", "--mwt_finetune_epochs=1", "--timing_repeats=3",
-                f"--workdir={work}")
+    proc = _run("mwt", "--config.model=lenet5", "--config.dataset=mnist", "--config.train.epochs=1",
+                "--config.train_limit=2000", "--config.test_limit=1000", "--config.reuse.num_subtasks=2",
+                "--config.options.finetune_epochs=1", "--config.timing_repeats=3", f"--workdir={work}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((work / "results.json").read_text())
     assert SCHEMA <= set(results) and results["approach"] == "mwt"

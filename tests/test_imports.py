@@ -6,7 +6,9 @@ import sys
 MODULES = [
     "jaxmod.taps", "jaxmod.topology", "jaxmod.masks", "jaxmod.losses", "jaxmod.activations", "jaxmod.metrics",
     "jaxmod.modules", "jaxmod.checkpoint", "jaxmod.compose", "jaxmod.train", "jaxmod.data", "jaxmod.models",
-    "jaxmod.approaches", "experiments.modularize",
+    "jaxmod.approaches", "jaxmod.running", "jaxmod.reuse", "jaxmod.report", "jaxmod.approaches.random",
+    "jaxmod.approaches.supermask", "jaxmod.approaches.rnn", "jaxmod.approaches.concern", "jaxmod.approaches.mwt",
+    "experiments.modularize", "experiments.pipeline", "experiments.pipeline_rnn",
 ]
 
 SCRIPT = """
@@ -28,3 +30,12 @@ sys.exit(1 if failures else 0)
 def test_each_module_imports_first():
     proc = subprocess.run([sys.executable, "-c", SCRIPT, *MODULES], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+
+
+def test_training_and_decomposition_import_no_plotting_library():
+    """Plots live in jaxmod.report alone: training, decomposition and composition never load matplotlib."""
+    script = ("import sys, jaxmod.train, jaxmod.approaches.supermask, jaxmod.approaches.mwt, "
+              "jaxmod.approaches.concern, jaxmod.approaches.rnn, jaxmod.compose, jaxmod.reuse, jaxmod.metrics; "
+              "assert 'matplotlib' not in sys.modules, 'matplotlib was imported'")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -1,6 +1,7 @@
 """Mask algebra and MODA's thresholding on hand-made masks."""
 
 import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 from hypothesis import given, settings
@@ -66,3 +67,23 @@ def test_threshold_with_floor():
     # classes that meet min_req keep exactly the units that pass
     got = threshold_with_floor(rates, tau=0.25, min_fraction=0.005)
     np.testing.assert_array_equal(got, [[1, 1, 0, 0], [1, 0, 1, 0], [1, 1, 0, 0]])
+
+
+def test_mask_rules_are_jittable_and_agree_with_their_eager_form():
+    """The rules that can be jnp are: counting, MODA's threshold with floor, Imtiaz et al.'s removal with its
+    cap and the ReLU variant, and the random control's draw."""
+    from jaxmod.approaches.random import random_like
+    from jaxmod.approaches.rnn import relu_keep, remove_units
+
+    rates = np.array([[0.95, 0.2, 0.91, 0.1], [0.3, 0.5, 0.2, 0.4]])
+    np.testing.assert_array_equal(jax.jit(threshold_with_floor, static_argnums=1)(rates, 0.9),
+                                  threshold_with_floor(rates, 0.9))
+    assert int(jax.jit(masks.count)(A)) == masks.count(A) == 4
+    d = np.array([[-0.3, 0.2, -0.1, np.nan, -0.5]], np.float32)
+    np.testing.assert_array_equal(jax.jit(remove_units, static_argnums=1)(d, 0.4), remove_units(d, 0.4))
+    np.testing.assert_array_equal(remove_units(d, 0.4), [[False, True, True, True, False]])  # two most negative
+    pos, neg = np.array([[0.0, 0.5, 0.0]]), np.array([[0.1, 0.0, 0.0]])
+    np.testing.assert_array_equal(jax.jit(relu_keep, static_argnums=2)(pos, neg, 1.0), [[True, True, False]])
+    stacked = {"a": np.array([[True, False, True, False], [False, False, False, True]])}
+    drawn = jax.jit(random_like, static_argnums=2)(jax.random.key(0), stacked, "last")
+    np.testing.assert_array_equal(np.sum(drawn["a"], axis=1), [2, 1])  # the same kept count per module

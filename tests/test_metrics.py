@@ -1,4 +1,4 @@
-"""Tests for jaxmod.metrics: accuracy, analytic FLOPs, PNG plots and tables."""
+"""Tests for jaxmod.metrics and jaxmod.report: accuracy, analytic FLOPs, module statistics, PNG plots, tables."""
 
 from __future__ import annotations
 
@@ -15,19 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax import lax
 
-from jaxmod import metrics
-from jaxmod.metrics import (
-    accuracy_counts,
-    activation_heatmap_png,
-    count_flops,
-    count_macs,
-    jaxpr_flops,
-    line_plot_png,
-    markdown_table,
-    scatter_plot_png,
-    summary_table,
-    top_k_accuracy,
-)
+from jaxmod import report
+from jaxmod.metrics import accuracy_counts, count_flops, count_macs, jaxpr_flops, top_k_accuracy
+from jaxmod.report import activation_heatmap_png, line_plot_png, markdown_table, scatter_plot_png, summary_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -313,7 +303,7 @@ def test_heatmap_many_units_and_unsorted(tmp_path):
 
 def test_heatmap_sorting_groups_units_by_class():
     rates = np.array([[0.0, 0.9, 0.0, 0.2], [0.8, 0.0, 0.0, 0.3]])
-    order = metrics._sort_units(rates)
+    order = report._sort_units(rates)
     # class 0 group: unit 1; class 1 group by decreasing peak: units 0, 3; dead unit 2 last.
     np.testing.assert_array_equal(order, [1, 0, 3, 2])
 
@@ -350,7 +340,7 @@ def test_failed_save_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
     def boom(self, *args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(metrics.Figure, "savefig", boom)
+    monkeypatch.setattr(report.Figure, "savefig", boom)
     with pytest.raises(RuntimeError, match="disk full"):
         line_plot_png([0, 1], {"a": [1, 2]}, path, xlabel="x", ylabel="y")
     assert path.read_bytes() == b"old"

@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxmod import checkpoint, data, metrics, models, train
+from jaxmod import checkpoint, compose, data, metrics, models, train
 from jaxmod.approaches import create_approach
 from jaxmod.approaches import mwt as mwt_lib
-from jaxmod.compose import subtask_samples
 from jaxmod.losses import mwt_layer_terms, mwt_loss
 from jaxmod.mask_generators import MaskGenerator, hidden_width
-from jaxmod.modules import ModuleMetadata, ModuleSet
+from jaxmod.modules import ModuleMeta, ModuleSet, fingerprint
+from jaxmod.reuse import subtask_samples
 from jaxmod.topology import count_parameters, resolve_topology, slice_model, unit_mask_variables
 
 SHAPE = (28, 28, 1)
@@ -244,10 +244,11 @@ def _resnet_modules(seed=0):
     groups = [mwt_lib.gate_group(n) for n in mwt_lib.gate_names(model, SHAPE)]
     gated = {g: module_rows(rng, topology.sizes[g]) for g in groups}
     masks = mwt_lib.complete_masks(topology, gated, 10)
-    meta = ModuleMetadata(approach="mwt", model_name="resnet20", model_config=models.model_config(model),
-                          dataset="none", input_shape=SHAPE, num_classes=10, classes=tuple(range(10)))
     variables = mwt_lib.with_generators(model).init(jax.random.key(seed), jnp.zeros((1, *SHAPE)))
-    return model, topology, ModuleSet(masks, meta), variables
+    meta = ModuleMeta(approach="mwt", model_name="resnet20", model_config=models.model_config(model),
+                      dataset="none", input_shape=SHAPE, num_classes=10, classes=tuple(range(10)),
+                      source=fingerprint(mwt_lib.strip_generators(variables)))
+    return model, topology, ModuleSet(units=masks, meta=meta), variables
 
 
 def module_rows(rng, size):
@@ -266,8 +267,8 @@ def test_residual_padding_equals_the_masked_full_model(resnet_modules):
     assert np.array_equal(keep["stage1_block1/relu2"], keep["stage1_block1/conv2"] | keep["stage1_block0/relu2"])
     assert np.array_equal(keep["stage2_block0/relu2"], keep["stage2_block0/conv2"] | keep["stage2_block0/proj_conv"])
     masked = model.apply({**plain, **unit_mask_variables(topology, keep)}, x)[:, list(classes)]
-    mixed = mwt_lib.mixed_module(modules, variables, classes)
-    chex.assert_trees_all_close(mixed.model.apply(mixed.variables, x), masked, atol=1e-5)
+    mixed = compose.compose(modules, plain, classes)  # the mixed module without fine-tuning
+    chex.assert_trees_all_close(mixed(x), masked, atol=1e-5)
     # padding keeps fewer kernels than slicing conv2 and the projection to the whole sum (MODA's way)
     shared = slice_model(model, resolve_topology(model, SHAPE), plain,
                          {g: v for g, v in keep.items() if g in resolve_topology(model, SHAPE).sizes}, classes)
@@ -278,14 +279,15 @@ def test_modules_and_finetuned_heads_round_trip(tmp_path, resnet_modules):
     model, _, modules, variables = resnet_modules
     checkpoint.save_modules(tmp_path / "modules", modules, mwt_lib.strip_generators(variables))
     restored, restored_vars = checkpoint.restore_modules(tmp_path / "modules")
-    assert restored.metadata == modules.metadata
-    chex.assert_trees_all_equal(dict(restored.masks), dict(modules.masks))
+    assert restored.meta == modules.meta
+    chex.assert_trees_all_equal(dict(restored.units), dict(modules.units))
     x = jax.random.normal(jax.random.key(0), (2, *SHAPE))
-    a = mwt_lib.mixed_module(modules, variables, (1, 4))
-    b = mwt_lib.mixed_module(restored, restored_vars, (1, 4))
-    chex.assert_trees_all_close(a.model.apply(a.variables, x), b.model.apply(b.variables, x))
+    a = compose.compose(modules, mwt_lib.strip_generators(variables), (1, 4))
+    b = compose.compose(restored, restored_vars, (1, 4))
+    chex.assert_trees_all_close(a(x), b(x))
     # a headed sub-model (fine-tuned or not) saves and restores with the same logits
-    mixed = mwt_lib.mixed_module(modules, variables, (1, 4), all_logits=True)
+    mixed = mwt_lib.mixed_module(modules, variables, (1, 4))
+    assert mixed.classes == tuple(range(10))  # every logit, for the new head to read
     tuned = mwt_lib.FineTuned(mwt_lib.HeadedModel(mixed.model, 2), mwt_lib.headed_variables(mixed, 2, 0), (1, 4),
                               [{"epoch": 1, "val_accuracy": 0.5}], 1)
     mwt_lib.save_finetuned(str(tmp_path / "tuned"), tuned, modules)
@@ -302,32 +304,32 @@ def test_end_to_end_on_mnist(tmp_path):
     ds = data.load_dataset("mnist", train_limit=1000, test_limit=400, seed=0)
     approach = create_approach("mwt")
     model = models.create_model("lenet5", 10)
-    gen = approach.training_model(model, ds.input_shape)
+    gen = approach.training_model(model)
     state, _ = train.fit(gen, ds, approach.training_loss(), train.TrainConfig(epochs=2, batch_size=32),
                          tmp_path / "run", progress=False)
     variables = state.variables()
     dec = approach.decompose(gen, variables, ds.train.x, ds.train.y, 10)
-    kept = dec.masks["conv2_relu"]
+    modules = dec.modules
+    kept = modules.units["conv2_relu"]
     chex.assert_shape(kept, (10, 16))
     assert kept.any(axis=1).all()  # every module keeps a kernel
-    assert dec.masks["fc1_relu"].all() and dec.masks["conv1_relu"].all()  # ungated layers are kept whole
+    assert modules.units["fc1_relu"].all() and modules.units["conv1_relu"].all()  # ungated layers are kept whole
     freq = dec.statistics["kernel_frequency"]["conv2_relu"]
     assert np.array_equal(kept, mwt_lib.module_kernels(freq, 0.9))
-    modules = ModuleSet(dec.masks, ModuleMetadata(
-        approach="mwt", model_name="lenet5", model_config=models.model_config(model), dataset="mnist",
-        input_shape=ds.input_shape, num_classes=10, classes=tuple(range(10))))
-    kern = mwt_lib.kernel_metrics(gen, variables, dec.masks, ds.train.x, ds.train.y)
+    # the modules describe the plain model (generators dropped): the model composition rebuilds
+    assert modules.meta.model_name == "lenet5" and not modules.meta.model_config["mask_generators"]
+    kern = mwt_lib.kernel_metrics(gen, variables, modules.units, ds.train.x, ds.train.y)
     assert kern["krr"] == pytest.approx(kept.mean())
     assert 0 <= kern["coupling"] <= 1 and 0 <= kern["cohesion"] <= 1
     # the mixed module of all classes is the generator-free model with the modules' kernels masked
     plain = mwt_lib.strip_generators(variables)
-    mixed = mwt_lib.mixed_module(modules, variables, range(10))
+    mixed = compose.compose(modules, plain, range(10))
     masked = model.apply({**plain, **unit_mask_variables(resolve_topology(model, SHAPE), modules.union(range(10)))},
                          ds.test.x[:50])
     chex.assert_trees_all_close(mixed.model.apply(mixed.variables, ds.test.x[:50]), masked, atol=1e-4)
     # reuse with a new head, fine-tuned on the sub-task's training samples, best epoch on validation
     classes = (3, 8)
-    sub = mwt_lib.mixed_module(modules, variables, classes, all_logits=True)
+    sub = mwt_lib.mixed_module(modules, variables, classes)
     before = sub.model.apply(sub.variables, ds.test.x[:8])
     tuned = mwt_lib.finetune_subtask(sub, ds, classes, epochs=2, batch_size=32)
     # the train step donates its state: the mixed module's own arrays must survive fine-tuning

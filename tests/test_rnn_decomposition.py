@@ -10,15 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxmod import checkpoint
 from jaxmod.approaches import create_approach
 from jaxmod.approaches.rnn import (
     RnnDecomposition,
-    channel_heads,
-    check_composable,
     class_statistics,
-    composed_outputs,
     mean_minus_outliers,
-    module_outputs,
     removal_cap,
     remove_units,
     sample_weights,
@@ -26,6 +23,8 @@ from jaxmod.approaches.rnn import (
 )
 from jaxmod.models import create_model
 from jaxmod.modules import module_set
+from jaxmod.reuse import check_same_inputs, cross_model_confidences
+from jaxmod.running import channel_head, head_logits, module_outputs
 from jaxmod.voting import voting_accuracy
 
 
@@ -78,12 +77,37 @@ def test_statistics_rolled_and_unrolled():
     np.testing.assert_allclose(relu[0], [0.25])
 
 
-def test_channel_heads():
+def binary_layer(kernel, bias, c):
+    """Channeling as the authors build it: a binary output layer whose "another class" column (0) is the mean
+    of the other classes' columns (bias likewise) and whose "my class" column (1) is class ``c``'s own."""
+    others = np.delete(np.arange(kernel.shape[1]), c)
+    k = np.stack([kernel[:, others].mean(axis=1), kernel[:, c]], axis=-1)
+    return k, np.array([bias[others].mean(), bias[c]])
+
+
+def test_channel_head_on_logits_is_the_binary_output_layer():
+    """The head reads the logits (own logit in column 1, the mean of the others in column 0): applied to the
+    logits it equals the binary output layer built from the output kernel and bias applied to the features."""
     kernel = np.array([[1.0, 2.0, 6.0]])
     bias = np.array([0.0, 3.0, 6.0])
-    heads = channel_heads(kernel, bias)
-    np.testing.assert_allclose(heads["kernel"][0, 0], [1.0, 4.0])
-    np.testing.assert_allclose(heads["bias"][2], [6.0, 1.5])
+    head = channel_head(3, range(3))
+    assert head["kernel"].shape == (3, 3, 2) and head["bias"].shape == (3, 2)
+    features = np.array([[1.0], [-2.0], [0.5]])
+    logits = features @ kernel + bias
+    one = lambda c: {k: v[c] for k, v in head.items()}  # noqa: E731
+    # By hand: class 0 keeps kernel 1 and bias 0, the others' mean is kernel (2 + 6) / 2 = 4, bias (3 + 6) / 2.
+    np.testing.assert_allclose(head_logits(one(0), logits), features @ [[4.0, 1.0]] + [4.5, 0.0], rtol=1e-6)
+    # Class 2: own kernel 6 and bias 6, the others' (1 + 2) / 2 and (0 + 3) / 2.
+    np.testing.assert_allclose(head_logits(one(2), logits), features @ [[1.5, 6.0]] + [1.5, 6.0], rtol=1e-6)
+    # Any layer, any subset of classes, rows in the order given.
+    rng = np.random.default_rng(0)
+    kernel, bias, features = rng.normal(size=(5, 4)), rng.normal(size=4), rng.normal(size=(7, 5))
+    logits = features @ kernel + bias
+    head = channel_head(4, [3, 1])
+    for row, c in enumerate([3, 1]):
+        k, b = binary_layer(kernel, bias, c)
+        got = head_logits({"kernel": head["kernel"][row], "bias": head["bias"][row]}, logits)
+        np.testing.assert_allclose(got, features @ k + b, rtol=1e-5, atol=1e-6)
 
 
 def test_bad_inputs_raise_before_work():
@@ -113,35 +137,37 @@ def random_variables(model, x, seed=0, scale=0.5):
 
 def tagger_modules(vocab, input_len=6, vocab_size=12):
     model = create_model("rnn_gru", 3, shape="many_to_many", units=8, vocab_size=vocab_size, input_len=input_len)
-    masks = {"unit_masks": {"rnn1_h": np.ones((3, 8), bool)}}
-    return module_set(masks, approach="rnn", model_name="rnn_gru", model=model, dataset="toy", input_shape=(6,),
-                      extra={"input_vocab_hash": vocab_fingerprint(vocab)})
+    x = np.ones((1, input_len), np.int64)
+    modules = module_set(RnnDecomposition(), model, random_variables(model, x), x,
+                         units={"rnn1_h": np.ones((3, 8), bool)})
+    return modules.with_meta(dataset="toy", input_vocab=vocab_fingerprint(vocab, vocab_size))
 
 
 def test_modules_of_models_with_other_inputs_do_not_compose():
-    """Another input vocabulary (same size) or another input length: ValueError before any work (the
-    variables given are not even trees)."""
+    """Another input vocabulary (same size), another input length or another vocabulary size: ValueError before
+    any work (the variables given are not even trees)."""
     words = [f"w{i}" for i in range(12)]
     mine = tagger_modules(words)
-    with pytest.raises(ValueError, match="input vocabularies differ"):
-        composed_outputs([mine, tagger_modules(words[::-1])], [None, None], np.ones((2, 6), np.int64))
-    with pytest.raises(ValueError, match="input_len: 6 vs 7"):
-        check_composable([mine.metadata, tagger_modules(words, input_len=7).metadata])
-    with pytest.raises(ValueError, match="vocab_size"):
-        check_composable([mine.metadata, tagger_modules(words, vocab_size=13).metadata])
+    with pytest.raises(ValueError, match="input_vocab"):
+        cross_model_confidences([mine, tagger_modules(words[::-1])], [None, None], np.ones((2, 6), np.int64))
+    with pytest.raises(ValueError, match=r"input_shape: \(6,\) vs \(7,\)"):
+        check_same_inputs([mine.meta, tagger_modules(words, input_len=7).meta])
+    with pytest.raises(ValueError, match="input_vocab"):  # the fingerprint holds the model's vocabulary size
+        check_same_inputs([mine.meta, tagger_modules(words, vocab_size=13).meta])
     with pytest.raises(ValueError, match="no modules"):
-        check_composable([])
-    check_composable([mine.metadata, tagger_modules(list(words)).metadata])
-    assert vocab_fingerprint(None) == "features" and vocab_fingerprint(words) != vocab_fingerprint(words[:-1])
+        check_same_inputs([])
+    check_same_inputs([mine.meta, tagger_modules(list(words)).meta])
+    assert vocab_fingerprint(None) == "" and vocab_fingerprint(words) != vocab_fingerprint(words[:-1])
+    assert vocab_fingerprint(words, 12) != vocab_fingerprint(words, 13)
 
 
-def test_decomposition_of_a_trained_tagger():
+def test_decomposition_of_a_trained_tagger(tmp_path):
     """A tagger trained on a rule (tag = token mod 3) decomposes at a small cost in both modes, the removal
-    cap holds, and modules composed from two sets through ``composed_outputs`` are the sets' own outputs."""
+    cap holds, and modules composed from two sets through ``cross_model_confidences`` are the sets' own outputs."""
     import optax
 
-    from experiments.runners.rnn import masked_cross_entropy
     from jaxmod import train
+    from jaxmod.losses import masked_cross_entropy_loss
 
     rng = np.random.default_rng(0)
     x = rng.integers(1, 12, (384, 6))
@@ -151,7 +177,7 @@ def test_decomposition_of_a_trained_tagger():
     opt = optax.adam(0.05)
     state = train.TrainState(step=jnp.zeros((), jnp.int32), params=v["params"], batch_stats={},
                              opt_state=opt.init(v["params"]), key=jax.random.key_data(jax.random.key(0)))
-    step = train.make_train_step(model, opt, masked_cross_entropy())
+    step = train.make_train_step(model, opt, masked_cross_entropy_loss())
     for i in range(60):
         b = slice(64 * (i % 6), 64 * (i % 6 + 1))
         state, _ = step(state, x[b], y[b])
@@ -161,16 +187,16 @@ def test_decomposition_of_a_trained_tagger():
     assert std > 0.95
     for mode in ("rolled", "unrolled"):
         d = RnnDecomposition(mode=mode, num_positive=50).decompose(model, v, x, y, 3, valid)
-        masks = d.masks["unit_masks"]["rnn1_h"]
+        masks = d.modules.units["rnn1_h"]
         assert masks.shape == ((3, 8) if mode == "rolled" else (3, 6, 8))
         assert (~masks).sum(-1).max() <= removal_cap(8, 0.2)
         assert (~masks).any()  # something was removed: the cost below is not that of the full model
-        conf = module_outputs(model, v, d.masks, d.heads, x)
+        conf = module_outputs(model, v, d.modules, x)
         assert voting_accuracy(conf, y, valid=valid) >= std - 0.05
-    modules = module_set(d.masks, approach="rnn", model_name="rnn_gru", model=model, dataset="toy",
-                         input_shape=(6,), heads=d.heads, extra={"input_vocab_hash": vocab_fingerprint(None)})
-    flat = dataclasses.replace(modules, masks={"unit_masks/rnn1_h": d.masks["unit_masks"]["rnn1_h"]})
-    both, labels = composed_outputs([modules, flat], [v, v], x)  # also as restore_modules returns masks
+    modules = d.modules.with_meta(dataset="toy", input_vocab=vocab_fingerprint(None))
+    checkpoint.save_modules(tmp_path / "modules", modules, v)
+    restored, restored_v = checkpoint.restore_modules(tmp_path / "modules")
+    both, labels = cross_model_confidences([modules, restored], [v, restored_v], x)  # also as restore_modules gives
     assert labels.tolist() == [0, 1, 2, 0, 1, 2]
     np.testing.assert_allclose(both, np.concatenate([conf, conf]), atol=1e-6)
 
@@ -197,7 +223,7 @@ def test_rolled_statistic_matches_a_per_unit_reference(count):
 
 
 @pytest.mark.parametrize("mode", ["rolled", "unrolled"])
-def test_translation_modules_keep_the_encoder_whole(mode):
+def test_translation_modules_keep_the_encoder_whole(mode, tmp_path):
     """``for_shape('encoder_decoder')`` is the authors' translation setting: modules keep the output layer and
     every encoder unit (only the decoder layers are decomposed) and sample 1000 positives; ``encoder=True``
     decomposes the encoder too. Classifier shapes keep the previous settings."""
@@ -210,8 +236,10 @@ def test_translation_modules_keep_the_encoder_whole(mode):
     approach = RnnDecomposition.for_shape("encoder_decoder", mode=mode)
     assert (approach.channel, approach.encoder, approach.num_positive) == (False, False, 1000)
     assert RnnDecomposition.for_shape("many_to_many", mode=mode) == RnnDecomposition(mode=mode)
-    decoder_only = approach.decompose(model, v, x, language, 3).masks["unit_masks"]
-    everything = dataclasses.replace(approach, encoder=True).decompose(model, v, x, language, 3).masks["unit_masks"]
+    modules = approach.decompose(model, v, x, language, 3).modules
+    assert modules.classes == (0, 1, 2) and not modules.votes  # one module per language, the full output layer
+    decoder_only = modules.units
+    everything = dataclasses.replace(approach, encoder=True).decompose(model, v, x, language, 3).modules.units
     encoder, decoder = model.group_names()[:2], model.group_names()[2:]
     for g in encoder:
         assert decoder_only[g].all()
@@ -219,3 +247,9 @@ def test_translation_modules_keep_the_encoder_whole(mode):
     for g in decoder:  # the decoder's masks do not depend on the encoder option
         np.testing.assert_array_equal(decoder_only[g], everything[g])
     assert not all(everything[g].all() for g in encoder)  # random weights: the encoder does lose units
+    # Translation modules save and restore as any module set.
+    checkpoint.save_modules(tmp_path / "modules", modules, v)
+    restored, _ = checkpoint.restore_modules(tmp_path / "modules")
+    assert restored.meta == modules.meta and restored.head is None
+    for g in decoder_only:
+        np.testing.assert_array_equal(restored.units[g], decoder_only[g])

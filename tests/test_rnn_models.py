@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxmod.models import create_model
-from jaxmod.models.recurrent import GATE_MASKS, SHAPES, check_sequences
+from jaxmod.models.recurrent import SHAPES, check_sequences, gate_group
 from jaxmod.taps import UNIT_MASKS
 from jaxmod.topology import resolve_topology, slice_model, unit_mask_variables
 
@@ -131,7 +131,8 @@ def test_per_step_masks_and_gate_masks_broadcast():
     chex.assert_trees_all_close(same, model.apply(v, x))
     gate_cut = np.ones((5, 3, 4), np.float32)
     gate_cut[2, 0, 1] = 0  # update gate of unit 1 at step 2
-    out = model.apply({**v, GATE_MASKS: {"rnn1_h": gate_cut}}, x)
+    assert gate_group("rnn1_h") == "rnn1_gates"  # gate masks are unit masks of the layer's gate group
+    out = model.apply({**v, UNIT_MASKS: {gate_group("rnn1_h"): gate_cut}}, x)
     chex.assert_trees_all_close(out[:, :2], same[:, :2])
     assert not np.allclose(out[:, 2], same[:, 2])
 

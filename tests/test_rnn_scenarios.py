@@ -12,15 +12,18 @@ from absl import flags
 from absl.testing import flagsaver
 
 from experiments import rnn_scenarios as sc
-from experiments.runners.rnn import Arrays
-from jaxmod.approaches.rnn import composed_outputs, module_outputs, vocab_fingerprint
+from jaxmod.approaches.rnn import RnnDecomposition, vocab_fingerprint
+from jaxmod.data.text import SequenceSplit
 from jaxmod.models import create_model
 from jaxmod.modules import module_set
+from jaxmod.reuse import cross_model_confidences
+from jaxmod.running import module_outputs
 
 
 def arrays(x, y, valid, label=None):
+    """A split; ``label`` (the module label of translation pairs, their target language) is its group."""
     y = np.asarray(y)
-    return Arrays(np.asarray(x), y, np.asarray(valid, bool), np.asarray(label if label is not None else y))
+    return SequenceSplit(np.asarray(x), y, np.asarray(valid, bool), None if label is None else np.asarray(label))
 
 
 def test_pair_arrays_one_output_and_per_step():
@@ -28,13 +31,13 @@ def test_pair_arrays_one_output_and_per_step():
     p = sc.pair_arrays(a, (0, 2))
     np.testing.assert_array_equal(p.x[:, 0], [0, 1, 3, 4])
     np.testing.assert_array_equal(p.y, [0, 1, 1, 0])
-    assert p.valid.all()
+    assert p.y_valid.all()
     tags = arrays(np.arange(3)[:, None], [[0, 1, 2], [1, 1, 1], [2, 0, 0]], [[1, 1, 0], [1, 1, 1], [1, 1, 1]],
                   label=np.zeros(3, int))
     p = sc.pair_arrays(tags, (0, 2))  # the middle sentence has neither tag: dropped; step 2 of the first is padding
     np.testing.assert_array_equal(p.x[:, 0], [0, 2])
-    np.testing.assert_array_equal(p.valid, [[True, False, False], [True, True, True]])
-    np.testing.assert_array_equal(np.where(p.valid, p.y, -1), [[0, -1, -1], [1, 0, 0]])
+    np.testing.assert_array_equal(p.y_valid, [[True, False, False], [True, True, True]])
+    np.testing.assert_array_equal(np.where(p.y_valid, p.y, -1), [[0, -1, -1], [1, 0, 0]])
 
 
 def test_undersample_keeps_the_smallest_count_of_every_label():
@@ -98,32 +101,34 @@ def random_variables(model, x, seed=0):
     return jax.tree.map(lambda s: rng.normal(0, 0.5, s.shape).astype(s.dtype), shapes)
 
 
-def toy_set(layers, shape="many_to_one", vocab=("<pad>", "<unk>", "a", "b")):
+def toy_set(layers, shape="many_to_one", vocab=("<pad>", "<unk>", "a", "b"), seed=0):
+    """Random modules of a toy model with seeded random variables: ``(model, variables, modules)``."""
     model = create_model("rnn_gru", 3, shape=shape, num_layers=layers, units=6, vocab_size=12, input_len=5)
-    masks = {"unit_masks": {g: np.random.default_rng(layers).random((3, 6)) > 0.3 for g in model.group_names()}}
-    heads = {"kernel": np.random.default_rng(1).normal(size=(3, 6, 2)), "bias": np.zeros((3, 2))}
-    modules = module_set(masks, approach="rnn", model_name="rnn_gru", model=model, dataset="toy", input_shape=(5,),
-                         heads=heads, extra={"input_vocab_hash": vocab_fingerprint(vocab)})
-    return model, modules
+    x = np.zeros((1, 5), np.int32)
+    variables = random_variables(model, x, seed=seed)
+    units = {g: np.random.default_rng(layers).random((3, 6)) > 0.3 for g in model.group_names()}
+    head = {"kernel": np.random.default_rng(1).normal(size=(3, 3, 2)).astype(np.float32),
+            "bias": np.zeros((3, 2), np.float32)}
+    modules = module_set(RnnDecomposition(), model, variables, x, units=units, head=head)
+    return model, variables, modules.with_meta(dataset="toy", input_vocab=vocab_fingerprint(vocab, 12))
 
 
 def test_modules_of_models_of_other_depths_compose_but_not_other_output_shapes():
     """RQ3's replacement composes a 1-layer and a 2-layer model's modules: each runs with its own weights.
     One-output and per-step modules cannot be stacked for voting (the inter rows score them apart)."""
-    x = np.random.default_rng(0).integers(0, 12, (7, 5))
-    (m1, s1), (m2, s2) = toy_set(1), toy_set(2)
-    v1, v2 = random_variables(m1, x[:1]), random_variables(m2, x[:1], seed=1)
-    out, labels = composed_outputs([s1, s2], [v1, v2], x)
+    x = np.random.default_rng(0).integers(0, 12, (7, 5)).astype(np.int32)
+    (m1, v1, s1), (m2, v2, s2) = toy_set(1), toy_set(2, seed=1)
+    out, labels = cross_model_confidences([s1, s2], [v1, v2], x)
     assert out.shape == (6, 7)
     np.testing.assert_array_equal(labels, [0, 1, 2, 0, 1, 2])
-    np.testing.assert_allclose(out[3:], module_outputs(m2, v2, s2.masks, s2.heads, x), rtol=1e-6)
-    np.testing.assert_allclose(out[:3], module_outputs(m1, v1, s1.masks, s1.heads, x), rtol=1e-6)
-    _, tagger = toy_set(1, shape="many_to_many")
-    with pytest.raises(ValueError, match="one output and modules with an output per step"):
-        composed_outputs([s1, tagger], [v1, v1], x)
-    _, other = toy_set(1, vocab=("<pad>", "<unk>", "b", "a"))
-    with pytest.raises(ValueError, match="input vocabularies differ"):
-        composed_outputs([s1, other], [v1, v1], x)
+    np.testing.assert_allclose(out[3:], module_outputs(m2, v2, s2, x), rtol=1e-6)
+    np.testing.assert_allclose(out[:3], module_outputs(m1, v1, s1, x), rtol=1e-6)
+    _, vt, tagger = toy_set(1, shape="many_to_many")
+    with pytest.raises(ValueError, match=r"outputs of different shapes .* one per output step"):
+        cross_model_confidences([s1, tagger], [v1, vt], x)
+    _, vo, other = toy_set(1, vocab=("<pad>", "<unk>", "b", "a"))
+    with pytest.raises(ValueError, match="input_vocab"):
+        cross_model_confidences([s1, other], [v1, vo], x)
 
 
 def test_bad_flags_fail_before_anything_is_written(tmp_path):

@@ -1,5 +1,6 @@
 """Supermask decomposition (Kingetsu et al.): the edge-popup mask, the stemming loss, co-training,
-recomposition by union and voting, the orbax round trip, and the refusal of bad inputs."""
+recomposition by union and voting (:func:`jaxmod.compose.compose`), the orbax round trip, and the refusal
+of bad inputs."""
 
 import dataclasses
 import shutil
@@ -12,10 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxmod import checkpoint, models
+from jaxmod import checkpoint, metrics, models
 from jaxmod.approaches import create_approach
 from jaxmod.approaches import supermask as sm
-from jaxmod.modules import ModuleMetadata, ModuleSet
+from jaxmod.compose import VotingModel, compose
+from jaxmod.modules import ModuleSet, combine, fingerprint, module_set
 from jaxmod.voting import vote
 
 # ---------------------------------------------------------------------------
@@ -103,17 +105,23 @@ def _tiny():
     return model, {"params": jax.tree.map(lambda a: np.asarray(a, np.float32), params)}
 
 
-def _tiny_modules(variables, rng_seed=0, classes=(0, 1, 2), fingerprint=None):
+def _tiny_modules(variables, rng_seed=0, classes=(0, 1, 2)):
+    """Random supermasks and grafting layers for ``classes``, decomposed (as far as the metadata says) from the
+    tiny model with ``variables``."""
+    model, _ = _tiny()
     rng = np.random.default_rng(rng_seed)
     n = len(classes)
     masks = {"fc1": {"kernel": rng.random((n, 4, 4)) < 0.5}, "logits": {"kernel": rng.random((n, 4, 3)) < 0.5}}
-    heads = {"graft": {"kernel": rng.normal(size=(n, 3, 2)).astype(np.float32),
-                       "bias": rng.normal(size=(n, 2)).astype(np.float32)}}
-    meta = ModuleMetadata(approach="supermask", model_name="fc1", model_config={"num_hidden": 1, "units": 4},
-                          dataset="synthetic", input_shape=(2, 2, 1), num_classes=3, classes=tuple(classes),
-                          granularity="weight",
-                          extra={sm.FINGERPRINT_KEY: fingerprint or sm.fingerprint(variables)})
-    return ModuleSet(masks, meta, heads)
+    head = {"kernel": rng.normal(size=(n, 3, 2)).astype(np.float32), "bias": rng.normal(size=(n, 2)).astype(np.float32)}
+    modules = module_set(sm.Supermask(), model, variables, np.zeros((1, 2, 2, 1), np.float32),
+                         weights=sm.weight_masks(variables["params"], masks), head=head, classes=classes)
+    return modules.with_meta(dataset="synthetic")
+
+
+def _module(modules, cls):
+    """Class ``cls``'s supermask and grafting layer (its rows of the set)."""
+    row = modules.row(cls)
+    return jax.tree.map(lambda m: np.asarray(m)[row], modules.weights), jax.tree.map(lambda h: h[row], modules.head)
 
 
 def _by_hand(variables, mask, head, x):
@@ -121,7 +129,7 @@ def _by_hand(variables, mask, head, x):
     p = variables["params"]
     h = np.maximum(x.reshape(len(x), -1) @ (p["fc1"]["kernel"] * mask["fc1"]["kernel"]) + p["fc1"]["bias"], 0)
     logits = h @ (p["logits"]["kernel"] * mask["logits"]["kernel"]) + p["logits"]["bias"]
-    out = logits @ head["graft"]["kernel"] + head["graft"]["bias"]
+    out = logits @ head["kernel"] + head["bias"]
     e = np.exp(out - out.max(axis=1, keepdims=True))
     return (e / e.sum(axis=1, keepdims=True))[:, 1]
 
@@ -129,38 +137,42 @@ def _by_hand(variables, mask, head, x):
 def test_recomposition_union_rps_and_voting_on_constructed_modules():
     model, variables = _tiny()
     modules = _tiny_modules(variables)
+    assert modules.granularity == "weights" and modules.votes
     x = np.random.default_rng(1).normal(size=(7, 2, 2, 1)).astype(np.float32)
-    rec = sm.recompose(modules, variables, [2, 0])
-    assert rec.classes == (2, 0)
-    union = {k: {"kernel": modules.masks[k]["kernel"][2] | modules.masks[k]["kernel"][0]} for k in ("fc1", "logits")}
-    chex.assert_trees_all_equal(rec.union, union)
-    assert rec.rps == pytest.approx((union["fc1"]["kernel"].sum() + union["logits"]["kernel"].sum()) / 28)
-    assert rec.rps == pytest.approx(sm.remaining_ratio(modules.masks, [0, 2]))
+    rec = compose(modules, variables, [2, 0])  # supermask modules vote by default
+    assert isinstance(rec, VotingModel)
+    assert rec.classes == (2, 0) and rec.modules.classes == (2, 0)
+    w = modules.weights
+    union = {k: {"kernel": w[k]["kernel"][2] | w[k]["kernel"][0], "bias": None} for k in ("fc1", "logits")}
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, modules.union([2, 0])), union)
+    chex.assert_trees_all_equal(jax.tree.map(np.asarray, rec.modules.union(rec.classes)), union)
+    rps = metrics.union_size(modules, [2, 0])
+    assert rps == pytest.approx((union["fc1"]["kernel"].sum() + union["logits"]["kernel"].sum()) / 28)
+    assert rps == pytest.approx(metrics.union_size(modules, [0, 2]))
     # the deployed subnetwork keeps exactly the union's weights (biases are not masked)
-    np.testing.assert_array_equal(rec.deployed["params"]["fc1"]["kernel"] != 0,
+    np.testing.assert_array_equal(np.asarray(rec.variables["params"]["fc1"]["kernel"]) != 0,
                                   union["fc1"]["kernel"] & (variables["params"]["fc1"]["kernel"] != 0))
-    chex.assert_trees_all_equal(rec.deployed["params"]["fc1"]["bias"], variables["params"]["fc1"]["bias"])
-    conf = sm.recomposed_confidences(rec, x, batch_size=3)  # batches that do not divide the samples
-    expected = np.stack([_by_hand(variables, modules.module(c), modules.head(c), x) for c in (2, 0)])
+    chex.assert_trees_all_equal(rec.variables["params"]["fc1"]["bias"], variables["params"]["fc1"]["bias"])
+    conf = rec.confidences(x, batch_size=3)  # batches that do not divide the samples
+    expected = np.stack([_by_hand(variables, *_module(modules, c), x) for c in (2, 0)])
     np.testing.assert_allclose(conf, expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(sm.recomposed_predict(rec, x), np.where(expected[0] >= expected[1], 2, 0))
-    chex.assert_trees_all_equal(sm.recomposed_predict(rec, x), np.asarray(vote(expected, (2, 0))))
+    np.testing.assert_allclose(np.asarray(rec(x)), expected.T, rtol=1e-5, atol=1e-6)  # one batch: [B, k]
+    np.testing.assert_array_equal(rec.predict(x), np.where(expected[0] >= expected[1], 2, 0))
+    chex.assert_trees_all_equal(rec.predict(x), np.asarray(vote(expected, (2, 0))))
 
 
 def test_modules_from_two_sets_of_one_base_model_recompose_together():
     model, variables = _tiny()
     whole = _tiny_modules(variables)
-    part_a = ModuleSet(jax.tree.map(lambda m: m[:1], whole.masks),
-                       ModuleMetadata(**{**whole.metadata.to_json(), "classes": (0,), "input_shape": (2, 2, 1)}),
-                       jax.tree.map(lambda m: m[:1], whole.heads))
-    part_b = ModuleSet(jax.tree.map(lambda m: m[1:], whole.masks),
-                       ModuleMetadata(**{**whole.metadata.to_json(), "classes": (1, 2), "input_shape": (2, 2, 1)}),
-                       jax.tree.map(lambda m: m[1:], whole.heads))
+    part_a, part_b = whole.select([0]), whole.select([1, 2])
+    assert part_a.classes == (0,) and part_b.classes == (1, 2)
     x = np.random.default_rng(2).normal(size=(5, 2, 2, 1)).astype(np.float32)
-    together = sm.recomposed_confidences(sm.recompose([part_b, part_a], variables, [0, 2]), x)
-    np.testing.assert_allclose(together, sm.recomposed_confidences(sm.recompose(whole, variables, [0, 2]), x))
+    both = combine([part_b, part_a])
+    assert both.classes == (1, 2, 0)
+    together = compose(both, variables, [0, 2]).confidences(x)
+    np.testing.assert_allclose(together, compose(whole, variables, [0, 2]).confidences(x))
     with pytest.raises(ValueError, match="more than one module set"):
-        sm.recompose([whole, part_a], variables, [0, 1])
+        combine([whole, part_a])
 
 
 # ---------------------------------------------------------------------------
@@ -187,24 +199,28 @@ def test_recomposition_refuses_unknown_classes_and_other_base_models():
     model, variables = _tiny()
     modules = _tiny_modules(variables)
     with pytest.raises(ValueError, match="unknown classes"):
-        sm.recompose(modules, variables, [0, 7])
+        compose(modules, variables, [0, 7])
     with pytest.raises(ValueError, match="repeats"):
-        sm.recompose(modules, variables, [1, 1])
+        compose(modules, variables, [1, 1])
     retrained = jax.tree.map(lambda a: a + 0.01, variables)
     other = _tiny_modules(retrained, rng_seed=3)
-    with pytest.raises(ValueError, match="different base models"):
-        sm.recompose([modules, other], variables, [0, 1])
-    with pytest.raises(ValueError, match="not the base model"):
-        sm.recompose(modules, retrained, [0, 1])
-    wider = ModuleSet(modules.masks, ModuleMetadata(**{**modules.metadata.to_json(), "input_shape": (2, 2, 1),
-                                                      "model_config": {"num_hidden": 1, "units": 5}}), modules.heads)
-    with pytest.raises(ValueError, match="different model"):
-        sm.recompose([modules, wider], variables, [0, 1])
-    unit = ModuleSet({"fc1_relu": np.ones((3, 4), bool)},
-                     ModuleMetadata(**{**modules.metadata.to_json(), "input_shape": (2, 2, 1), "granularity": "unit",
-                                       "approach": "moda"}))
-    with pytest.raises(ValueError, match="not supermask"):
-        sm.recompose(unit, variables, [0])
+    assert other.meta.source == fingerprint(retrained) != modules.meta.source
+    # sets of two base models (same architecture, other trained weights) do not combine
+    with pytest.raises(ValueError, match=r"different decompositions \(they differ in \['source'\]\)"):
+        combine([modules.select([0]), other.select([1])])
+    with pytest.raises(ValueError, match="not the model these modules were decomposed from"):
+        compose(modules, retrained, [0, 1])
+    wider = modules.select([1]).with_meta(model_config={"num_hidden": 1, "units": 5})
+    with pytest.raises(ValueError, match=r"different decompositions \(they differ in \['model_config'\]\)"):
+        combine([modules.select([0]), wider])
+    with pytest.raises(ValueError, match="do not fit"):
+        compose(wider, variables, [1])
+    unit = ModuleSet(units={"fc1_relu": np.ones((1, 4), bool)},
+                     meta=modules.meta.replace(approach="moda", classes=(1,), approach_config={})).validate()
+    with pytest.raises(ValueError, match=r"different decompositions \(they differ in \['approach'"):
+        combine([modules.select([0]), unit])
+    with pytest.raises(ValueError, match="merging slices unit masks"):  # weight masks vote; they cannot be merged
+        compose(modules, variables, [0, 1], how="merge")
 
 
 def test_decompose_refuses_bad_samples_before_training():
@@ -270,17 +286,18 @@ def test_decomposition_round_trips_through_orbax(tmp_path):
     x, y = _synthetic()
     approach = sm.Supermask(k=0.5, epochs=1, batch_size=16)
     decomposition = approach.decompose(model, variables, x, y, 3)
-    assert decomposition.granularity == "weight"
-    assert set(jax.tree.leaves(jax.tree.map(lambda m: m.dtype, decomposition.masks))) == {np.dtype(bool)}
-    modules = sm.supermask_module_set(decomposition, model_name="fc1", model=model, dataset="synthetic",
-                                      input_shape=(2, 2, 1), variables=variables, config=approach.config())
+    assert decomposition.modules.granularity == "weights"
+    assert set(jax.tree.leaves(jax.tree.map(lambda m: m.dtype, decomposition.modules.masks))) == {np.dtype(bool)}
+    modules = decomposition.modules.with_meta(dataset="synthetic")
+    assert modules.meta.approach_config == approach.config() and modules.meta.source == fingerprint(variables)
+    assert modules.meta.model_name == "fc1" and modules.meta.input_shape == (2, 2, 1)
     checkpoint.save_modules(tmp_path / "modules", modules, variables)
     restored, restored_vars = checkpoint.restore_modules(tmp_path / "modules")
-    assert restored.metadata == modules.metadata
+    assert restored.meta == modules.meta
     chex.assert_trees_all_equal(restored.masks, modules.masks)
-    chex.assert_trees_all_equal(restored.heads, modules.heads)
-    before = sm.recomposed_predict(sm.recompose(modules, variables, [0, 1, 2]), x)
-    after = sm.recomposed_predict(sm.recompose(restored, restored_vars, [0, 1, 2]), x)
+    chex.assert_trees_all_equal(restored.head, modules.head)
+    before = compose(modules, variables, [0, 1, 2]).predict(x)
+    after = compose(restored, restored_vars, [0, 1, 2]).predict(x)
     chex.assert_trees_all_equal(before, after)
 
 
@@ -300,10 +317,10 @@ def test_cotraining_resumes_from_its_last_checkpointed_epoch(tmp_path):
     assert [e["epoch"] for e in h_resumed["epochs"]] == [1, 2, 3]
     assert h_resumed["epochs"][0]["cross_entropy"] == pytest.approx(h_plain["epochs"][0]["cross_entropy"])
     # another configuration (or base model) in the same directory is refused before compiling or training
-    with pytest.raises(ValueError, match="another run"):
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(run_info\.config differ"):
         sm.Supermask(k=0.3, epochs=3, batch_size=16).train_modules(model, variables, x, y, 3, workdir=tmp_path / "a")
     other = jax.tree.map(lambda a: a + 1.0, variables)
-    with pytest.raises(ValueError, match="another run"):
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(run_info\.base_fingerprint differ"):
         approach.train_modules(model, other, x, y, 3, workdir=tmp_path / "a")
 
 

@@ -1,8 +1,6 @@
 """Supermask decomposition on conv models (batch norm, dropout, residual adds) and end to end on real MNIST."""
 
 import json
-import subprocess
-import sys
 
 import chex
 import jax
@@ -10,8 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmod import checkpoint, models
+from experiments import pipeline
+from experiments.configs import supermask as supermask_config
+from jaxmod import checkpoint, metrics, models
 from jaxmod.approaches import supermask as sm
+from jaxmod.compose import VotingModel, compose
+from jaxmod.running import apply_weight_mask
 
 
 @pytest.mark.parametrize("batch_norm", ["module", "running"])
@@ -25,28 +27,29 @@ def test_a_conv_model_with_batch_norm_and_dropout_decomposes(batch_norm):
     y = (np.arange(48) % 3).astype(np.int32)
     x = rng.normal(size=(48, 8, 8, 1)).astype(np.float32)
     approach = sm.Supermask(k=0.2, epochs=1, batch_size=16, batch_norm=batch_norm)
-    decomposition = approach.decompose(model, variables, x, y, 3)
+    modules = approach.decompose(model, variables, x, y, 3).modules
+    assert modules.granularity == "weights" and modules.meta.input_shape == (8, 8, 1)
     kernels = sm.masked_paths(variables["params"])
     assert any("conv" in "/".join(p) for p in kernels)
-    assert len(jax.tree.leaves(decomposition.masks)) == len(kernels)  # every conv and dense kernel, nothing else
-    for leaf in jax.tree.leaves(decomposition.masks):
+    assert len(jax.tree.leaves(modules.weights)) == len(kernels)  # every conv and dense kernel, nothing else
+    for leaf in jax.tree.leaves(modules.weights):
         assert leaf.shape[0] == 3
         assert int(leaf[0].sum()) == sm.kept_count(leaf[0].size, 0.2)
-    modules = sm.supermask_module_set(decomposition, model_name=name, model=model, dataset="synthetic",
-                                      input_shape=(8, 8, 1), variables=variables)
-    rec = sm.recompose(modules, variables, [0, 1, 2])
-    chex.assert_trees_all_equal(rec.deployed["batch_stats"], variables["batch_stats"])  # the model stays frozen
-    conf = sm.recomposed_confidences(rec, x[:10])
-    np.testing.assert_array_equal(conf, sm.recomposed_confidences(rec, x[:10]))  # dropout is off
-    mask0 = jax.tree.map(lambda m: m[0], rec.masks)
-    head0 = jax.tree.map(lambda h: h[0], rec.heads["graft"])
+    rec = compose(modules, variables, [0, 1, 2])
+    assert isinstance(rec, VotingModel)
+    chex.assert_trees_all_equal(rec.variables["batch_stats"], variables["batch_stats"])  # the model stays frozen
+    conf = rec.confidences(x[:10])
+    np.testing.assert_array_equal(conf, rec.confidences(x[:10]))  # dropout is off
+    mask0 = jax.tree.map(lambda m: m[0], rec.modules.weights)
+    head0 = jax.tree.map(lambda h: h[0], rec.modules.head)
     if batch_norm == "module":
         # each module's own running statistics: the base ones moved (momentum 0.9, 3 batches) towards the masked
         # model's batch statistics, one set per module
-        stats = rec.heads["batch_stats"]
+        assert set(rec.modules.state) == {"batch_stats"}
+        stats = rec.modules.state["batch_stats"]
         order = approach.batch_order(len(x), 1)
         expected = variables["batch_stats"]
-        params0 = sm.apply_mask(variables["params"], mask0)
+        params0 = apply_weight_mask(variables["params"], mask0)
         for index in order:
             _, upd = model.apply({**variables, "params": params0, "batch_stats": expected}, x[index], train=True,
                                  mutable=["batch_stats"], rngs={"dropout": jax.random.key(0)})
@@ -54,27 +57,34 @@ def test_a_conv_model_with_batch_norm_and_dropout_decomposes(batch_norm):
         chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], stats), expected, rtol=1e-5, atol=1e-6)
         stats0 = jax.tree.map(lambda a: a[0], stats)
     else:
-        assert "batch_stats" not in rec.heads
+        assert rec.modules.state is None
         stats0 = None
     direct = jax.nn.softmax(sm.module_forward(model, variables, mask0, head0, jnp.asarray(x[:10]), stats0),
                             axis=-1)[:, 1]
     np.testing.assert_allclose(conf[0], direct, rtol=1e-4, atol=1e-5)
 
 
-def _run(*flags):
-    return subprocess.run([sys.executable, "-m", "experiments.modularize", "--approach=supermask", "--progress=false",
-                           *flags], capture_output=True, text=True)
+def _config(**options):
+    config = supermask_config.get_config()
+    config.progress = False
+    config.options.update(options)
+    return config
 
 
 def test_supermask_end_to_end_on_real_mnist(tmp_path):
     work = tmp_path / "run"
-    proc = _run("--model=fc1", "--dataset=mnist", "--epochs=3", "--train_limit=2000", "--test_limit=500",
-                "--module_epochs=2", "--num_subtasks=3", "--timing_repeats=1", "--k=0.1", "--alpha=1.0",
-                f"--workdir={work}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = _config(epochs=2, k=0.1, alpha=1.0)
+    config.model, config.dataset = "fc1", "mnist"
+    config.train.epochs = 3
+    config.train_limit, config.test_limit = 2000, 500
+    config.reuse.num_subtasks = 3
+    config.timing_repeats = 1
+    returned = pipeline.run(config, str(work))
     results = json.loads((work / "results.json").read_text())
+    pipeline.check_results(results)
     assert results["approach"] == "supermask" and results["modular"] == results["standard"]
     assert results["composed"]["test_accuracy"] > 0.6  # ten one-class modules voting, after a tiny budget
+    assert results["composed"]["test_accuracy"] == pytest.approx(returned["composed"]["test_accuracy"])
     rps = results["modules"]["rps"]
     assert rps["single_mean"] == pytest.approx(0.1, abs=1e-3)  # k = 10% of every layer
     assert rps["single_mean"] < rps["two_class_min"] <= rps["two_class_mean"] <= rps["two_class_max"] <= 0.2 + 1e-9
@@ -91,14 +101,16 @@ def test_supermask_end_to_end_on_real_mnist(tmp_path):
     # the saved modules recompose the sub-task the run measured, with the same RPs
     modules, variables = checkpoint.restore_modules(work / "modules")
     task = results["reuse"]["subtasks"][0]
-    assert sm.recompose(modules, variables, task["classes"]).rps == pytest.approx(task["composed_size"])
-    assert "two-class RPs (mean)" in proc.stdout
+    composed = compose(modules, variables, task["classes"])
+    assert isinstance(composed, VotingModel) and composed.classes == tuple(task["classes"])
+    assert metrics.union_size(composed.modules, task["classes"]) == pytest.approx(task["composed_size"])
+    assert metrics.union_size(modules, task["classes"]) == pytest.approx(task["composed_size"])
+    assert "two-class RPs (mean)" in pipeline.summary(results)
 
 
-@pytest.mark.parametrize("flag", ["--k=0", "--k=1.5"])
-def test_bad_k_fails_before_writing(tmp_path, flag):
+@pytest.mark.parametrize("k", [0.0, 1.5])
+def test_bad_k_fails_before_writing(tmp_path, k):
     work = tmp_path / "never"
-    proc = _run(flag, f"--workdir={work}")
-    assert proc.returncode != 0
-    assert "k (the fraction of weights" in proc.stderr
+    with pytest.raises(ValueError, match=r"k \(the fraction of weights"):
+        pipeline.run(_config(k=k), str(work))
     assert not work.exists()

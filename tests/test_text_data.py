@@ -309,3 +309,39 @@ def test_scored_padding_refuses_one_output_datasets() -> None:
     ds = text.SequenceDataset("toy", "many_to_one", split, split, split, ("<pad>", "<unk>"), ("A", "B"), 3, 1)
     with pytest.raises(ValueError, match="scored padding applies"):
         text.with_scored_padding(ds)
+
+
+# ------------------------------------------------------------------------------------------- splits as models read them
+
+
+def test_model_split_translation_appends_the_language_token() -> None:
+    """Translation: the target language becomes a last source token (input vocabulary + language), the targets
+    drop their start token, and ``group`` (the label each translation module is built for) keeps the language."""
+    y = [[4, 6, 7, 3], [5, 6, 3, 0]]  # <bos:fr> le chat <eos> / <bos:de> ... <eos> <pad>
+    split = text.SequenceSplit(np.array([[2, 3, 0], [3, 0, 0]], np.int32), np.asarray(y, np.int32),
+                               np.array([[1, 1, 1, 1], [1, 1, 1, 0]], bool), np.array([0, 1], np.int32))
+    vocab = ("<pad>", "<unk>", "the", "cat")
+    ds = text.SequenceDataset("toy", "encoder_decoder", split, split, split, vocab,
+                              (*text.TARGET_SPECIALS, "<bos:fr>", "<bos:de>", "le", "chat"), 3, 4, ("fr", "de"))
+    out = text.model_split(ds, "test")
+    np.testing.assert_array_equal(out.x, [[2, 3, 0, 4], [3, 0, 0, 5]])  # 4 + language
+    assert out.x.dtype == np.int32 and out.group.dtype == np.int32
+    np.testing.assert_array_equal(out.y, [[6, 7, 3], [6, 3, 0]])
+    np.testing.assert_array_equal(out.y_valid, [[1, 1, 1], [1, 1, 0]])
+    np.testing.assert_array_equal(text.module_labels(ds, out), [0, 1])
+    tagger = text.SequenceDataset("toy", "many_to_many", split, split, split, vocab, ("A", "B"), 3, 3)
+    assert text.model_split(tagger, "train") is split  # other shapes: read as they are, labelled by class
+    np.testing.assert_array_equal(text.module_labels(tagger, split), split.y)
+
+
+def test_subset_split_is_a_seeded_subset_in_order() -> None:
+    split = text.SequenceSplit(np.arange(10, dtype=np.int32)[:, None], np.arange(10, dtype=np.int32) % 3,
+                               np.ones(10, bool), np.arange(10, dtype=np.int32) % 2)
+    out = text.subset_split(split, 4, seed=0)
+    assert len(out) == 4 and np.all(np.diff(out.x[:, 0]) > 0)  # original order
+    np.testing.assert_array_equal(out.y, out.x[:, 0] % 3)  # rows stay whole
+    np.testing.assert_array_equal(out.group, out.x[:, 0] % 2)
+    np.testing.assert_array_equal(out.x, text.subset_split(split, 4, seed=0).x)
+    assert text.subset_split(split, None, 0) is split and text.subset_split(split, 10, 0) is split
+    with pytest.raises(ValueError, match=">= 1"):
+        text.subset_split(split, 0, 0)

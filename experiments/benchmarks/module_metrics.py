@@ -30,7 +30,7 @@ def main(argv):
     rng = np.random.default_rng(0)
     masks = {g: rng.random((f.classes, n)) < f.keep for g, n in topo.sizes.items()}
     start = time.perf_counter()
-    out = metrics.module_metrics(topo, masks, params)
+    out = metrics.unit_statistics(topo, masks, params)
     seconds = time.perf_counter() - start
     result = {"model": "vgg16", "classes": f.classes, "seconds": seconds, "mean_size": out["mean_size"],
               "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}

@@ -6,8 +6,9 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from jaxmod.approaches.base import Approach, Decomposition
+from jaxmod.approaches.base import Approach
 from jaxmod.approaches.moda import Moda, threshold_with_floor
+from jaxmod.modules import Decomposition
 
 # A factory, or "module:attribute" imported on first use (keeps heavy approaches out of import time).
 _APPROACHES: dict[str, Callable[..., Approach] | str] = {
@@ -16,6 +17,7 @@ _APPROACHES: dict[str, Callable[..., Approach] | str] = {
     "concern": "jaxmod.approaches.concern:Concern",
     "rnn": "jaxmod.approaches.rnn:RnnDecomposition",
     "supermask": "jaxmod.approaches.supermask:Supermask",
+    "random": "jaxmod.approaches.random:RandomControl",
 }
 
 
@@ -32,6 +34,13 @@ def register_approach(name: str, factory: Callable[..., Approach]) -> None:
     _APPROACHES[name] = factory
 
 
+def approach_class(name: str) -> Callable[..., Approach]:
+    """The factory (the approach's config dataclass) registered as ``name``."""
+    if name not in _APPROACHES:
+        raise ValueError(f"unknown approach {name!r}; available: {', '.join(available_approaches())}")
+    return _factory(name)
+
+
 def available_approaches() -> tuple[str, ...]:
     return tuple(sorted(_APPROACHES))
 
@@ -46,5 +55,5 @@ def create_approach(name: str, **options: Any) -> Approach:
         raise ValueError(f"bad options {options} for approach {name!r}: {err}") from err
 
 
-__all__ = ["Approach", "Decomposition", "Moda", "available_approaches", "create_approach", "register_approach",
-           "threshold_with_floor"]
+__all__ = ["Approach", "Decomposition", "Moda", "approach_class", "available_approaches", "create_approach",
+           "register_approach", "threshold_with_floor"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -10,30 +9,25 @@ import flax.linen as nn
 import numpy as np
 
 from jaxmod.losses import LossFn
-
-
-@dataclasses.dataclass(frozen=True)
-class Decomposition:
-    """Stacked per-class masks (row i = module of class i), module-specific parameters (``heads``,
-    same leading axis; ``None`` for methods without them) and the statistics they came from."""
-
-    masks: Mapping[str, Any]
-    granularity: str
-    statistics: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    heads: Mapping[str, Any] | None = None
+from jaxmod.modules import Decomposition
 
 
 class Approach(Protocol):
-    """A modularization method: an optional modular training loss and a decomposition rule.
+    """A modularization method: a frozen config with an optional modular training loss and a decomposition rule.
 
-    ``training_loss`` returns ``None`` for post-training methods (they decompose the standard
-    model). ``decompose`` reads a trained model and the training samples and returns one module
-    per class.
+    ``training_loss`` returns ``None`` for post-training methods (they decompose the standard model).
+    ``training_model`` gives the model to train (MwT adds its mask generators; the others train the model as
+    it is). ``decompose`` reads a trained model and the training samples and returns one module per class
+    (a :class:`jaxmod.modules.Decomposition`); how the modules run (merge and slice, or vote) is read from
+    the module set itself (:func:`jaxmod.compose.how_modules_compose`). Training, scanning, composing,
+    voting, saving and measuring are shared.
     """
 
     name: str
 
     def training_loss(self) -> LossFn | None: ...
+
+    def training_model(self, model: nn.Module) -> nn.Module: ...
 
     def decompose(self, model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
                   num_classes: int) -> Decomposition: ...

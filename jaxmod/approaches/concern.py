@@ -25,6 +25,9 @@ Steps, each a pure function over stacked masks ``{group: bool[C, *node_shape]}``
   concerned output is irrelevant (|w| < 0.05).
 
 Composition is by voting (:mod:`jaxmod.voting`) on each module's confidence in its own class.
+
+Where the work runs: the statistics pass is one jitted scan; sample selection, CI, TI and the backtracking
+rules run on the host (NumPy, over per-class count tables; MC-BI's sliding-window cover is a jnp transpose).
 """
 
 from __future__ import annotations
@@ -40,17 +43,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxmod import masks as mask_algebra
 from jaxmod.activations import forward, predict_logits, scan_dataset
-from jaxmod.approaches.base import Decomposition
-from jaxmod.compose import subtask_samples
 from jaxmod.data import check_every_class_present, check_labels
 from jaxmod.losses import LossFn
-from jaxmod.metrics import module_metrics, module_model_jaccard
+from jaxmod.metrics.modules import module_statistics, unit_statistics
 from jaxmod.models import MLP, LeNet5, ResNet, check_inputs
-from jaxmod.taps import POSITION_MASKS
+from jaxmod.modules import Decomposition, ModuleSet, module_set
+from jaxmod.running import channel_head
 from jaxmod.topology import resolve_topology
-from jaxmod.voting import voting_accuracy
 
 DENSE_VARIANTS = ("ti_i", "ti_sne", "cm_rie")
 CNN_VARIANTS = ("ci_ti_mc", "ci_ti_mc_bln", "ci_ti_mc_bln_bi")
@@ -219,16 +219,6 @@ def concern_masks(pos_counts: Masks, neg_counts: Masks, n_pos: np.ndarray, rule:
 # Channeling and backtracking.
 
 
-def channel_heads(num_classes: int) -> np.ndarray:
-    """``float32[C, C, 2]``: module c's output (concerned, unconcerned) = logits @ head[c].
-
-    The concerned node keeps class c's edges and bias; the unconcerned node's edges and bias are the
-    mean of the other classes' (the output layer is linear, so this is exact on the logits).
-    """
-    eye = np.eye(num_classes, dtype=np.float32)
-    return np.stack([eye, (1.0 - eye) / (num_classes - 1)], axis=-1)
-
-
 def _leaf(params: Mapping[str, Any], path: tuple[str, ...]) -> np.ndarray:
     return np.asarray(traverse_util.flatten_dict(dict(params))[path])
 
@@ -395,58 +385,6 @@ def edge_strength(params: Mapping[str, Any], plan: Plan, delta: float) -> list[d
 # Modules: confidences and voting.
 
 
-def nest(masks: Masks) -> dict:
-    """Flat ``'a/b'`` keys -> the nested tree the ``position_masks`` collection takes."""
-    return traverse_util.unflatten_dict({tuple(k.split("/")): v for k, v in masks.items()})
-
-
-def flatten(masks: Mapping[str, Any]) -> Masks:
-    """Nested mask tree -> flat ``'a/b'`` keys."""
-    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(dict(masks), sep="/").items()}
-
-
-@functools.lru_cache(maxsize=32)
-def _confidence_fn(model: nn.Module) -> Callable:
-    def batch_fn(carry, xb, index, valid, variables, masks, heads, classes):
-        del valid
-
-        def one(mask, head, cls):
-            logits = model.apply({**variables, POSITION_MASKS: mask}, xb)
-            if head is None:
-                return jax.nn.softmax(logits)[:, cls]
-            return jax.nn.softmax(logits @ head)[:, 0]
-
-        conf = jax.vmap(one, in_axes=(0, None if heads is None else 0, 0))(masks, heads, classes)
-        return jax.lax.dynamic_update_slice(carry, conf, (0, index[0]))
-
-    return batch_fn
-
-
-def module_confidences(model: nn.Module, variables: Mapping[str, Any], masks: Mapping[str, Any],
-                       heads: np.ndarray | None, classes: Sequence[int], x: np.ndarray,
-                       batch_size: int = 256) -> np.ndarray:
-    """``float[M, N]``: each module's confidence that each sample is its class (one jitted scan, vmap
-    over modules). ``masks`` is nested with a leading module axis; ``heads`` is ``(M, C, 2)`` for
-    channeled modules (softmax of the binary output) or ``None`` (softmax of the model's class)."""
-    x = np.asarray(x)
-    check_inputs(model, variables, x)
-    classes = np.asarray(classes, np.int32)
-    n = len(x)
-    init = jnp.zeros((len(classes), n + (-n) % batch_size), jnp.float32)  # padded rows land past n
-    heads = None if heads is None else jnp.asarray(heads)
-    out = scan_dataset(_confidence_fn(model), init, x, np.arange(n, dtype=np.int32), batch_size, variables,
-                       jax.tree.map(jnp.asarray, masks), heads, jnp.asarray(classes))
-    return np.asarray(out)[:, :n]
-
-
-def check_same_input(shapes: Sequence[Sequence[int]]) -> tuple[int, ...]:
-    """``ValueError`` unless every module to be composed takes inputs of the same shape."""
-    distinct = sorted({tuple(int(d) for d in s) for s in shapes})
-    if len(distinct) != 1:
-        raise ValueError(f"modules with different input shapes cannot be composed: {distinct}")
-    return distinct[0]
-
-
 # ---------------------------------------------------------------------------------------------
 # The approach.
 
@@ -513,7 +451,8 @@ class Concern:
 
     def decompose(self, model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
                   num_classes: int) -> Decomposition:
-        """One module per class: masks ``{group: bool[C, *nodes]}`` (nested) and channel heads."""
+        """One module per class: position masks ``{group: bool[C, *nodes]}`` and, where the variant channels,
+        channel heads."""
         plan = self.check(model, variables, x, y, num_classes)
         x, y = np.asarray(x), np.asarray(y)
         eligible = None
@@ -530,8 +469,9 @@ class Concern:
         stats = {"positives": n_pos, "negatives_per_class": n_neg,
                  "activation_rate": {k: v / np.reshape(np.maximum(n_pos, 1), (-1,) + (1,) * (v.ndim - 1))
                                      for k, v in pos_c.items()}}
-        heads = {"channel": channel_heads(num_classes)} if self.channeled else None
-        return Decomposition(masks=nest(masks), granularity="position", statistics=stats, heads=heads)
+        head = channel_head(num_classes, range(num_classes)) if self.channeled else None
+        modules = module_set(self, model, variables, x[:1], positions=masks, head=head)
+        return Decomposition(modules, statistics=stats)
 
     def backtrack(self, masks: Masks, params: Mapping[str, Any], plan: Plan,
                   classes: Sequence[int] | None = None) -> Masks:
@@ -545,19 +485,17 @@ class Concern:
             masks = backtrack_conv(masks, plan)
         return masks
 
-    def continue_learning(self, model: nn.Module, variables: Mapping[str, Any], masks: Mapping[str, Any],
-                          x_negative: np.ndarray, rows: Sequence[int] | None = None,
-                          classes: Sequence[int] | None = None) -> dict:
+    def continue_learning(self, model: nn.Module, variables: Mapping[str, Any], modules: ModuleSet,
+                          x_negative: np.ndarray, rows: Sequence[int] | None = None) -> ModuleSet:
         """Continuous learning (ICSE 2022, Sec. 3.5): re-apply tangling identification with the unseen
         classes of another dataset. Nodes of the module's model active on any of ``x_negative`` are
         restored, then the variant's backtracking runs again. ``rows`` picks the modules to update
-        (default all); ``classes[i]`` is the class of mask row i (default row i = class i). Returns the
-        new nested masks."""
+        (default all). Returns the updated module set."""
         plan = model_plan(model)
         x_negative = np.asarray(x_negative)
         check_inputs(model, variables, x_negative)
-        flat = flatten(masks)
-        n = next(iter(flat.values())).shape[0]
+        flat = {k: np.asarray(v) for k, v in modules.positions.items()}
+        n = modules.num_modules
         rows = list(range(n)) if rows is None else list(rows)
         if not rows or min(rows) < 0 or max(rows) >= n:
             raise ValueError(f"rows must be module indices in 0..{n - 1}, got {rows}")
@@ -567,11 +505,9 @@ class Concern:
         selected = np.zeros(n, bool)
         selected[rows] = True
         restored = {k: v | (selected.reshape((-1,) + (1,) * (v.ndim - 1)) & (neg_c[k] > 0)) for k, v in flat.items()}
-        if classes is not None and len(classes) != n:
-            raise ValueError(f"{n} module rows but {len(classes)} classes")
-        updated = self.backtrack(restored, variables["params"], plan, classes)
-        return nest({k: np.where(selected.reshape((-1,) + (1,) * (v.ndim - 1)), updated[k], v)
-                     for k, v in flat.items()})
+        updated = self.backtrack(restored, variables["params"], plan, modules.classes)
+        return modules.replace(positions={k: np.where(selected.reshape((-1,) + (1,) * (v.ndim - 1)), updated[k], v)
+                                          for k, v in flat.items()})
 
     def config(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
@@ -581,34 +517,19 @@ class Concern:
 # Measuring modules.
 
 
-def voted(confidences: np.ndarray, y: np.ndarray, classes: Sequence[int]) -> dict[str, float]:
-    """Top-1 and top-5 accuracy of the modules of ``classes`` voting on the samples of those classes.
-
-    ``confidences`` is ``float[C, N]`` for every class's module; labels outside ``classes`` are dropped.
-    """
-    classes = [int(c) for c in classes]
-    index, labels = subtask_samples(y, classes)
-    conf = np.asarray(confidences)[np.asarray(classes)][:, index]
-    k5 = min(5, len(classes))
-    return {"top1": voting_accuracy(conf, labels), "top5": voting_accuracy(conf, labels, k=k5)}
-
-
-def jaccard_figures(model: nn.Module, variables: Mapping[str, Any], masks: Mapping[str, Any],
-                    input_shape: Sequence[int]) -> dict[str, Any]:
+def jaccard_figures(model: nn.Module, variables: Mapping[str, Any], modules: ModuleSet) -> dict[str, Any]:
     """Module-model and pairwise Jaccard indices and sizes.
 
     Over nodes (dense units and conv-map positions: what the method removes) for every model; for
-    dense models also over weights (a module keeps the weights between its kept units, counted as
-    :func:`jaxmod.metrics.module_metrics` does), the measure the FSE 2020 code and the supermask paper use.
+    dense models also over weights (a module keeps the weights between its kept units, counted as for
+    unit masks), the measure the FSE 2020 code and the supermask paper use.
     """
-    flat = flatten(masks)
-    total = int(sum(np.prod(v.shape[1:]) for v in flat.values()))
-    node = mask_algebra.module_statistics(flat, total)
-    out = {"node_module_model": module_model_jaccard(flat).tolist(),
-           "node_mean_module_model": float(np.mean(module_model_jaccard(flat))),
-           "node_mean_pairwise": mask_algebra.mean_off_diagonal(node["jaccard"])}
+    node = module_statistics(modules, variables)
+    out = {"node_module_model": node["sizes"].tolist(), "node_mean_module_model": node["mean_size"],
+           "node_mean_pairwise": node["mean_jaccard"]}
     if isinstance(model, MLP):
-        weights = module_metrics(resolve_topology(model, input_shape), flat, variables["params"])
+        weights = unit_statistics(resolve_topology(model, modules.meta.input_shape), modules.positions,
+                                  variables["params"])
         out.update({"weight_mean_pairwise": weights["mean_jaccard"], "weight_mean_size": weights["mean_size"],
                     "weight_sizes": weights["sizes"].tolist()})
     return out

@@ -15,16 +15,18 @@ from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxmod.activations import activation_rates, class_activation_counts
-from jaxmod.approaches.base import Decomposition
 from jaxmod.data import check_every_class_present, check_labels
 from jaxmod.losses import LossFn, moda_loss
+from jaxmod.modules import Decomposition, module_set
 
 
-def threshold_with_floor(rates: np.ndarray, tau: float, min_fraction: float = 0.005) -> np.ndarray:
-    """``bool[C, U]``: units with rate >= tau; a class with fewer than ``min_req`` gets its top-k.
+def threshold_with_floor(rates: jax.Array, tau: float, min_fraction: float = 0.005) -> jax.Array:
+    """``bool[C, U]``: units with rate >= tau; a class with fewer than ``min_req`` gets its top-k. Jit-able.
 
     As the MODA reference code (``calculate_modular_layer_masks``): ``min_req = max(1,
     floor(min_fraction * U))`` and a deficient class keeps its ``k`` most frequent units, where
@@ -32,17 +34,16 @@ def threshold_with_floor(rates: np.ndarray, tau: float, min_fraction: float = 0.
     classes one after another, but a raised class never exceeds that k, so every deficient class
     gets the same k and the rule is order-free. Ties are broken by the lower unit index.
     """
-    rates = np.asarray(rates)
+    rates = jnp.asarray(rates)
     if rates.ndim != 2:
         raise ValueError(f"rates must be (classes, units), got shape {rates.shape}")
     keep = rates >= tau
-    counts = keep.sum(axis=1)
+    counts = jnp.sum(keep, axis=1)
     min_req = max(1, math.floor(min_fraction * rates.shape[1]))
-    k = max(min_req, int(counts.max()))
-    order = np.argsort(-rates, axis=1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.broadcast_to(np.arange(rates.shape[1]), rates.shape).copy(), axis=1)
-    return np.where((counts < min_req)[:, None], rank < k, keep)
+    k = jnp.maximum(min_req, jnp.max(counts))
+    order = jnp.argsort(-rates, axis=1, stable=True)
+    rank = jnp.argsort(order, axis=1, stable=True)  # each unit's position in its class's order
+    return jnp.where((counts < min_req)[:, None], rank < k, keep)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +72,9 @@ class Moda:
     def training_loss(self) -> LossFn:
         return moda_loss(self.alpha, self.beta, self.gamma)
 
+    def training_model(self, model: nn.Module) -> nn.Module:
+        return model
+
     def decompose(self, model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
                   num_classes: int) -> Decomposition:
         """Per-class unit masks from activation frequency on the (unaugmented) training samples."""
@@ -80,8 +84,10 @@ class Moda:
         check_every_class_present(y, num_classes, "samples to decompose from")
         counts, totals = class_activation_counts(model, variables, x, y, num_classes, self.batch_size)
         rates = activation_rates(counts, totals)
-        masks = {name: threshold_with_floor(r, self.tau, self.min_unit_fraction) for name, r in rates.items()}
-        return Decomposition(masks=masks, granularity="unit", statistics={"activation_rate": rates})
+        masks = {name: np.asarray(threshold_with_floor(r, self.tau, self.min_unit_fraction))
+                 for name, r in rates.items()}
+        modules = module_set(self, model, variables, np.asarray(x[:1]), units=masks)
+        return Decomposition(modules, statistics={"activation_rate": rates})
 
     def config(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}

@@ -14,6 +14,9 @@
   generators; with a new head ``ReLU -> Dense(N -> k)`` the sub-model is fine-tuned a few epochs on
   the training samples of those classes, keeping the epoch that is best on the validation split.
   Without fine-tuning the mixed module's logits of the k classes are used directly.
+
+Where the work runs: frequencies come from one jitted scan; the threshold rules (:func:`lowered_thresholds`,
+:func:`module_kernels`, :func:`complete_masks`) run on the host over small per-layer tables (NumPy).
 """
 
 from __future__ import annotations
@@ -32,12 +35,12 @@ from flax import traverse_util
 from jaxmod import compose as compose_lib
 from jaxmod import train
 from jaxmod.activations import _stack_batches, class_activation_counts, forward
-from jaxmod.approaches.base import Decomposition
-from jaxmod.data import Dataset, batch_iterator, check_every_class_present, check_labels, num_batches
+from jaxmod.data import Dataset, check_every_class_present, check_labels
 from jaxmod.losses import LossFn, cross_entropy_loss, mwt_loss, unit_values
-from jaxmod.modules import ModuleSet
+from jaxmod.modules import Decomposition, ModuleSet, check_class_list, module_set
+from jaxmod.reuse import subtask_samples
 from jaxmod.taps import INDEX_MAPS, gate_group, is_gate_name
-from jaxmod.topology import SlicedModel, Topology, resolve_topology, slice_model, split_residual_producers
+from jaxmod.topology import SlicedModel, Topology, slice_model, topology_for_groups
 
 GENERATOR_SUFFIX = "_generator"
 
@@ -88,12 +91,7 @@ def mwt_topology(model: nn.Module, input_shape: Sequence[int]) -> Topology:
     """The plain model's unit topology, with the gated kernel sets inside residual sums split off."""
     plain = with_generators(model, False)
     shape = tuple(int(d) for d in input_shape)
-    topology = resolve_topology(plain, shape)
-    splits = getattr(plain, "residual_splits", lambda: ())()
-    if splits:
-        gated = {gate_group(n) for n in gate_names(plain, shape)}
-        topology = split_residual_producers(topology, [s for s in splits if s[0] in gated])
-    return topology
+    return topology_for_groups(plain, shape, [gate_group(n) for n in gate_names(plain, shape)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -179,21 +177,15 @@ def sample_kernel_sets(model: nn.Module, variables: Mapping[str, Any], x: np.nda
 # Reuse: the mixed module, its new head and fine-tuning.
 
 
-def mixed_module(modules: ModuleSet, variables: Mapping[str, Any], classes: Sequence[int], *,
-                 all_logits: bool = False) -> SlicedModel:
-    """The mixed module of ``classes``: the union of their kernels, physically sliced, generators
-    dropped. It outputs the logits of ``classes`` (no fine-tuning), or with ``all_logits`` every
-    class's logit, which the new head of :func:`finetune_subtask` reads."""
-    meta = modules.metadata
-    if meta.granularity != "unit":
-        raise ValueError(f"a mixed module needs unit-granularity modules, these are {meta.granularity!r}")
-    classes = compose_lib.check_class_list(classes, meta.classes)
-    full = compose_lib.build_model(modules)
+def mixed_module(modules: ModuleSet, variables: Mapping[str, Any], classes: Sequence[int]) -> SlicedModel:
+    """The mixed module of ``classes`` that MwT's new head reads: the union of their kernels, physically
+    sliced, generators dropped, with every class's logit (without fine-tuning, the mixed module is
+    ``jaxmod.compose.compose(modules, variables, classes)``, which keeps only the chosen logits)."""
     plain_vars = strip_generators(variables)
-    compose_lib.check_variables_fit(full, plain_vars, meta.input_shape)
-    topology = mwt_topology(full, meta.input_shape)
-    outputs = tuple(range(meta.num_classes)) if all_logits else classes
-    return slice_model(full, topology, plain_vars, modules.union(classes), outputs)
+    full = compose_lib.source_model(modules, plain_vars)
+    classes = check_class_list(classes, modules.meta.classes)
+    topology = compose_lib.module_topology(full, modules)
+    return slice_model(full, topology, plain_vars, modules.union(classes), tuple(range(modules.meta.num_classes)))
 
 
 FINETUNE_LR = 0.01  # learning rate of reuse fine-tuning (see finetune_subtask)
@@ -252,31 +244,22 @@ def finetune_subtask(sliced: SlicedModel, data_: Dataset, classes: Sequence[int]
         raise ValueError("fine-tuning needs the mixed module with every class's logit (all_logits=True)")
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
-    tr_idx, tr_y = compose_lib.subtask_samples(data_.train.y, classes)
-    va_idx, va_y = compose_lib.subtask_samples(data_.val.y, classes)
-    x_train = data_.train.x[tr_idx]
+    tr_idx, tr_y = subtask_samples(data_.train.y, classes)
+    va_idx, va_y = subtask_samples(data_.val.y, classes)
     batch_size = min(batch_size, len(tr_idx))
     model = HeadedModel(sliced.model, len(classes))
     variables = headed_variables(sliced, len(classes), seed)
     constants = {k: v for k, v in variables.items() if k == INDEX_MAPS}
+    # the cosine period is twice the epochs trained (the reference's CosineAnnealingLR(T_max=2 * epochs))
     config = train.TrainConfig(epochs=2 * epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed)
-    steps = num_batches(len(tr_idx), batch_size, drop_remainder=True)
-    optimizer = train.make_optimizer(config, steps)
-    step_fn = train.make_train_step(model, optimizer, cross_entropy_loss(), constants)
-    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                             batch_stats=variables.get("batch_stats", {}),
-                             opt_state=optimizer.init(variables["params"]),
-                             key=jax.random.key_data(jax.random.key(seed)))
-    best, best_acc, best_epoch, history = variables, -1.0, 0, []
-    for epoch in range(epochs):  # epochs are configuration
-        for xb, yb in batch_iterator(x_train, tr_y, batch_size, shuffle_seed=seed * 1000 + epoch,
-                                     drop_remainder=True):
-            state, _ = step_fn(state, xb, yb)
-        current = {**state.variables(), **constants}
-        acc = train.evaluate(model, current, data_.val.x[va_idx], va_y)["top1"]
-        history.append({"epoch": epoch + 1, "val_accuracy": acc})
-        if acc > best_acc:
-            best, best_acc, best_epoch = jax.tree.map(jnp.copy, current), acc, epoch + 1
+    optimizer = train.make_optimizer(config, len(tr_idx) // batch_size)
+    task = train.ModelTask(model, cross_entropy_loss(), optimizer, data_.train.x[:1], seed, constants=constants,
+                           variables=variables, split_key=False)
+    state, history = train.fit_task(task, data_.train.x[tr_idx], tr_y, config, val=(data_.val.x[va_idx], va_y),
+                                    progress=False, stop_after=epochs, select="best_val",
+                                    order_seed=lambda epoch: seed * 1000 + epoch)
+    best = {**state.variables(), **constants}
+    best_epoch = 1 + int(np.argmax([entry["val_accuracy"] for entry in history]))
     return FineTuned(model, best, classes, history, best_epoch)
 
 
@@ -284,7 +267,7 @@ def save_finetuned(directory: str, tuned: FineTuned, modules: ModuleSet, *, over
     """Save a fine-tuned sub-model (mixed module + head) with what rebuilds it, through orbax."""
     from jaxmod.checkpoint import save_tree
 
-    meta = modules.metadata
+    meta = modules.meta
     metadata = {"kind": "mwt_finetuned", "model_name": meta.model_name, "model_config": dict(meta.model_config),
                 "num_classes": meta.num_classes, "input_shape": list(meta.input_shape),
                 "classes": list(tuned.classes), "widths": dict(tuned.model.base.widths),
@@ -318,7 +301,8 @@ class MwT:
     """MwT with the paper's defaults: alpha 0.5 (cohesion), beta 1.5 (coupling), tau 0.9.
 
     ``averaging`` picks the loss averaging (``"class"``: Eq. 4-5; ``"pair"``: the reference code),
-    ``tau_step`` the threshold lowering, ``finetune_epochs`` the reuse fine-tuning (paper: 5).
+    ``tau_step`` the threshold lowering, ``finetune_epochs`` and ``finetune_lr`` the reuse fine-tuning
+    (paper: 5 epochs; the learning rate, see :func:`finetune_subtask`).
     """
 
     alpha: float = 0.5
@@ -327,6 +311,7 @@ class MwT:
     tau_step: float = 0.05
     averaging: str = "class"
     finetune_epochs: int = 5
+    finetune_lr: float = FINETUNE_LR
     batch_size: int = 512
     name: str = dataclasses.field(default="mwt", init=False)
 
@@ -342,15 +327,16 @@ class MwT:
             raise ValueError(f"averaging must be 'class' or 'pair', got {self.averaging!r}")
         if not (isinstance(self.finetune_epochs, int) and self.finetune_epochs >= 0):
             raise ValueError(f"finetune_epochs must be an integer >= 0, got {self.finetune_epochs!r}")
+        if not self.finetune_lr > 0:
+            raise ValueError(f"finetune_lr must be > 0, got {self.finetune_lr}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def training_loss(self) -> LossFn:
         return mwt_loss(self.alpha, self.beta, self.averaging)
 
-    def training_model(self, model: nn.Module, input_shape: Sequence[int]) -> nn.Module:
+    def training_model(self, model: nn.Module) -> nn.Module:
         """The model to train: ``model`` with its mask generators (``ValueError`` if it has none)."""
-        gate_names(with_generators(model, False), tuple(int(d) for d in input_shape))
         return with_generators(model)
 
     def decompose(self, model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
@@ -371,8 +357,9 @@ class MwT:
         frequency = {gate_group(n): np.asarray(counts[n]) / totals[:, None] for n in names}
         gated = {g: module_kernels(f, self.tau, self.tau_step) for g, f in frequency.items()}
         masks = complete_masks(mwt_topology(model, shape), gated, num_classes)
-        return Decomposition(masks=masks, granularity="unit",
-                             statistics={"kernel_frequency": frequency, "gated_groups": tuple(frequency)})
+        # the modules run on the plain model (generators dropped), so that is the model they describe
+        modules = module_set(self, with_generators(model, False), strip_generators(variables), x[:1], units=masks)
+        return Decomposition(modules, statistics={"kernel_frequency": frequency, "gated_groups": tuple(frequency)})
 
     def config(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}

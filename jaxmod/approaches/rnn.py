@@ -1,6 +1,8 @@
 """Decomposing recurrent models into one module per output label (Imtiaz et al., Algorithms 1-5).
 
-Pipeline, all vectorised (the only Python loop runs over classes, as configuration):
+Pipeline, all vectorised (the only Python loop runs over classes, as configuration). Monitoring is one jitted
+``lax.map``; sampling and the statistics run on the host (NumPy: XLA's CPU sort, which the medians need, is
+about 100x slower than NumPy's); the removal rules (:func:`remove_units`, :func:`relu_keep`) are jit-able.
 
 1. **Sampling** (:func:`sample_weights`). Positives of label ``c`` are the first ``num_positive`` samples
    labelled ``c``; negatives the first ``num_positive // (C - 1)`` samples of every other label. For
@@ -20,16 +22,17 @@ Pipeline, all vectorised (the only Python loop runs over classes, as configurati
    removed, most negative first, up to ``ceil(max_remove * units)`` per layer (per gate block for own
    gates; per timestep when unrolled). ReLU: units never active on a positive are removed (same cap),
    then tangling restores units active on some negative.
-5. **Channeling** (:func:`channel_heads`): the output layer becomes binary per module, the label's column
-   and a "negative" column that is the mean of the other columns (kernel and bias). Encoder-decoder
+5. **Channeling** (:func:`jaxmod.running.channel_head`): the output layer becomes binary per module, the
+   label's column and a "negative" column that is the mean of the other columns (kernel and bias), as a head
+   on the logits (the output layer is linear, so this is the same binary layer). Encoder-decoder
    translation modules (one per target language) keep the full output layer (``channel=False``) and, as
    the authors' translation scripts, decompose only the decoder layers (``encoder=False``; see
    :meth:`RnnDecomposition.for_shape`).
 
-Masks are the model's own variable collections: ``{"unit_masks": {group: bool[C, U] or [C, T, U]}}``
-(gates cut by the hidden state) or ``{"gate_masks": {group: bool[C, G, U] or [C, T, G, U]}}`` (each gate
-by its own activation), so module ``c`` runs as ``model.apply({**variables, **row c of the masks}, x)``.
-Rolled hidden-state modules are ordinary unit masks and slice physically (``jaxmod.compose``).
+Modules are unit masks (:mod:`jaxmod.modules`): ``{"rnnK_h": bool[C, U] or [C, T, U]}`` (gates cut by the
+hidden state) or ``{"rnnK_gates": bool[C, G, U] or [C, T, G, U]}`` (each gate by its own activation), so module
+``c`` runs as the model with row ``c`` in its ``unit_masks`` collection (:func:`jaxmod.running.module_outputs`).
+Rolled hidden-state modules slice physically too (``jaxmod.compose.compose(..., how="merge")``).
 """
 
 from __future__ import annotations
@@ -45,21 +48,18 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
 
-from jaxmod.approaches.base import Decomposition
-from jaxmod.compose import build_model
 from jaxmod.models.recurrent import (
     CANDIDATE_GATES,
     GATE_ACTIVATIONS,
-    GATE_MASKS,
     GATES,
-    MANY_OUTPUT_SHAPES,
     RecurrentClassifier,
+    gate_group,
 )
 from jaxmod.models.recurrent import check_sequences as check_model_sequences
-from jaxmod.modules import ModuleSet
-from jaxmod.taps import ACTIVATIONS, UNIT_MASKS
+from jaxmod.modules import Decomposition, ModuleSet, module_set
+from jaxmod.running import channel_head
+from jaxmod.taps import ACTIVATIONS
 from jaxmod.topology import flat_activations
 
 MODES = ("rolled", "unrolled")
@@ -289,37 +289,23 @@ def removal_cap(units: int, max_remove: float) -> int:
     return int(math.ceil(max_remove * units - 1e-9))
 
 
-def remove_units(difference: np.ndarray, max_remove: float) -> np.ndarray:
+def remove_units(difference: jax.Array, max_remove: float) -> jax.Array:
     """Keep mask from ``d = pos - neg`` (last axis = units): remove ``d < 0``, most negative first, at most
-    ``ceil(max_remove * units)`` along the last axis. NaN (no observation) keeps the unit."""
-    d = np.where(np.isnan(difference), np.inf, difference)
-    order = np.argsort(d, axis=-1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(d.shape[-1]).reshape((1,) * (d.ndim - 1) + (-1,)), axis=-1)
+    ``ceil(max_remove * units)`` along the last axis. NaN (no observation) keeps the unit. Jit-able."""
+    d = jnp.asarray(difference)
+    d = jnp.where(jnp.isnan(d), jnp.inf, d)
+    order = jnp.argsort(d, axis=-1, stable=True)
+    rank = jnp.argsort(order, axis=-1, stable=True)  # each unit's place, most negative first
     return ~((d < 0) & (rank < removal_cap(d.shape[-1], max_remove)))
 
 
-def relu_keep(positive_rate: np.ndarray, negative_rate: np.ndarray, max_remove: float) -> np.ndarray:
+def relu_keep(positive_rate: jax.Array, negative_rate: jax.Array, max_remove: float) -> jax.Array:
     """Algorithm 5: remove units never active on a positive (capped), then restore units active on some
-    negative (tangling identification)."""
-    never = np.nan_to_num(positive_rate, nan=1.0) == 0
-    removed = ~remove_units(np.where(never, -1.0, 0.0), max_remove)
-    tangled = np.nan_to_num(negative_rate, nan=0.0) > 0
+    negative (tangling identification). Jit-able."""
+    never = jnp.nan_to_num(jnp.asarray(positive_rate), nan=1.0) == 0
+    removed = ~remove_units(jnp.where(never, -1.0, 0.0), max_remove)
+    tangled = jnp.nan_to_num(jnp.asarray(negative_rate), nan=0.0) > 0
     return ~(removed & ~tangled)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# 5. Channeling
-
-
-def channel_heads(kernel: np.ndarray, bias: np.ndarray) -> dict[str, np.ndarray]:
-    """Binary output layers, one per class: ``kernel`` ``(C, U, 2)`` and ``bias`` ``(C, 2)``, column 0 the
-    class's own, column 1 the mean of the other classes' columns."""
-    kernel, bias = np.asarray(kernel), np.asarray(bias)
-    c = kernel.shape[-1]
-    other_k = (kernel.sum(axis=-1, keepdims=True) - kernel) / (c - 1)  # (U, C)
-    other_b = (bias.sum() - bias) / (c - 1)
-    return {"kernel": np.stack([kernel.T, other_k.T], axis=-1), "bias": np.stack([bias, other_b], axis=-1)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -420,16 +406,14 @@ class RnnDecomposition:
                 neg = class_statistics(h, neg_w, rolled, kind)
                 keep = relu_keep(pos, neg, self.max_remove) if kind == "relu" else remove_units(pos - neg,
                                                                                               self.max_remove)
-                masks.setdefault(UNIT_MASKS, {})[group] = keep | (group in whole)
+                masks[group] = np.asarray(keep) | (group in whole)
             else:
                 pos, neg, keep = self._gate_keep(model, gates[group], pos_w, neg_w, rolled, kind)
-                masks.setdefault(GATE_MASKS, {})[group] = keep | (group in whole)
+                masks[gate_group(group)] = np.asarray(keep) | (group in whole)
             stats[f"{group}/positive"], stats[f"{group}/negative"] = pos, neg
-        heads = None
-        if self.channel:
-            out = variables["params"]["logits"]
-            heads = channel_heads(out["kernel"], out["bias"])
-        return Decomposition(masks=masks, granularity="unit", statistics=stats, heads=heads)
+        head = channel_head(model.num_classes, range(num_classes)) if self.channel else None
+        modules = module_set(self, model, variables, x[:1], units=masks, head=head, classes=range(num_classes))
+        return Decomposition(modules, statistics=stats)
 
     def _gate_keep(self, model: RecurrentClassifier, g: np.ndarray, pos_w: np.ndarray, neg_w: np.ndarray,
                    rolled: bool, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -447,7 +431,7 @@ class RnnDecomposition:
         pos = np.where(is_cand, pos_c.reshape(shape), pos_s.reshape(shape))
         neg = np.where(is_cand, neg_c.reshape(shape), neg_s.reshape(shape))
         if kind == "relu":
-            keep = np.where(is_cand, relu_keep(pos, neg, self.max_remove), remove_units(pos - neg, self.max_remove))
+            keep = jnp.where(is_cand, relu_keep(pos, neg, self.max_remove), remove_units(pos - neg, self.max_remove))
         else:
             keep = remove_units(pos - neg, self.max_remove)
         return pos, neg, keep
@@ -455,56 +439,6 @@ class RnnDecomposition:
 
 # ---------------------------------------------------------------------------------------------------------
 # Running modules, composition, Jaccard
-
-
-def module_row(masks: Mapping[str, Any], index: int) -> dict[str, Any]:
-    """The variable collections of module ``index`` (row ``index`` of every stacked mask)."""
-    return jax.tree.map(lambda m: jnp.asarray(np.asarray(m)[index], jnp.float32), dict(masks))
-
-
-@functools.lru_cache(maxsize=32)
-def _module_fn(model: nn.Module, channeled: bool):
-    def one(variables, masks, head, xb):
-        feats = model.apply({**variables, **masks}, xb, return_features=True)
-        if not channeled:
-            return jax.nn.softmax(model.apply({**variables, **masks}, xb), axis=-1)
-        logits = feats @ head["kernel"] + head["bias"]
-        return jax.nn.softmax(logits, axis=-1)[..., 0]
-
-    @jax.jit
-    def run(variables, masks, heads, xs):
-        per_batch = lambda xb: jax.vmap(lambda m, h: one(variables, m, h, xb))(masks, heads)  # noqa: E731
-        return jax.lax.map(per_batch, xs)
-
-    return run
-
-
-def nested_masks(masks: Mapping[str, Any]) -> dict[str, Any]:
-    """Masks as the model's collections ``{collection: {group: array}}``, also from the '/'-joined form a
-    unit-granularity module set has after ``checkpoint.restore_modules`` (``{"unit_masks/rnn1_h": array}``)."""
-    flat = traverse_util.flatten_dict(dict(masks), sep="/")
-    return traverse_util.unflatten_dict(flat, sep="/")
-
-
-def module_outputs(model: RecurrentClassifier, variables: Mapping[str, Any], masks: Mapping[str, Any],
-                   heads: Mapping[str, Any] | None, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Every module on every sample, in one jitted map: channeled modules give their positive probability
-    ``float[M, N]`` or ``[M, N, T]``; unchanneled (translation) modules their output distributions
-    ``[M, N, T, V]``."""
-    x = np.asarray(x)
-    check_model_sequences(model, x)
-    n = len(x)
-    pad = (-n) % batch_size
-    xs = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-    xs = xs.reshape(-1, batch_size, *x.shape[1:])
-    stacked = jax.tree.map(lambda m: jnp.asarray(np.asarray(m), jnp.float32), nested_masks(masks))
-    num_modules = len(jax.tree.leaves(stacked)[0])
-    head_tree = ({"kernel": jnp.asarray(heads["kernel"]), "bias": jnp.asarray(heads["bias"])} if heads is not None
-                 else {"kernel": jnp.zeros((num_modules,)), "bias": jnp.zeros((num_modules,))})
-    plain = {"params": variables["params"]}
-    out = np.asarray(_module_fn(model, heads is not None)(plain, stacked, head_tree, xs))  # (B#, M, b, ...)
-    out = np.moveaxis(out, 1, 0)
-    return out.reshape(num_modules, -1, *out.shape[3:])[:, :n]
 
 
 def routed_predictions(outputs: np.ndarray, groups: np.ndarray) -> np.ndarray:
@@ -516,72 +450,27 @@ def routed_predictions(outputs: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return np.argmax(chosen, axis=-1)
 
 
-def vocab_fingerprint(vocab: Sequence[str] | None) -> str:
-    """A short SHA-256 of an input vocabulary (``"features"`` for feature inputs), stored in a module set's
-    metadata (``extra["input_vocab_hash"]``) so that modules of models that read tokens differently are never
-    composed together."""
+def vocab_fingerprint(vocab: Sequence[str] | None, size: int | None = None) -> str:
+    """A short SHA-256 of an input vocabulary and the model's vocabulary size (``""`` for feature inputs):
+    a module set's ``meta.input_vocab``, so that modules of models that read tokens differently are never
+    composed together (:func:`jaxmod.reuse.check_same_inputs`)."""
     if vocab is None:
-        return "features"
-    return hashlib.sha256("\n".join(vocab).encode()).hexdigest()[:16]
+        return ""
+    return hashlib.sha256(("\n".join(vocab) + f"\n#{size}").encode()).hexdigest()[:16]
 
 
-INPUT_KEYS = ("vocab_size", "input_len")
-
-
-def check_composable(metadatas: Sequence[Any]) -> None:
-    """``ValueError`` when modules of models that read their inputs differently (another input vocabulary,
-    vocabulary size or input length) would be composed together. Cell, shape, depth and width may differ:
-    each set runs with its own model's weights (the paper's RQ2/RQ3 compose modules of a 1-layer and a
-    deeper model, and of a many-to-one and a many-to-many model)."""
-    if not metadatas:
-        raise ValueError("no modules to compose")
-    keys = INPUT_KEYS
-    first = dict(metadatas[0].model_config)
-    for meta in metadatas[1:]:
-        other = dict(meta.model_config)
-        diffs = [f"{k}: {first.get(k)!r} vs {other.get(k)!r}" for k in keys if first.get(k) != other.get(k)]
-        if meta.extra.get("input_vocab_hash") != metadatas[0].extra.get("input_vocab_hash"):
-            diffs.append("input vocabularies differ")
-        if diffs:
-            raise ValueError("modules come from models with different inputs: " + "; ".join(diffs))
-
-
-def composed_outputs(module_sets: Sequence[ModuleSet], variables: Sequence[Mapping[str, Any]], x: np.ndarray,
-                     batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Modules of one or several trained models composed on the same inputs (e.g. modules reused from
-    another model of the same task): ``check_composable`` first, before any work, then every set's modules
-    run on ``x`` (each with its own model's weights). Returns the stacked module outputs ``[sum M, N, ...]``
-    and the label of each module row, ready for ``jaxmod.voting``."""
-    check_composable([s.metadata for s in module_sets])
-    outputs_of = {(s.metadata.model_config.get("shape") in MANY_OUTPUT_SHAPES,
-                   s.metadata.model_config.get("output_len") if s.metadata.model_config.get("shape")
-                   in MANY_OUTPUT_SHAPES else 1) for s in module_sets}
-    if len(outputs_of) > 1:
-        raise ValueError("modules with one output and modules with an output per step (or other output lengths) "
-                         "cannot be stacked for voting; score them apart (experiments/rnn_scenarios.py)")
-    if len(variables) != len(module_sets):
-        raise ValueError(f"{len(module_sets)} module sets need as many variable trees, got {len(variables)}")
-    outputs = [module_outputs(build_model(s), v, s.masks, s.heads, x, batch_size)
-               for s, v in zip(module_sets, variables, strict=True)]
-    labels = np.concatenate([np.asarray(s.metadata.classes) for s in module_sets])
-    return np.concatenate(outputs), labels
-
-
-def module_model_jaccard(model: RecurrentClassifier, variables: Mapping[str, Any], masks: Mapping[str, Any],
-                         channeled: bool = True) -> np.ndarray:
+def module_model_jaccard(model: RecurrentClassifier, variables: Mapping[str, Any], modules: ModuleSet) -> np.ndarray:
     """Jaccard index between each module and the model, over the recurrent and output weights (as the
     authors' code, the embedding is left out): a module is a subset of the model, so the index is the
     fraction of those weights it keeps (a channeled output layer counts as the one column it keeps, an
     unchanneled one, as translation modules have, keeps every column of its kept units). For
     unrolled modules the index is the mean over timesteps of the per-step fraction, per layer."""
     params = variables["params"]
-    masks = nested_masks(masks)
+    units = {k: np.asarray(v, float) for k, v in modules.units.items()}
     groups = model.group_names()
     layers = model.layer_names()
     g = len(GATES[model.cell])
-    units_masks = masks.get(UNIT_MASKS)
-    gate_masks = masks.get(GATE_MASKS)
-    num_modules = len(jax.tree.leaves(dict(masks))[0])
+    num_modules = modules.num_modules
     kept = np.zeros(num_modules)
     total = 0.0
     prev_rows = None  # kept units of the previous group per module (and step)
@@ -590,24 +479,23 @@ def module_model_jaccard(model: RecurrentClassifier, variables: Mapping[str, Any
         in_dim = p["kernel"].shape[0]
         u = p["recurrent_kernel"].shape[0]
         biases = 2 if "recurrent_bias" in p else 1
-        if units_masks is not None:
-            unit = np.asarray(units_masks[group], float)  # (M, [T,] U)
+        if group in units:
+            unit = units[group]  # (M, [T,] U)
             cols = g * unit.sum(-1)
             rows_u = unit.sum(-1)
         else:
-            gate = np.asarray(gate_masks[group], float)  # (M, [T,] G, U)
+            gate = units[gate_group(group)]  # (M, [T,] G, U)
             cols = gate.sum((-1, -2))
             rows_u = np.full(cols.shape, float(u))
         rows_in = float(in_dim) if prev_rows is None else _align(prev_rows, cols)
         count = cols * (rows_in + rows_u + biases)
         kept += count.reshape(num_modules, -1).mean(axis=1)
         total += g * u * (in_dim + u + biases)
-        prev_rows = (np.asarray(units_masks[group], float).sum(-1) if units_masks is not None
-                     else np.full(cols.shape, float(u)))
+        prev_rows = rows_u
         if model.returns_last_step_only(i) and prev_rows.ndim == 2:
             prev_rows = prev_rows[:, -1]
     out_rows = prev_rows.reshape(num_modules, -1).mean(axis=1)
-    columns = 1 if channeled else params["logits"]["kernel"].shape[-1]
+    columns = 1 if modules.votes else params["logits"]["kernel"].shape[-1]
     kept += (out_rows + 1) * columns
     total += params["logits"]["kernel"].size + params["logits"]["bias"].size
     return kept / total

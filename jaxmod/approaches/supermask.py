@@ -13,27 +13,26 @@ weights (every ``kernel`` leaf of ``params``: dense and conv weights) and a *gra
   epoch; **initial score sharing** gives every module the same initial scores.
 * **Module co-training** (Algorithm 1, method B): all modules train together in one jitted step (a
   ``vmap`` over the module axis; one epoch is one ``lax.scan``). Epoch 1 has no stemming term.
-* **Recomposition** (:func:`recompose`): the union of the chosen classes' supermasks is the deployed
-  subnetwork; each module runs its own supermask and grafting layer on it and the most confident
-  positive output wins (:func:`jaxmod.voting.vote`). :func:`remaining_ratio` is the paper's RPs.
+* **Recomposition** (:func:`jaxmod.compose.compose`, modules with a head vote): the union of the chosen
+  classes' supermasks is the deployed subnetwork; each module runs its own supermask and grafting layer on it
+  and the most confident positive output wins. :func:`jaxmod.metrics.union_size` is the paper's RPs.
 
-Masks are weight granularity: a nested dict shaped like ``params`` that holds only the masked
-(``kernel``) leaves, each ``bool[num_modules, *kernel_shape]``; unmasked leaves (biases, batch-norm
-scale and bias) are absent rather than ``None`` so that orbax can store the tree. The grafting layers
-are the module set's ``heads``: ``{"graft": {"kernel": [M, N, 2], "bias": [M, 2]}}``.
+Modules are weight masks (:mod:`jaxmod.modules`): a tree shaped like ``params`` whose ``kernel`` leaves are
+``bool[num_modules, *kernel_shape]`` and whose other leaves (biases, batch-norm scale and bias) are ``None``
+(:func:`weight_masks`). The grafting layers are the module set's ``head``, ``{"kernel": [M, N, 2], "bias":
+[M, 2]}``, column 1 "my class".
 
 Batch norm (``Supermask.batch_norm``): by default ("module") co-training runs the masked model as PyTorch's
 ``model.train()`` does (batch statistics, dropout on; the model's variables never change) and each module
-then gets its own running statistics (:func:`module_batch_stats`, ``heads["batch_stats"]``), SupSup's
-per-task batch norm; a 10%-per-layer subnetwork normalised by the full model's statistics passes no signal.
-"running": inference mode throughout. Recomposed modules always run in inference mode (dropout off).
+then gets its own running statistics (:func:`module_batch_stats`, the set's ``state["batch_stats"]``),
+SupSup's per-task batch norm; a 10%-per-layer subnetwork normalised by the full model's statistics passes no
+signal. "running": inference mode throughout. Recomposed modules always run in inference mode (dropout off).
 
 Co-training state is checkpointed per epoch when ``train_modules``/``decompose`` get a ``workdir``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -49,21 +48,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct, traverse_util
-from tqdm.auto import tqdm
 
-from jaxmod import masks as mask_algebra
-from jaxmod.activations import scan_dataset
-from jaxmod.approaches.base import Decomposition
-from jaxmod.checkpoint import RunCheckpointer
+from jaxmod import train
 from jaxmod.data import check_every_class_present, check_labels, epoch_seed
+from jaxmod.metrics.modules import element_statistics
 from jaxmod.models import check_inputs
-from jaxmod.modules import ModuleSet, check_compatible, json_normal, module_set
-from jaxmod.topology import check_class_list
-from jaxmod.voting import vote
+from jaxmod.modules import Decomposition, check_class_list, fingerprint, json_normal, module_set
+from jaxmod.running import apply_weight_mask, head_logits
 
 MASKED_LEAF = "kernel"
-POSITIVE = 1  # grafting-layer output 1 is "my class", output 0 "another class"
-FINGERPRINT_KEY = "base_fingerprint"
 # "module": co-train with batch statistics, then give each module its own running statistics (SupSup's
 # per-task batch norm); "running": the frozen model in inference mode throughout (the base statistics).
 BATCH_NORM_MODES = ("module", "running")
@@ -193,58 +186,15 @@ def masked_weight_count(params: Mapping[str, Any]) -> int:
     return int(sum(np.size(leaf) for leaf in jax.tree.leaves(mask_template(params))))
 
 
-def apply_mask(params: Mapping[str, Any], mask: Mapping[str, Any]) -> dict[str, Any]:
-    """``params`` with each masked leaf multiplied by its mask (one module's, no module axis)."""
-    flat_mask = traverse_util.flatten_dict(dict(mask))
+def weight_masks(params: Mapping[str, Any], masks: Mapping[str, Any]) -> dict[str, Any]:
+    """Stacked kernel masks as a module set's ``weights``: shaped like ``params``, ``None`` for every leaf a
+    supermask does not cover (biases, batch-norm scale and bias)."""
+    flat_masks = traverse_util.flatten_dict(dict(masks))
     flat = traverse_util.flatten_dict(dict(params))
-    unknown = set(flat_mask) - set(flat)
+    unknown = set(flat_masks) - set(flat)
     if unknown:
         raise ValueError(f"mask leaves {sorted('/'.join(p) for p in unknown)} are not parameters")
-    return traverse_util.unflatten_dict(
-        {path: leaf * flat_mask[path].astype(leaf.dtype) if path in flat_mask else leaf for path, leaf in flat.items()})
-
-
-def remaining_ratio(stacked: Mapping[str, Any], rows: Sequence[int] | None = None) -> float:
-    """RPs: the fraction of maskable weights the union of the chosen modules keeps (all rows by default)."""
-    leaves = jax.tree.leaves(stacked)
-    total = sum(int(np.prod(np.shape(leaf)[1:])) for leaf in leaves)
-    rows = range(np.shape(leaves[0])[0]) if rows is None else rows
-    return mask_algebra.count(mask_algebra.union_rows(stacked, list(rows))) / total
-
-
-def pair_statistics(stacked: Mapping[str, Any]) -> dict[str, Any]:
-    """Module sizes, overlaps, Jaccard indices and two-class RPs from one pairwise-intersection matrix.
-
-    ``rps_pairs[i, j] = |A_i | A_j| / maskable weights`` (the diagonal is each module's size); the
-    paper's "average ratio of RPs for two-class recomposition" is its mean over pairs ``i < j``.
-    """
-    leaves = jax.tree.leaves(stacked)
-    total = sum(int(np.prod(np.shape(leaf)[1:])) for leaf in leaves)
-    inter = mask_algebra.pairwise_intersections(stacked)
-    stats = mask_algebra.statistics_from_intersections(inter, total)
-    sizes = np.diag(inter)
-    rps = (sizes[:, None] + sizes[None, :] - inter) / total
-    upper = rps[np.triu_indices(len(sizes), 1)]
-    return {
-        **stats,
-        "rps_pairs": rps,
-        "mean_size": float(np.mean(stats["sizes"])),
-        "mean_overlap": mask_algebra.mean_off_diagonal(stats["overlap"]),
-        "mean_jaccard": mask_algebra.mean_off_diagonal(stats["jaccard"]),
-        "two_class_rps_mean": float(np.mean(upper)) if upper.size else float("nan"),
-        "two_class_rps_min": float(np.min(upper)) if upper.size else float("nan"),
-        "two_class_rps_max": float(np.max(upper)) if upper.size else float("nan"),
-    }
-
-
-def fingerprint(variables: Mapping[str, Any]) -> str:
-    """SHA-256 over the frozen model's variables (paths, shapes, dtypes, bytes): which base model."""
-    digest = hashlib.sha256()
-    for path, leaf in sorted(traverse_util.flatten_dict(dict(variables)).items()):
-        array = np.ascontiguousarray(np.asarray(leaf))
-        digest.update(f"{'/'.join(map(str, path))}:{array.shape}:{array.dtype};".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
+    return traverse_util.unflatten_dict({path: flat_masks.get(path) for path in flat})
 
 
 # ---------------------------------------------------------------------------
@@ -290,31 +240,26 @@ def init_graft(num_classes: int, classes: Sequence[int]) -> dict[str, jax.Array]
     return {"kernel": kernel, "bias": jnp.zeros((len(classes), 2))}
 
 
-def graft_logits(graft: Mapping[str, jax.Array], logits: jax.Array) -> jax.Array:
-    """One module's grafting layer on the model's logits: ``[B, N] -> [B, 2]``."""
-    return logits @ graft["kernel"] + graft["bias"]
-
-
 def module_forward(model: nn.Module, variables: Mapping[str, Any], mask: Mapping[str, Any],
                    graft: Mapping[str, jax.Array], x: jax.Array, batch_stats: Any = None) -> jax.Array:
     """One module's two-way output: the masked frozen model in inference mode, then its grafting layer.
 
-    ``batch_stats``: the module's own batch-norm running statistics (``heads["batch_stats"]``, see
+    ``batch_stats``: the module's own batch-norm running statistics (``state["batch_stats"]``, see
     :func:`module_batch_stats`) in place of the base model's; ``None`` keeps the base model's.
     """
-    params = apply_mask(variables["params"], mask)
+    params = apply_weight_mask(variables["params"], mask)
     frozen = {**variables, "params": params}
     if batch_stats is not None:
         frozen["batch_stats"] = batch_stats
     logits = model.apply(frozen, x, train=False)
-    return graft_logits(graft, logits)
+    return head_logits(graft, logits)
 
 
 def train_mode_logits(model: nn.Module, variables: Mapping[str, Any], mask: Mapping[str, Any], x: jax.Array,
                       rng: jax.Array) -> jax.Array:
     """The masked model as PyTorch's ``model.train()`` runs it: batch norm normalises by the batch's own
     statistics (the updated running statistics are discarded: the model stays frozen), dropout is on."""
-    params = apply_mask(variables["params"], mask)
+    params = apply_weight_mask(variables["params"], mask)
     logits, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"],
                             rngs={"dropout": rng})
     return logits
@@ -327,7 +272,7 @@ def uses_batch_statistics(variables: Mapping[str, Any], batch_norm: str) -> bool
 
 def _objective(model, variables, p, train_bn, scores, masks, graft, target, average, alpha, x, rng):
     if train_bn:
-        out = graft_logits(graft, train_mode_logits(model, variables, masks, x, rng))
+        out = head_logits(graft, train_mode_logits(model, variables, masks, x, rng))
     else:
         out = module_forward(model, variables, masks, graft, x)
     ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(out, target))
@@ -383,6 +328,67 @@ def make_epoch_fn(model: nn.Module, k: float, p: float, score_opt: optax.Gradien
     return jax.jit(epoch, donate_argnums=0)
 
 
+class CotrainTask:
+    """Supermask co-training as a :class:`jaxmod.train.TrainTask`: the state is the modules' scores and grafting
+    layers with their optimizers; an epoch is one jitted ``lax.scan`` (:func:`make_epoch_fn`), compiled ahead
+    of the first epoch (``compile_seconds``) so that the epochs' times are training alone."""
+
+    def __init__(self, approach: Supermask, model: nn.Module, variables: Mapping[str, Any], x: np.ndarray,
+                 y: np.ndarray, num_classes: int, classes: Sequence[int]) -> None:
+        self.approach, self.model = approach, model
+        self.variables = jax.tree.map(jnp.asarray, dict(variables))
+        self.x = jnp.asarray(np.asarray(x, np.float32))
+        self.y = jnp.asarray(np.asarray(y, np.int32))
+        self.num_classes, self.classes = num_classes, tuple(classes)
+        steps = len(x) // approach.batch_size
+        self.score_opt = approach._optimizer(approach.score_lr, approach.epochs * steps)
+        self.graft_opt = approach._optimizer(approach.graft_lr, approach.epochs * steps)
+        self.class_array = jnp.asarray(self.classes, jnp.int32)
+        self.compile_seconds = 0.0
+        self._epoch_fn = None
+
+    def init(self) -> CotrainState:
+        a = self.approach
+        scores = init_scores(self.variables["params"], len(self.classes), jax.random.key(a.seed), a.share_init)
+        graft = init_graft(self.num_classes, self.classes)
+        return CotrainState(step=jnp.zeros((), jnp.int32), scores=scores, graft=graft,
+                            score_opt=self.score_opt.init(scores), graft_opt=self.graft_opt.init(graft))
+
+    def _compiled(self, state: CotrainState, order: jax.Array, average: Any) -> Any:
+        if self._epoch_fn is None:
+            a = self.approach
+            start = time.perf_counter()
+            train_bn = uses_batch_statistics(self.variables, a.batch_norm)
+            self._epoch_fn = make_epoch_fn(self.model, a.k, a.p, self.score_opt, self.graft_opt, train_bn, a.seed,
+                                           a.module_chunk).lower(
+                state, self.variables, self.x, self.y, order, self.class_array, average, jnp.float32(0)).compile()
+            self.compile_seconds = time.perf_counter() - start
+        return self._epoch_fn
+
+    def run_epoch(self, state: CotrainState, x: np.ndarray, y: np.ndarray, order: np.ndarray, epoch: int,
+                  bar: Any) -> tuple[CotrainState, dict[str, Any]]:
+        """One epoch. Algorithm 1: the first epoch trains without stemming; later ones pull towards the average
+        of all modules' scores at the end of the previous epoch."""
+        del x, y  # the task holds the samples on the device
+        a = self.approach
+        alpha = a.alpha if (a.stemming and epoch > 0) else 0.0
+        order = jnp.asarray(order)
+        average = jax.tree.map(lambda s: jnp.mean(s, axis=0), state.scores)
+        epoch_fn = self._compiled(state, order, average)
+        start = time.perf_counter()
+        state, metrics = epoch_fn(state, self.variables, self.x, self.y, order, self.class_array, average,
+                                  jnp.float32(alpha))
+        jax.block_until_ready(state)
+        seconds = time.perf_counter() - start
+        bar.update(len(order))
+        means = np.asarray(jnp.mean(metrics, axis=0))  # [M, 3]
+        pairs = element_statistics(hard_masks(state.scores, a.k))
+        nan_free = lambda v: None if math.isnan(v) else v  # noqa: E731 - a single module has no pairs
+        return state, {"alpha": alpha, "cross_entropy": means[:, 0].tolist(), "stemming": means[:, 1].tolist(),
+                       "train_accuracy": means[:, 2].tolist(), "two_class_rps": nan_free(pairs["two_class_union_mean"]),
+                       "mean_jaccard": nan_free(pairs["mean_jaccard"]), "train_seconds": seconds}
+
+
 def cotrain_identity(approach: Any, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
                      classes: Sequence[int]) -> dict[str, Any]:
     """What a co-training checkpoint must match to be resumed: configuration, classes, base model and data."""
@@ -390,17 +396,8 @@ def cotrain_identity(approach: Any, variables: Mapping[str, Any], x: np.ndarray,
     for array in (np.ascontiguousarray(np.asarray(x, np.float32)), np.ascontiguousarray(np.asarray(y, np.int32))):
         digest.update(f"{array.shape};".encode())
         digest.update(array.tobytes())
-    return json_normal({"config": approach.config(), "classes": list(classes), FINGERPRINT_KEY: fingerprint(variables),
-                        "data_sha256": digest.hexdigest()})
-
-
-def _history_to_json(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """A history entry as JSON (NaN, e.g. the pair statistics of a single module, becomes None)."""
-    return {key: None if isinstance(v, float) and math.isnan(v) else v for key, v in entry.items()}
-
-
-def _history_from_json(entry: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: float("nan") if v is None else v for key, v in entry.items()}
+    return json_normal({"config": approach.config(), "classes": list(classes),
+                        "base_fingerprint": fingerprint(variables), "data_sha256": digest.hexdigest()})
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -412,7 +409,7 @@ def hard_masks(scores: Any, k: float) -> Any:
 @functools.partial(jax.jit, static_argnums=0)
 def _recalibrate(model, variables, masks, x, order, rng):
     def one_module(mask):
-        params = apply_mask(variables["params"], mask)
+        params = apply_weight_mask(variables["params"], mask)
 
         def body(stats, index):
             _, updated = model.apply({**variables, "params": params, "batch_stats": stats}, x[index], train=True,
@@ -530,82 +527,28 @@ class Supermask:
     def train_modules(self, model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
                       num_classes: int, classes: Sequence[int] | None = None,
                       workdir: str | os.PathLike[str] | None = None) -> tuple[CotrainState, dict]:
-        """Co-train the modules of ``classes`` (all by default) for ``epochs`` (Algorithm 1, method B).
+        """Co-train the modules of ``classes`` (all by default) for ``epochs`` (Algorithm 1, method B), with
+        the library's one training loop (:func:`jaxmod.train.fit_task`).
 
         Returns the final state and a history: per epoch the mean cross-entropy, stemming term and
         training accuracy of each module and the masks' two-class RPs and mean Jaccard index, plus
         ``train_seconds`` (the epochs alone, after compilation, summed over resumed sessions) and
         ``compile_seconds``. With ``workdir`` the co-training state is checkpointed after every epoch
-        (orbax, :class:`jaxmod.checkpoint.RunCheckpointer`: atomic, the last two epochs kept) and a rerun
-        resumes from the last complete epoch; the batch order of an epoch depends only on the seed and the
-        epoch, so a resumed run ends with exactly the masks of an uninterrupted one. Resuming a directory
-        written for another configuration, base model, class list or training set raises ``ValueError``.
+        and a rerun resumes from the last complete epoch; the batch order of an epoch depends only on the
+        seed and the epoch, so a resumed run ends with exactly the masks of an uninterrupted one. Resuming a
+        directory written for another configuration, base model, class list or training set raises
+        ``ValueError``.
         """
         classes = self.check_inputs(model, variables, x, y, num_classes, classes)
         identity = cotrain_identity(self, variables, x, y, classes) if workdir is not None else None
-        x = jnp.asarray(np.asarray(x, np.float32))
-        y = jnp.asarray(np.asarray(y, np.int32))
-        variables = jax.tree.map(jnp.asarray, dict(variables))
-        steps = len(x) // self.batch_size
-        score_opt = self._optimizer(self.score_lr, self.epochs * steps)
-        graft_opt = self._optimizer(self.graft_lr, self.epochs * steps)
-        scores = init_scores(variables["params"], len(classes), jax.random.key(self.seed), self.share_init)
-        graft = init_graft(num_classes, classes)
-        state = CotrainState(step=jnp.zeros((), jnp.int32), scores=scores, graft=graft,
-                             score_opt=score_opt.init(scores), graft_opt=graft_opt.init(graft))
-        class_array = jnp.asarray(classes, jnp.int32)
-        average = jax.tree.map(lambda s: jnp.mean(s, axis=0), state.scores)
-
-        def order(epoch: int) -> jax.Array:
-            return jnp.asarray(self.batch_order(len(x), epoch))
-
-        history: list[dict[str, Any]] = []
-        train_seconds = 0.0
-        with contextlib.ExitStack() as stack:
-            ckpt = None if workdir is None else stack.enter_context(RunCheckpointer(os.fspath(workdir)))
-            first = 0 if ckpt is None else (ckpt.latest_step() or 0)
-            if first:  # resume (checked before compiling or training anything)
-                state, meta = ckpt.restore(first, state)
-                if meta.get("identity") != identity:
-                    raise ValueError(f"{workdir} holds the co-training of another run ({meta.get('identity')}); "
-                                     f"use another directory or the same settings ({identity})")
-                history = [_history_from_json(e) for e in meta["history"]]
-                train_seconds = float(meta["train_seconds"])
-                average = jax.tree.map(lambda s: jnp.mean(s, axis=0), state.scores)
-            start = time.perf_counter()
-            train_bn = uses_batch_statistics(variables, self.batch_norm)
-            epoch_fn = make_epoch_fn(model, self.k, self.p, score_opt, graft_opt, train_bn, self.seed,
-                                     self.module_chunk).lower(
-                state, variables, x, y, order(0), class_array, average, jnp.float32(0)).compile()
-            compile_seconds = time.perf_counter() - start
-            for epoch in tqdm(range(first, self.epochs), desc=f"supermask modules ({len(classes)})",
-                              disable=not self.progress, leave=False, initial=first, total=self.epochs):
-                state, average, seconds, entry = self._epoch(epoch_fn, state, variables, x, y, order(epoch),
-                                                             class_array, average, epoch)
-                train_seconds += seconds
-                history.append(entry)
-                if ckpt is not None:
-                    ckpt.save(epoch + 1, state, {"identity": identity, "train_seconds": train_seconds,
-                                                 "history": [_history_to_json(e) for e in history]})
-        return state, {"epochs": history, "train_seconds": train_seconds, "compile_seconds": compile_seconds,
-                       "classes": list(classes)}
-
-    def _epoch(self, epoch_fn, state, variables, x, y, order, class_array, average, epoch):
-        """One co-training epoch: the jitted scan, then the new score average and the epoch's statistics."""
-        # Algorithm 1: the first epoch trains without stemming; later ones pull towards the average of
-        # all modules' scores at the end of the previous epoch.
-        alpha = self.alpha if (self.stemming and epoch > 0) else 0.0
-        start = time.perf_counter()
-        state, metrics = epoch_fn(state, variables, x, y, order, class_array, average, jnp.float32(alpha))
-        average = jax.tree.map(lambda s: jnp.mean(s, axis=0), state.scores)
-        jax.block_until_ready((state, average))
-        seconds = time.perf_counter() - start
-        means = np.asarray(jnp.mean(metrics, axis=0))  # [M, 3]
-        pairs = pair_statistics(hard_masks(state.scores, self.k))
-        entry = {"epoch": epoch + 1, "alpha": alpha, "cross_entropy": means[:, 0].tolist(),
-                 "stemming": means[:, 1].tolist(), "train_accuracy": means[:, 2].tolist(),
-                 "two_class_rps": pairs["two_class_rps_mean"], "mean_jaccard": pairs["mean_jaccard"]}
-        return state, average, seconds, entry
+        task = CotrainTask(self, model, variables, x, y, num_classes, classes)
+        config = train.TrainConfig(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.score_lr,
+                                   seed=self.seed)
+        state, history = train.fit_task(task, np.asarray(x), np.asarray(y), config, workdir, run_info=identity,
+                                        progress=self.progress, description=f"supermask modules ({len(classes)})")
+        history = [{k: float("nan") if v is None else v for k, v in e.items()} for e in history]
+        return state, {"epochs": history, "train_seconds": float(sum(e["train_seconds"] for e in history)),
+                       "compile_seconds": task.compile_seconds, "classes": list(classes)}
 
     def decompose(self, model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
                   num_classes: int, workdir: str | os.PathLike[str] | None = None) -> Decomposition:
@@ -623,143 +566,13 @@ class Supermask:
             "compile_seconds": np.asarray(history["compile_seconds"]),
         }
         masks = jax.tree.map(np.asarray, hard_masks(state.scores, self.k))
-        heads = {"graft": jax.tree.map(np.asarray, state.graft)}
+        head = jax.tree.map(np.asarray, state.graft)
+        module_state = None
         if uses_batch_statistics(variables, self.batch_norm):  # one more pass, in its own batch order
             order = self.batch_order(len(x), self.epochs)
             stats = module_batch_stats(model, jax.tree.map(jnp.asarray, dict(variables)), masks,
                                        np.asarray(x, np.float32), order, self.seed)
-            heads["batch_stats"] = jax.tree.map(np.asarray, stats)
-        return Decomposition(masks=masks, granularity="weight", statistics=statistics, heads=heads)
-
-
-def supermask_module_set(decomposition: Decomposition, *, model_name: str, model: nn.Module, dataset: str,
-                         input_shape: Sequence[int], variables: Mapping[str, Any],
-                         config: Mapping[str, Any] | None = None) -> ModuleSet:
-    """The module set of a supermask decomposition, stamped with the base model's :func:`fingerprint`."""
-    if decomposition.granularity != "weight" or decomposition.heads is None:
-        raise ValueError("a supermask module set needs weight-granularity masks and grafting-layer heads")
-    extra = {**dict(config or {}), FINGERPRINT_KEY: fingerprint(variables)}
-    return module_set(decomposition.masks, approach="supermask", model_name=model_name, model=model,
-                      dataset=dataset, input_shape=input_shape, granularity="weight", extra=extra,
-                      heads=decomposition.heads)
-
-
-# ---------------------------------------------------------------------------
-# Recomposition
-
-
-@dataclasses.dataclass(frozen=True)
-class Recomposition:
-    """Modules recomposed for ``classes``: the deployed subnetwork (``deployed``, the frozen variables with
-    every weight outside the union of the supermasks zeroed), the chosen modules' masks and grafting layers
-    (row i = ``classes[i]``), and RPs (the union's fraction of the maskable weights)."""
-
-    model: nn.Module
-    deployed: Mapping[str, Any]
-    masks: Mapping[str, Any]
-    heads: Mapping[str, Any]
-    classes: tuple[int, ...]
-    union: Mapping[str, Any]
-    rps: float
-
-
-def _check_supermask_set(modules: Any, i: int) -> None:
-    if not isinstance(modules, ModuleSet):
-        raise TypeError(f"module set {i} is a {type(modules).__name__}, not a ModuleSet")
-    meta = modules.metadata
-    if meta.approach != "supermask" or meta.granularity != "weight":
-        raise ValueError(f"module set {i} holds {meta.approach!r} modules of granularity {meta.granularity!r}, "
-                         "not supermask (weight) modules")
-    if modules.heads is None or "graft" not in modules.heads:
-        raise ValueError(f"module set {i} has no grafting layers (heads['graft'])")
-    if FINGERPRINT_KEY not in meta.extra:
-        raise ValueError(f"module set {i} does not record its base model ({FINGERPRINT_KEY!r} in metadata.extra)")
-
-
-def recompose(modules: ModuleSet | Sequence[ModuleSet], variables: Mapping[str, Any],
-              classes: Sequence[int]) -> Recomposition:
-    """Recompose supermask modules for ``classes`` over the frozen model ``variables``.
-
-    ``modules`` is one module set or several (each class must come from exactly one). ``ValueError``
-    before any work when a set is not supermask modules, the sets come from different base models (other
-    architecture, configuration, input shape, or other trained weights), ``variables`` are not that base
-    model, or a class is unknown, repeated or provided twice.
-    """
-    sets = [modules] if isinstance(modules, ModuleSet) else list(modules)
-    if not sets:
-        raise ValueError("no module sets to recompose")
-    for i, s in enumerate(sets):
-        _check_supermask_set(s, i)
-    first = sets[0].metadata
-    for i, s in enumerate(sets[1:], start=1):
-        check_compatible(s.metadata, model_name=first.model_name, model_config=first.model_config,
-                         input_shape=first.input_shape, num_classes=first.num_classes)
-        if s.metadata.extra[FINGERPRINT_KEY] != first.extra[FINGERPRINT_KEY]:
-            raise ValueError(f"module sets 0 and {i} were decomposed from different base models "
-                             "(same architecture, different trained weights); they cannot be recomposed together")
-    head_keys = {i: sorted(s.heads) for i, s in enumerate(sets)}
-    if len({tuple(v) for v in head_keys.values()}) > 1:
-        raise ValueError(f"module sets carry different per-module parts {head_keys} (batch-norm modes differ)")
-    if fingerprint(variables) != first.extra[FINGERPRINT_KEY]:
-        raise ValueError("the variables are not the base model these modules were decomposed from")
-    available = [c for s in sets for c in s.metadata.classes]
-    classes = check_class_list(classes, sorted(set(available)))
-    twice = sorted({c for c in classes if available.count(c) > 1})
-    if twice:
-        raise ValueError(f"classes {twice} have modules in more than one module set; pass one module per class")
-    from jaxmod.compose import build_model  # compose imports topology only; keep this module light
-
-    model = build_model(sets[0])
-    owner = {c: s for s in sets for c in s.metadata.classes}
-    masks = jax.tree.map(lambda *rows: np.stack(rows), *[owner[c].module(c) for c in classes])
-    heads = jax.tree.map(lambda *rows: np.stack(rows), *[owner[c].head(c) for c in classes])
-    union = jax.tree.map(lambda m: np.any(m, axis=0), masks)
-    deployed = {**dict(variables), "params": apply_mask(variables["params"], union)}
-    total = sum(np.size(leaf) for leaf in jax.tree.leaves(union))
-    rps = mask_algebra.count(union) / total
-    return Recomposition(model=model, deployed=deployed, masks=masks, heads=heads, classes=classes, union=union,
-                         rps=rps)
-
-
-@functools.lru_cache(maxsize=32)
-def _confidence_fn(model: nn.Module, batch_size: int):
-    def batch_fn(carry, xb, yb, valid, variables, masks, heads, stats):
-        del yb, valid  # padded rows are written past the end and sliced off
-        index, out = carry
-        outputs = jax.vmap(lambda m, h, s: module_forward(model, variables, m, h, xb, s),
-                           in_axes=(0, 0, None if stats is None else 0))(masks, heads, stats)  # [M, B, 2]
-        positive = jax.nn.softmax(outputs, axis=-1)[..., POSITIVE]
-        return index + 1, jax.lax.dynamic_update_slice_in_dim(out, positive, index * batch_size, axis=1)
-
-    return batch_fn
-
-
-def module_confidences(model: nn.Module, variables: Mapping[str, Any], masks: Mapping[str, Any],
-                       heads: Mapping[str, Any], x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """``float[M, n]``: each module's softmax confidence that each sample is its class (one jitted scan).
-
-    ``heads``: ``{"graft": ..., ["batch_stats": ...]}`` (per-module batch-norm statistics when present) or
-    the grafting layers alone.
-    """
-    x = np.asarray(x)
-    check_inputs(model, variables, x)
-    num_modules = np.shape(jax.tree.leaves(masks)[0])[0]
-    padded = math.ceil(len(x) / batch_size) * batch_size
-    init = (jnp.zeros((), jnp.int32), jnp.zeros((num_modules, padded), jnp.float32))
-    graft = heads["graft"] if "graft" in heads else heads
-    stats = heads.get("batch_stats") if "graft" in heads else None
-    _, out = scan_dataset(_confidence_fn(model, batch_size), init, x, np.zeros(len(x), np.int32), batch_size,
-                          variables, masks, graft, stats)
-    return np.asarray(out[:, : len(x)])
-
-
-def recomposed_confidences(recomposition: Recomposition, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """The recomposed modules' confidences on ``x`` (``float[len(classes), n]``), run on the deployed subnetwork."""
-    return module_confidences(recomposition.model, recomposition.deployed, recomposition.masks,
-                              recomposition.heads, x, batch_size)
-
-
-def recomposed_predict(recomposition: Recomposition, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    """Predicted classes (from ``recomposition.classes``) by confidence voting, without retraining."""
-    return np.asarray(vote(recomposed_confidences(recomposition, x, batch_size), recomposition.classes))
-
+            module_state = {"batch_stats": jax.tree.map(np.asarray, stats)}
+        modules = module_set(self, model, variables, np.asarray(x[:1], np.float32),
+                             weights=weight_masks(variables["params"], masks), head=head, state=module_state)
+        return Decomposition(modules, statistics=statistics)

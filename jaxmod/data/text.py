@@ -707,7 +707,38 @@ def with_scored_padding(ds: SequenceDataset) -> SequenceDataset:
                                input_vocab=(*ds.input_vocab, PAD_TOKEN), output_vocab=(*ds.output_vocab, PAD_CLASS))
 
 
+def model_split(ds: SequenceDataset, name: str) -> SequenceSplit:
+    """Split ``name`` as a model built for ``ds`` reads it. Translation: the target language becomes a last source
+    token (``input vocabulary + language``), since the RepeatVector decoder has no decoder input, and the targets
+    drop their start token. ``group`` keeps the language (the label each translation module is built for)."""
+    s = getattr(ds, name)
+    if ds.shape != "encoder_decoder":
+        return s
+    base = len(ds.input_vocab)
+    x = np.concatenate([s.x, (base + s.group)[:, None]], axis=1).astype(np.int32)
+    return SequenceSplit(x, s.y[:, 1:], s.y_valid[:, 1:], s.group.astype(np.int32))
+
+
+def subset_split(split: SequenceSplit, n: int | None, seed: int) -> SequenceSplit:
+    """A random subset of ``n`` samples (fixed by ``seed``) in their original order; all of them when ``n`` is None."""
+    if n is None or n >= len(split):
+        return split
+    if n < 1:
+        raise ValueError(f"a sample limit must be >= 1, got {n}")
+    rows = np.sort(np.random.default_rng(seed).permutation(len(split))[:n])
+    return SequenceSplit(split.x[rows], split.y[rows], split.y_valid[rows],
+                         None if split.group is None else split.group[rows])
+
+
+def module_labels(ds: SequenceDataset, split: SequenceSplit) -> np.ndarray:
+    """The label each module is built for, per sample (or step): the class, or the target language (translation)."""
+    return split.group if ds.shape == "encoder_decoder" else split.y
+
+
 __all__ = [
+    "model_split",
+    "module_labels",
+    "subset_split",
     "SEQUENCE_DATASET_NAMES",
     "SEQUENCE_SHAPES",
     "UNIVERSAL_TAGS",

@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxmod.models.dense import MLP
 from jaxmod.models.lenet import LeNet5
@@ -63,6 +64,22 @@ def create_model(name: str, num_classes: int, **config: Any) -> nn.Module:
         raise ValueError(f"bad configuration {config} for model {name!r}: {err}") from err
 
 
+def model_name(model: nn.Module) -> str | None:
+    """The zoo name that rebuilds ``model`` with ``create_model(name, num_classes, **model_config(model))``:
+    the first registered factory of the model's class whose fixed settings the model has (any of that class
+    rebuilds it, since the configuration sets every field); ``None`` for a model the zoo does not build."""
+    fallback = None
+    for name, factory in _REGISTRY.items():
+        cls = factory.func if isinstance(factory, functools.partial) else factory
+        if type(model) is not cls:
+            continue
+        keywords = factory.keywords if isinstance(factory, functools.partial) else {}
+        if all(getattr(model, k, None) == v for k, v in keywords.items()):
+            return name
+        fallback = fallback or name
+    return fallback
+
+
 def model_config(model: nn.Module) -> dict[str, Any]:
     """The model's configuration fields (JSON-able), without its sliced widths and class count."""
     skip = {"parent", "name", "widths", "num_classes"}
@@ -91,13 +108,15 @@ def check_inputs(model: nn.Module, variables: Any, x: Any) -> None:
     shape = tuple(getattr(x, "shape", ()))
     if len(shape) < 2 or shape[0] == 0:
         raise ValueError(f"expected a non-empty batch of samples, got an array of shape {shape}")
-    sample = jax.ShapeDtypeStruct((1, *shape[1:]), jnp.float32)
+    dtype = getattr(x, "dtype", np.float32)
+    sample = jax.ShapeDtypeStruct((1, *shape[1:]), dtype if np.issubdtype(dtype, np.integer) else jnp.float32)
     try:
         out = jax.eval_shape(lambda v, xb: model.apply(v, xb), variables, sample)
     except Exception as err:  # noqa: BLE001 - any failure to trace means the input does not fit
         raise ValueError(f"{type(model).__name__} with these variables does not take samples of shape "
                          f"{shape[1:]}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
-    if getattr(out, "shape", None) != (1, model.num_classes):
+    out_shape = getattr(out, "shape", ())
+    if len(out_shape) < 2 or out_shape[0] != 1 or out_shape[-1] != model.num_classes:
         raise ValueError(f"{type(model).__name__} maps samples of shape {shape[1:]} to {getattr(out, 'shape', out)}")
 
 
@@ -117,6 +136,7 @@ __all__ = [
     "create_model",
     "gather_units",
     "model_config",
+    "model_name",
     "register_model",
     "tap",
     "width_of",

@@ -33,9 +33,9 @@ where unit ``n`` is removed, its columns in W, U and the biases (every gate bloc
 not read (``h_prev * keep``) and the consumers (the next layer, the output layer) do not see it
 (``h * keep``). The state itself is carried as computed, so a unit removed at one step and kept at the next
 reads back its carried state, as in the reference. With one mask for all steps a removed unit stays exactly
-zero, which is why that case slices physically (``topology_spec``). A ``gate_masks/rnnK_h`` variable of shape
-``(G, units)`` or ``(T, G, units)`` removes single gate units (the paper's "each gate by its own activation"):
-that gate's pre-activation reads zero.
+zero, which is why that case slices physically (``topology_spec``). A ``unit_masks/rnnK_gates`` variable (the
+layer's gate units, :func:`gate_group`) of shape ``(G, units)`` or ``(T, G, units)`` removes single gate units
+(the paper's "each gate by its own activation"): that gate's pre-activation reads zero.
 """
 
 from __future__ import annotations
@@ -56,7 +56,13 @@ SHAPES: tuple[str, ...] = ("one_to_one", "one_to_many", "many_to_one", "many_to_
 MANY_OUTPUT_SHAPES: tuple[str, ...] = ("one_to_many", "many_to_many", "encoder_decoder")
 ACTIVATION_FNS = {"tanh": jnp.tanh, "relu": nn.relu}
 GATE_ACTIVATIONS = "gate_activations"
-GATE_MASKS = "gate_masks"
+
+
+def gate_group(group: str) -> str:
+    """The unit group of a recurrent layer's gate units: ``rnnK_h`` -> ``rnnK_gates``."""
+    if not group.endswith("_h"):
+        raise ValueError(f"{group!r} is not a recurrent layer's hidden group (rnnK_h)")
+    return f"{group[:-2]}_gates"
 
 
 def num_gates(cell: str) -> int:
@@ -257,8 +263,8 @@ class RecurrentClassifier(nn.Module):
         if self.has_variable(UNIT_MASKS, name):
             mask = jnp.asarray(self.get_variable(UNIT_MASKS, name), jnp.float32)
             unit_keep = jnp.broadcast_to(mask, (steps, units))
-        if self.has_variable(GATE_MASKS, name):
-            mask = jnp.asarray(self.get_variable(GATE_MASKS, name), jnp.float32)
+        if self.has_variable(UNIT_MASKS, gate_group(name)):
+            mask = jnp.asarray(self.get_variable(UNIT_MASKS, gate_group(name)), jnp.float32)
             block_keep = jnp.broadcast_to(mask, (steps, g, units))
         return unit_keep, block_keep * unit_keep[:, None, :]
 

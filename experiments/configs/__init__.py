@@ -1,0 +1,8 @@
+"""Experiment settings as ml_collections configs, one per approach, read through absl:
+
+    python -m experiments.modularize --config=experiments/configs/moda.py --config.train.epochs=3 --workdir=runs/x
+
+``default.py`` holds what every run shares; each approach's file imports it and sets its ``options`` (the
+approach's own settings, with the paper's defaults taken from the approach's dataclass) and ``extras`` (what
+the pipeline measures or saves beyond the common results, for that approach).
+"""

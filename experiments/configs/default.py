@@ -1,0 +1,42 @@
+"""What every modularization run shares: model, data, training budget, reuse sub-tasks, measurement."""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.approach = "moda"
+    config.model = "lenet5"
+    config.model_config = "{}"  # JSON object of zoo-model settings, e.g. '{"use_bn": false}'
+    config.dataset = "mnist"
+    config.data_source = "auto"  # auto | offline | tfds
+    config.data_dir = config_dict.placeholder(str)  # a prepared TFDS data_dir (CIFAR-10, SVHN, ...)
+    config.train_limit = config_dict.placeholder(int)  # class-balanced subsets
+    config.test_limit = config_dict.placeholder(int)
+    config.val_fraction = 0.1
+    config.seed = 0
+
+    # the standard model (and the modular one, for approaches that train one) train with the same budget
+    config.train = ml_collections.ConfigDict()
+    config.train.epochs = 4
+    config.train.batch_size = 128
+    config.train.learning_rate = 0.05
+    config.train.optimizer = "sgd"  # sgd (Nesterov, the papers') | adam
+    config.train.schedule = "cosine"  # cosine | constant
+
+    # reuse: random sub-tasks of the dataset's classes, composed without retraining
+    config.reuse = ml_collections.ConfigDict()
+    config.reuse.num_subtasks = 30
+    config.reuse.min_classes = 2
+    config.reuse.max_classes = 9
+
+    config.eval_batch_size = 512
+    config.timing_repeats = 60  # train steps timed per loss, in 5 interleaved rounds (0: no step timing)
+    config.progress = True
+
+    config.options = ml_collections.ConfigDict()  # the approach's own settings (each approach's config)
+    config.extras = ml_collections.ConfigDict()  # what the pipeline adds for the approach (each approach's config)
+    return config
