@@ -180,8 +180,8 @@ def train_models(s: Setup, workdir: str) -> dict[str, Any]:
         out["source"] = out["standard"]
         return out
     modular = s.reference.training_model(s.model)
-    # settings that act after training (MwT's fine-tuning) are not part of the modular run's identity
-    identity = {k: v for k, v in s.reference.config().items() if k not in ("finetune_epochs", "finetune_lr")}
+    # only what changes the trained model is the modular run's identity: a decomposition setting reuses it
+    identity = s.reference.training_config()
     state, history = train.fit(modular, s.dataset, loss, s.train_config, os.path.join(workdir, "modular"),
                                progress=progress, description="modular",
                                run_info=s.run_info(s.reference.name, model=modular, **identity))
@@ -223,7 +223,10 @@ def decompose(s: Setup, source: tuple[Any, Any, Any], workdir: str) -> dict[str,
     start = time.perf_counter()
     predict_logits(model, variables, x, s.config.eval_batch_size)
     inference = time.perf_counter() - start
-    modules = decomposition.modules.with_meta(dataset=s.config.dataset)
+    # what the composed models' front door checks inputs against (jaxmod.composed.ComposedModel.check_input)
+    inputs = {"input_normalization": {"mean": s.dataset.mean.tolist(), "std": s.dataset.std.tolist()}}
+    modules = decomposition.modules.with_meta(dataset=s.config.dataset,
+                                              extra={**decomposition.modules.meta.extra, **inputs})
     saved_variables = mwt_lib.strip_generators(variables) if s.reference.name == "mwt" else variables
     checkpoint.save_modules(os.path.join(workdir, "modules"), modules, saved_variables, overwrite=True)
     return {"modules": modules, "variables": saved_variables, "statistics": decomposition.statistics,
@@ -417,8 +420,46 @@ EXTRAS = {"mwt": mwt_extras, "supermask": supermask_extras, "concern": concern_e
 # The run
 
 
+def run_identity(config: Any) -> dict[str, Any]:
+    """Every setting of a run but the display ones: a finished run with the same identity is not redone."""
+    return json.loads(json.dumps({k: v for k, v in config.to_dict().items() if k != "progress"}))
+
+
+def finished(config: Any, workdir: str) -> dict[str, Any] | None:
+    """The results of a finished run of exactly this config in ``workdir`` (and its modules on disk), else None."""
+    path = os.path.join(workdir, "results.json")
+    if not (os.path.isfile(path) and os.path.isdir(os.path.join(workdir, "modules"))):
+        return None
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return results if results.get("config", {}).get("identity") == run_identity(config) else None
+
+
+def check_workdir(workdir: str) -> None:
+    """``ValueError`` before any work for a work directory that cannot be one."""
+    if not isinstance(workdir, str) or not workdir:
+        raise ValueError(f"the work directory must be a path, got {workdir!r}")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"the work directory {workdir} exists and is not a directory")
+
+
+def say(config: Any, message: str) -> None:
+    """A stage line between progress bars (only when progress is shown)."""
+    if config.progress:
+        tqdm.write(message)
+
+
 def run(config: Any, workdir: str) -> dict[str, Any]:
-    """Train, decompose, compose, measure; writes ``WORKDIR/results.json`` and returns the results."""
+    """Train, decompose, compose, measure; writes ``WORKDIR/results.json`` and returns the results. A rerun of a
+    finished run (same settings, results and modules on disk) returns its results at once."""
+    check_workdir(workdir)
+    done = finished(config, workdir)
+    if done is not None:
+        say(config, f"{workdir} holds this finished run: its results are read, nothing is redone")
+        return done
     s = setup(config)
     os.makedirs(workdir, exist_ok=True)
     trained = train_models(s, workdir)
@@ -427,8 +468,12 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     batch = config.eval_batch_size
     std_eval = train.evaluate(std_model, std_vars, s.dataset.test.x, s.dataset.test.y, batch)
     src_eval = train.evaluate(src_model, src_vars, s.dataset.test.x, s.dataset.test.y, batch)
+    say(config, "timing the train steps" if config.timing_repeats else "decomposing")
     times = step_times(s, trained)
+    say(config, f"decomposing with {s.reference.name}" + (" and drawing the random control" if s.name == "random"
+                                                           else ""))
     d = decompose(s, trained["source"], workdir)
+    say(config, "composing all classes and the reuse sub-tasks")
     modules = d["modules"]
     plain = mwt_lib.with_generators(src_model, False) if s.reference.name == "mwt" else src_model
     sizes = metrics.module_statistics(modules, d["variables"], plain)
@@ -441,7 +486,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         config={"train": {"epochs": s.train_config.epochs, "batch_size": s.train_config.batch_size,
                           "lr": s.train_config.learning_rate, "optimizer": s.train_config.optimizer},
                 "approach": s.approach.config(), "train_samples": len(s.dataset.train.x),
-                "test_samples": len(s.dataset.test.x), "source": modules.meta.source})
+                "test_samples": len(s.dataset.test.x), "source": modules.meta.source, "identity": run_identity(config)})
     if s.approach.name == "random":
         measured["config"]["reference"] = s.reference.config()
     os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)

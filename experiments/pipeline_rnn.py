@@ -24,6 +24,7 @@ import jax
 import numpy as np
 
 from experiments.common import write_json_atomic
+from experiments.pipeline import check_workdir, finished, run_identity
 from jaxmod import checkpoint, metrics, models, reuse, train
 from jaxmod.activations import predict_logits
 from jaxmod.approaches.rnn import (
@@ -268,7 +269,12 @@ def reuse_pairs(confidences: np.ndarray, std_probs: np.ndarray, te: SequenceSpli
 
 
 def run(config: Any, workdir: str) -> dict[str, Any]:
-    """Train, decompose, compose, measure; every setting is checked before training or writing."""
+    """Train, decompose, compose, measure; every setting is checked before training or writing. A rerun of a
+    finished run returns its results at once; an interrupted one resumes its training."""
+    check_workdir(workdir)
+    done = finished(config, workdir)
+    if done is not None:
+        return done
     cfg = RnnRun.from_config(config)
     options = dict(config.options.to_dict())
     if cfg.shape == "one_to_one" and options.get("mode") == "unrolled":
@@ -293,7 +299,8 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         "num_classes": d.dataset.num_classes,
         "config": {"run": dataclasses.asdict(cfg), "approach": approach.config(), "model": models.model_config(model),
                    "train_samples": len(d.train.x), "test_samples": len(d.test.x),
-                   "module_labels": list(d.dataset.groups if d.translation else d.dataset.output_vocab)},
+                   "module_labels": list(d.dataset.groups if d.translation else d.dataset.output_vocab),
+                   "identity": run_identity(config)},
         "standard": {**std, "history": t.history},
         "modular": dict(std),
         "composed": composed,

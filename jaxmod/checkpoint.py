@@ -52,6 +52,7 @@ __all__ = [
     "check_checkpoint_dir",
     "restore_model",
     "restore_modules",
+    "read_modules_extra",
     "restore_tree",
     "save_model",
     "save_modules",
@@ -389,8 +390,16 @@ def _check_target(path: Path, overwrite: bool) -> None:
         raise ValueError(f"refusing to overwrite {path}: it is a non-empty directory that is not a checkpoint")
 
 
+def _remove_leftovers(path: Path) -> None:
+    """Staging and swapped-out directories of earlier saves to ``path`` that a killed process left behind."""
+    for pattern in (f".{path.name}.jaxmod-staging-*", f".{path.name}.jaxmod-old-*"):
+        for leftover in path.parent.glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def _write(path: Path, state: dict[str, Any], metadata: dict[str, Any], overwrite: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(path)
     staging = path.parent / f".{path.name}.jaxmod-staging-{uuid.uuid4().hex}"
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     try:
@@ -526,7 +535,7 @@ def restore_model(directory: PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def save_modules(directory: PathLike, modules: ModuleSet, variables: Mapping[str, Any], *,
-                 overwrite: bool = False) -> None:
+                 overwrite: bool = False, extra: Mapping[str, Any] | None = None) -> None:
     """Saves a module set with the variables it was decomposed from (self-contained for composition).
 
     ``ValueError`` before anything is written when the set breaks its conventions or ``variables`` are not
@@ -549,8 +558,19 @@ def save_modules(directory: PathLike, modules: ModuleSet, variables: Mapping[str
         if getattr(modules, part) is not None:
             tree[part] = getattr(modules, part)
     metadata = {"kind": "modules", "format_version": FORMAT_VERSION, "library_version": jaxmod.__version__,
-                "modules": _json_metadata(modules.meta.to_json(), "module metadata")}
+                "modules": _json_metadata(modules.meta.to_json(), "module metadata"),
+                "extra": _json_metadata(dict(extra or {}), "extra")}
     save_tree(directory, tree, metadata, overwrite=overwrite)
+
+
+def read_modules_extra(directory: PathLike) -> dict[str, Any]:
+    """The ``extra`` metadata a module checkpoint was saved with (e.g. how a saved composed model composes)."""
+    path = _path(directory)
+    check_checkpoint_dir(path)
+    metadata = _read_saved_metadata(path)
+    _check_kind(path, metadata, "modules", ("modules",))
+    extra = metadata.get("extra", {})
+    return extra if isinstance(extra, dict) else {}
 
 
 def restore_modules(directory: PathLike) -> tuple[ModuleSet, dict[str, Any]]:

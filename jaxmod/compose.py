@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxmod.checks import check_finite_tree
+from jaxmod.composed import ComposedModel, Provenance
 from jaxmod.models import create_model, model_config
 from jaxmod.modules import ModuleSet, as_hashable, check_class_list, check_compatible, check_source
 from jaxmod.running import apply_weight_mask, module_outputs, module_rows, one_module_output
@@ -72,6 +74,7 @@ def source_model(modules: ModuleSet, variables: Mapping[str, Any], model: nn.Mod
         if meta.model_name is not None and type(model) is not type(build_model(modules)):
             raise ValueError(f"modules come from a {type(build_model(modules)).__name__}, not a {type(model).__name__}")
     check_variables_fit(full, variables, meta.input_shape, meta.input_dtype)
+    check_finite_tree(variables, "the variables")
     check_source(modules, variables)
     return full
 
@@ -84,7 +87,7 @@ def how_modules_compose(modules: ModuleSet) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class VotingModel:
+class VotingModel(ComposedModel):
     """Modules of ``classes`` that vote: ``model`` with ``variables`` (weights outside the union of the
     modules' weight masks zeroed: the deployed subnetwork), run once per module with its own masks and head.
 
@@ -95,8 +98,9 @@ class VotingModel:
     variables: Mapping[str, Any]
     modules: ModuleSet
     classes: tuple[int, ...]
+    provenance: Provenance | None = None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def scores(self, x: jax.Array) -> jax.Array:
         return _vote_fn(self.model)(dict(self.variables), module_rows(self.modules),
                                     jnp.asarray(self.classes, jnp.int32), jnp.asarray(x))
 
@@ -104,10 +108,8 @@ class VotingModel:
         """``float[k, N, ...]`` over a whole dataset, in one jitted scan."""
         return module_outputs(self.model, self.variables, self.modules, x, batch_size=batch_size)
 
-    def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-        """The voted class of every sample (step)."""
-        conf = self.confidences(x, batch_size)
-        return np.asarray(self.classes)[np.argmax(conf, axis=0)]
+    def _dataset_scores(self, x: np.ndarray, batch_size: int) -> np.ndarray:
+        return np.moveaxis(self.confidences(x, batch_size), 0, -1)
 
 
 @functools.lru_cache(maxsize=64)
@@ -144,12 +146,13 @@ def compose(modules: ModuleSet, variables: Mapping[str, Any], classes: Sequence[
         if unsliceable:
             raise ValueError(f"merging slices the model's unit groups; these modules also mask {unsliceable}, which "
                              "slicing cannot remove (e.g. single gate units): vote instead")
-        return slice_model(full, topology, variables, modules.union(classes), classes)
+        sliced = slice_model(full, topology, variables, modules.union(classes), classes)
+        return dataclasses.replace(sliced, provenance=Provenance(modules.select(classes), variables, how))
     chosen = modules.select(classes)
     deployed = dict(variables)
     if chosen.weights is not None:
         deployed["params"] = apply_weight_mask(variables["params"], modules.union(classes))
-    return VotingModel(full, deployed, chosen, classes)
+    return VotingModel(full, deployed, chosen, classes, Provenance(chosen, variables, how))
 
 
 def module_topology(model: nn.Module, modules: ModuleSet) -> Topology:

@@ -273,9 +273,18 @@ def module_set(approach: Any, model: Any, variables: Mapping[str, Any], x: Any, 
                classes: Sequence[int] | None = None, extra: Mapping[str, Any] | None = None) -> ModuleSet:
     """A validated module set of ``approach`` decomposed from ``model`` with ``variables``.
 
-    ``x`` is a batch of inputs (or one ``jax.ShapeDtypeStruct``) the model takes; its trailing shape and
-    dtype become the set's input spec. ``classes`` defaults to every class of the model.
+    ``x`` holds the samples decomposed from (or one ``jax.ShapeDtypeStruct``); its trailing shape and dtype become
+    the set's input spec, and for float inputs its value range (``extra["input_range"]``), which composed models
+    check their inputs against. ``classes`` defaults to every class of the model. Masks must be boolean.
     """
+    for kind, tree in (("units", units), ("weights", weights), ("positions", positions)):
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+            if np.asarray(leaf).dtype != np.bool_:
+                raise ValueError(f"{kind}{jax.tree_util.keystr(path)} has dtype {np.asarray(leaf).dtype}; masks "
+                                 "must be boolean (True keeps, False removes)")
+    extra = dict(extra or {})
+    if isinstance(x, (np.ndarray, jax.Array)) and np.issubdtype(x.dtype, np.floating) and np.size(x):
+        extra.setdefault("input_range", [float(np.min(x)), float(np.max(x))])
     name, config = describe_model(model)
     num_classes = int(model.num_classes)
     meta = ModuleMeta(
@@ -283,7 +292,7 @@ def module_set(approach: Any, model: Any, variables: Mapping[str, Any], x: Any, 
         input_shape=tuple(np.shape(x)[1:]),
         input_dtype=str(jax.dtypes.canonicalize_dtype(np.dtype(getattr(x, "dtype", np.float32)))),
         num_classes=num_classes, classes=tuple(range(num_classes)) if classes is None else tuple(classes),
-        source=fingerprint(variables), extra=dict(extra or {}))
+        source=fingerprint(variables), extra=extra)
     as_bool = lambda tree: None if tree is None else jax.tree.map(lambda m: np.asarray(m, bool), tree)  # noqa: E731
     modules = ModuleSet(units=as_bool(units), weights=as_bool(weights), positions=as_bool(positions),
                         head=head, state=state, meta=meta)

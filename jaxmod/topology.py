@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxmod.composed import ComposedModel, Provenance
 from jaxmod.modules import check_class_list
 from jaxmod.taps import ACTIVATIONS, INDEX_MAPS, UNIT_MASKS
 
@@ -287,16 +288,22 @@ def unit_mask_variables(topology: Topology, keep: Mapping[str, Any]) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class SlicedModel:
-    """A physically smaller model: the module to call and its variables (with index maps)."""
+class SlicedModel(ComposedModel):
+    """A physically smaller model: the module to call and its variables (with index maps); ``sliced(x)`` gives the
+    logits of ``classes`` in that order (see :class:`jaxmod.composed.ComposedModel` for the input checks)."""
 
     model: nn.Module
     variables: dict
     classes: tuple[int, ...]
+    provenance: Provenance | None = None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """The logits of ``classes`` (in that order) for a batch ``x``."""
+    def scores(self, x: jax.Array) -> jax.Array:
         return self.model.apply(self.variables, x)
+
+    def _dataset_scores(self, x: np.ndarray, batch_size: int) -> np.ndarray:
+        from jaxmod.activations import predict_logits  # activations reads topology; resolve at call time
+
+        return predict_logits(self.model, self.variables, x, batch_size)
 
 
 def slice_variables(

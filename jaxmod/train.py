@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from jaxmod.activations import scan_dataset
 from jaxmod.checkpoint import RunCheckpointer
+from jaxmod.checks import NonFiniteError, check_finite
 from jaxmod.data import epoch_seed
 from jaxmod.losses import LossFn
 from jaxmod.metrics.accuracy import top_k_hits
@@ -43,6 +44,7 @@ from jaxmod.topology import flat_activations
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
 SELECT = ("last", "best_val")
+CHECK_EVERY = 25  # steps between host checks for a non-finite training loss
 
 
 @struct.dataclass
@@ -269,8 +271,8 @@ def fit_task(task: TrainTask, x: np.ndarray, y: np.ndarray, config: TrainConfig,
     directory holding a run with other settings or ``run_info`` raises ``ValueError`` naming both. ``val``:
     validation accuracy per epoch; ``select="best_val"`` returns the state of the first epoch with the best
     one (kept in memory). ``stop_after`` ends this call after that many epochs in total (resume later).
-    A non-finite training loss stops the run at that epoch with a ``FloatingPointError`` naming it; the
-    checkpoints of the epochs before are kept.
+    A non-finite training loss stops the run with :class:`jaxmod.checks.NonFiniteError` (a ``ValueError``) naming
+    the step and the loss terms; the checkpoints of the epochs before are kept.
     """
     if select not in SELECT:
         raise ValueError(f"select must be one of {SELECT}, got {select!r}")
@@ -300,12 +302,16 @@ def fit_task(task: TrainTask, x: np.ndarray, y: np.ndarray, config: TrainConfig,
             bar = tqdm(total=steps, disable=None if progress else True, leave=False, mininterval=2.0,
                        desc=f"{description} epoch {epoch + 1}/{config.epochs}")
             began = time.perf_counter()
-            state, summary = task.run_epoch(state, x, y, order, epoch, bar)
-            bar.close()
+            try:
+                state, summary = task.run_epoch(state, x, y, order, epoch, bar)
+            except NonFiniteError as err:
+                raise NonFiniteError(f"{description}: {err}") from None
+            finally:
+                bar.close()
             entry = {"epoch": epoch + 1, **summary, "seconds": time.perf_counter() - began}
             loss = summary.get("train_loss")
             if loss is not None and not math.isfinite(loss):
-                raise FloatingPointError(
+                raise NonFiniteError(
                     f"{description}: the training loss became {loss} in epoch {epoch + 1} ({summary}); lower the "
                     "learning rate or check the inputs for non-finite values (the checkpoints of earlier epochs "
                     "are kept)")
@@ -333,12 +339,16 @@ class _no_checkpoints:
 
 
 def _check_same_run(meta: Mapping[str, Any], run: Mapping[str, Any], description: str) -> None:
-    saved = {k: meta.get(k) for k in run}
-    if saved != dict(run):
-        diffs = sorted(f"{k}.{s}" for k in run for s in set(run[k] or {}) | set(saved[k] or {})
-                       if (saved[k] or {}).get(s) != (run[k] or {}).get(s))
-        raise ValueError(f"{description}: the work directory holds a run with other settings ({', '.join(diffs)} "
-                         f"differ: saved {saved}); use another work directory or the same settings")
+    """``ValueError`` in one line naming each setting that differs between the saved run and this one."""
+    diffs = []
+    for part, now in run.items():
+        saved = meta.get(part) or {}
+        for key in sorted(set(saved) | set(now or {})):
+            if saved.get(key) != (now or {}).get(key):
+                diffs.append(f"{part}.{key} is {saved.get(key)!r} there, {(now or {}).get(key)!r} here")
+    if diffs:
+        raise ValueError(f"{description}: the work directory holds another run ({'; '.join(diffs)}); use another "
+                         "work directory or the same settings")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -372,13 +382,26 @@ class ModelTask:
 
     def run_epoch(self, state: TrainState, x: np.ndarray, y: np.ndarray, order: np.ndarray, epoch: int,
                   bar: Any) -> tuple[TrainState, dict[str, float]]:
+        """One epoch; stops with :class:`jaxmod.checks.NonFiniteError` naming the step and the loss terms within
+        ``CHECK_EVERY`` steps of the loss becoming NaN or infinite (the first bad step is tracked on the device)."""
         sums = jnp.zeros(2)  # summed on the device: no host sync per step
+        first_bad, bad_out = jnp.int32(-1), None
         for i, index in enumerate(order):
             state, out = self.step(state, x[index], y[index])
             sums = sums + jnp.stack([out["loss"], out["accuracy"]])
+            newly = (first_bad < 0) & ~jnp.isfinite(out["loss"])
+            first_bad = jnp.where(newly, i, first_bad)
+            bad_out = out if bad_out is None else jax.tree.map(lambda o, b, n=newly: jnp.where(n, o, b), out, bad_out)
             bar.update(1)
             if i % 50 == 0 and not bar.disable:
                 bar.set_postfix(loss=f"{float(out['loss']):.3f}", refresh=False)
+            if (i + 1) % CHECK_EVERY == 0 or i + 1 == len(order):
+                if int(first_bad) >= 0:
+                    terms = ", ".join(f"{k} {float(v):.4g}" for k, v in bad_out.items())
+                    raise NonFiniteError(
+                        f"the training loss became non-finite at step {int(first_bad) + 1} of epoch {epoch + 1} "
+                        f"({terms}); lower the learning rate or check the loss weights (the checkpoints of earlier "
+                        "epochs are kept)")
         loss_sum, accuracy_sum = (float(v) for v in sums)
         return state, {"train_loss": loss_sum / len(order), "train_accuracy": accuracy_sum / len(order)}
 
@@ -409,6 +432,9 @@ def fit(model: nn.Module, data: Any, loss_fn: LossFn, config: TrainConfig, workd
 
     x = np.asarray(data.train.x)
     y = training_labels(data.train)
+    check_finite(x, "the training samples")
+    if validate:
+        check_finite(data.val.x, "the validation samples")
     if y.size and y.max() >= model.num_classes:
         raise ValueError(f"training labels reach {int(y.max())}; the model has {model.num_classes} classes")
     if not isinstance(loss_fn, Callable):

@@ -48,13 +48,13 @@ def test_resuming_with_other_settings_is_refused(mnist_small, tmp_path):
     model = create_model("fc1", 10)
     train.fit(model, mnist_small, cross_entropy_loss(), dataclasses.replace(CONFIG, epochs=2), tmp_path,
               progress=False, stop_after=1)
-    with pytest.raises(ValueError, match=r"other settings \(config.seed differ"):
+    with pytest.raises(ValueError, match=r"another run \(config.seed is 3 there, 9 here\)"):
         train.fit(model, mnist_small, cross_entropy_loss(), dataclasses.replace(CONFIG, epochs=2, seed=9), tmp_path,
                   progress=False)
     # the same optimisation settings but another loss (recorded in run_info) is another run too
     train.fit(model, mnist_small, moda_loss(), CONFIG, tmp_path / "moda", progress=False, stop_after=1,
               run_info={"loss": "moda", "gamma": 0.3})
-    with pytest.raises(ValueError, match=r"other settings \(run_info.gamma differ"):
+    with pytest.raises(ValueError, match=r"another run \(run_info.gamma is 0.3 there, 0.5 here\)"):
         train.fit(model, mnist_small, moda_loss(gamma=0.5), CONFIG, tmp_path / "moda", progress=False,
                   run_info={"loss": "moda", "gamma": 0.5})
 

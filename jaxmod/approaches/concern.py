@@ -470,7 +470,7 @@ class Concern:
                  "activation_rate": {k: v / np.reshape(np.maximum(n_pos, 1), (-1,) + (1,) * (v.ndim - 1))
                                      for k, v in pos_c.items()}}
         head = channel_head(num_classes, range(num_classes)) if self.channeled else None
-        modules = module_set(self, model, variables, x[:1], positions=masks, head=head)
+        modules = module_set(self, model, variables, x, positions=masks, head=head)
         return Decomposition(modules, statistics=stats)
 
     def backtrack(self, masks: Masks, params: Mapping[str, Any], plan: Plan,

@@ -86,8 +86,12 @@ class Moda:
         rates = activation_rates(counts, totals)
         masks = {name: np.asarray(threshold_with_floor(r, self.tau, self.min_unit_fraction))
                  for name, r in rates.items()}
-        modules = module_set(self, model, variables, np.asarray(x[:1]), units=masks)
+        modules = module_set(self, model, variables, x, units=masks)
         return Decomposition(modules, statistics={"activation_rate": rates})
+
+    def training_config(self) -> dict[str, Any]:
+        """The settings that change the trained model (a resumed training run must share them; tau does not)."""
+        return {"alpha": self.alpha, "beta": self.beta, "gamma": self.gamma}
 
     def config(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}

@@ -339,6 +339,10 @@ class MwT:
         """The model to train: ``model`` with its mask generators (``ValueError`` if it has none)."""
         return with_generators(model)
 
+    def training_config(self) -> dict[str, Any]:
+        """The settings that change the trained model (a resumed training run must share them)."""
+        return {"alpha": self.alpha, "beta": self.beta, "averaging": self.averaging}
+
     def decompose(self, model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
                   num_classes: int) -> Decomposition:
         """Per-class kernel masks from how often each generator mask is non-zero on the class's samples."""
@@ -358,7 +362,7 @@ class MwT:
         gated = {g: module_kernels(f, self.tau, self.tau_step) for g, f in frequency.items()}
         masks = complete_masks(mwt_topology(model, shape), gated, num_classes)
         # the modules run on the plain model (generators dropped), so that is the model they describe
-        modules = module_set(self, with_generators(model, False), strip_generators(variables), x[:1], units=masks)
+        modules = module_set(self, with_generators(model, False), strip_generators(variables), x, units=masks)
         return Decomposition(modules, statistics={"kernel_frequency": frequency, "gated_groups": tuple(frequency)})
 
     def config(self) -> dict[str, Any]:

@@ -412,7 +412,7 @@ class RnnDecomposition:
                 masks[gate_group(group)] = np.asarray(keep) | (group in whole)
             stats[f"{group}/positive"], stats[f"{group}/negative"] = pos, neg
         head = channel_head(model.num_classes, range(num_classes)) if self.channel else None
-        modules = module_set(self, model, variables, x[:1], units=masks, head=head, classes=range(num_classes))
+        modules = module_set(self, model, variables, x, units=masks, head=head, classes=range(num_classes))
         return Decomposition(modules, statistics=stats)
 
     def _gate_keep(self, model: RecurrentClassifier, g: np.ndarray, pos_w: np.ndarray, neg_w: np.ndarray,

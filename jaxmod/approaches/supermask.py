@@ -573,6 +573,6 @@ class Supermask:
             stats = module_batch_stats(model, jax.tree.map(jnp.asarray, dict(variables)), masks,
                                        np.asarray(x, np.float32), order, self.seed)
             module_state = {"batch_stats": jax.tree.map(np.asarray, stats)}
-        modules = module_set(self, model, variables, np.asarray(x[:1], np.float32),
+        modules = module_set(self, model, variables, np.asarray(x, np.float32),
                              weights=weight_masks(variables["params"], masks), head=head, state=module_state)
         return Decomposition(modules, statistics=statistics)

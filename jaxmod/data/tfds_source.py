@@ -16,6 +16,18 @@ import numpy as np
 from jaxmod.data.raw import RawData
 
 CHUNK_SIZE = 4096
+TFDS_HOST = ("storage.googleapis.com", 443)
+
+
+def reachable(address: tuple[str, int], timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``address`` opens within ``timeout`` seconds (a quick network probe)."""
+    import socket
+
+    try:
+        with socket.create_connection(address, timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def _read_records(source: Any, keys: Sequence[int]) -> Sequence[dict[str, Any]]:
@@ -67,10 +79,19 @@ def load_tfds(
     """
     import tensorflow_datasets as tfds
 
-    if not download:
-        builder = tfds.builder(tfds_name, data_dir=data_dir)
-        if not builder.is_prepared():
-            raise FileNotFoundError(f"not prepared under {builder.data_dir} (and download=False)")
+    try:  # a prepared data_dir is read without touching the network
+        return _read_splits(tfds, tfds_name, data_dir, download=False)
+    except Exception as error:  # noqa: BLE001 - tfds raises several kinds for "not prepared"
+        if not download:
+            raise FileNotFoundError(f"not prepared under {data_dir or 'the default data_dir'} (and download=False): "
+                                    f"{type(error).__name__}") from error
+    if not reachable(TFDS_HOST):  # TFDS would retry its downloads for minutes before failing
+        raise FileNotFoundError(f"not prepared under {data_dir or 'the default data_dir'}, and {TFDS_HOST[0]} (where "
+                                "TFDS downloads from) cannot be reached from this machine")
+    return _read_splits(tfds, tfds_name, data_dir, download=True)
+
+
+def _read_splits(tfds: Any, tfds_name: str, data_dir: Any, download: bool) -> RawData:
     arrays: dict[str, np.ndarray] = {}
     class_names: tuple[str, ...] = ()
     for split in ("train", "test"):

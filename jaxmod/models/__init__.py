@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmod.checks import check_finite, check_finite_tree
 from jaxmod.models.dense import MLP
 from jaxmod.models.lenet import LeNet5
 from jaxmod.models.mobilenet import MobileNet
@@ -108,6 +109,8 @@ def check_inputs(model: nn.Module, variables: Any, x: Any) -> None:
     shape = tuple(getattr(x, "shape", ()))
     if len(shape) < 2 or shape[0] == 0:
         raise ValueError(f"expected a non-empty batch of samples, got an array of shape {shape}")
+    check_finite(x, "the input samples")
+    check_finite_tree(variables, "the variables")
     dtype = getattr(x, "dtype", np.float32)
     sample = jax.ShapeDtypeStruct((1, *shape[1:]), dtype if np.issubdtype(dtype, np.integer) else jnp.float32)
     try:

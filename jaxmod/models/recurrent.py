@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmod.checks import check_finite
 from jaxmod.taps import UNIT_MASKS, tap, width_of
 from jaxmod.topology import LeafAxis, TopologySpec, UnitGroup, dense_out, kernel_in
 
@@ -333,3 +334,5 @@ def check_sequences(model: RecurrentClassifier, x: np.ndarray) -> None:
                              f"of {model.vocab_size}")
     elif not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"a feature-input model takes float steps, got {x.dtype}")
+    else:
+        check_finite(x, "the input sequences")
