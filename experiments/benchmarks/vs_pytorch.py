@@ -289,7 +289,8 @@ def torch_class_counts(tmodel: Any, x: np.ndarray, y: np.ndarray, num_classes: i
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
             xb = torch.from_numpy(x[start:start + batch_size])
-            onehot = torch.nn.functional.one_hot(torch.from_numpy(y[start:start + batch_size]), num_classes).float()
+            labels = torch.from_numpy(y[start:start + batch_size].astype(np.int64))
+            onehot = torch.nn.functional.one_hot(labels, num_classes).float()
             _, acts = tmodel(xb)
             batch = [onehot.T @ (torch_unit_values(a) != 0).float() for a in acts]
             counts = batch if counts is None else [c + b for c, b in zip(counts, batch, strict=True)]
@@ -550,20 +551,25 @@ def main(argv: list[str]) -> None:
         "fastconv_max_matmul_positions": fastconv.MAX_MATMUL_POSITIONS,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }, "models": {}}
+    os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)
+
+    def write() -> None:  # after every model, so that a late failure keeps the figures
+        result["meta"]["load_avg_end"] = [round(v, 2) for v in os.getloadavg()]
+        with open(f.out, "w") as fh:
+            json.dump(result, fh, indent=1)
+
+    if f.decompose_samples:
+        print("== vgg16 decomposition", flush=True)
+        result["decomposition"] = bench_decomposition(f.decompose_samples, f.decompose_rounds)
+        print(json.dumps({k: v for k, v in result["decomposition"].items() if not k.endswith("_all_ms")}), flush=True)
+        write()
     for key in f.models:
         print(f"== {key}", flush=True)
         result["models"][key] = bench_model(key, f.batch, f.rounds, f.profile, f.profile_rounds)
         summary = {k: result["models"][key][k] for k in ("forward", "standard_step", "moda_step")}
         print(json.dumps({k: {m: v[m] for m in ("jax_ms", "torch_ms", "ratio", "load_avg_1min")}
                           for k, v in summary.items()}), flush=True)
-    if f.decompose_samples:
-        print("== vgg16 decomposition", flush=True)
-        result["decomposition"] = bench_decomposition(f.decompose_samples, f.decompose_rounds)
-        print(json.dumps({k: v for k, v in result["decomposition"].items() if not k.endswith("_all_ms")}), flush=True)
-    result["meta"]["load_avg_end"] = [round(v, 2) for v in os.getloadavg()]
-    os.makedirs(os.path.dirname(os.path.abspath(f.out)), exist_ok=True)
-    with open(f.out, "w") as fh:
-        json.dump(result, fh, indent=1)
+        write()
     print(f"wrote {f.out}")
 
 
