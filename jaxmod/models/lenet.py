@@ -5,6 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from jaxmod.fastconv import Conv
 from jaxmod.taps import gate, tap, width_of
 from jaxmod.topology import TopologySpec, UnitGroup, conv_out, dense_out, kernel_in
 
@@ -27,9 +28,9 @@ class LeNet5(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         w = lambda name, default: width_of(self.widths, name, default)  # noqa: E731
-        x = tap(self, "conv1_relu", nn.relu(nn.Conv(w("conv1_relu", 6), (5, 5), padding="SAME", name="conv1")(x)))
+        x = tap(self, "conv1_relu", nn.relu(Conv(w("conv1_relu", 6), (5, 5), padding="SAME", name="conv1")(x)))
         x = nn.max_pool(x, (2, 2), (2, 2))
-        h = nn.Conv(w("conv2_relu", 16), (5, 5), padding="VALID", name="conv2")(x)
+        h = Conv(w("conv2_relu", 16), (5, 5), padding="VALID", name="conv2")(x)
         x = tap(self, "conv2_relu", nn.relu(gate(self, "conv2_relu", x, h)))
         x = nn.max_pool(x, (2, 2), (2, 2))
         x = x.reshape((x.shape[0], -1))

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmod.fastconv import Conv
 from jaxmod.models.layers import batch_norm, scaled
 from jaxmod.taps import gate, gather_units, tap, width_of
 from jaxmod.topology import IndexMapSpec, TopologySpec, UnitGroup, conv_out, dense_out, kernel_in
@@ -46,11 +47,11 @@ class DepthwiseSeparable(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = gather_units(self, "dw_in", x)
         s = (self.stride, self.stride)
-        h = nn.Conv(
+        h = Conv(
             self.dw_width, (3, 3), s, padding=1, feature_group_count=self.dw_width, use_bias=False, name="dw_conv"
         )(x)
         h = tap(self, "dw_relu", nn.relu(gate(self, "dw_relu", x, batch_norm(train, "dw_bn")(h))))
-        p = nn.Conv(self.pw_width, (1, 1), use_bias=False, name="pw_conv")(h)
+        p = Conv(self.pw_width, (1, 1), use_bias=False, name="pw_conv")(h)
         return tap(self, "pw_relu", nn.relu(gate(self, "pw_relu", h, batch_norm(train, "pw_bn")(p))))
 
 
@@ -80,7 +81,7 @@ class MobileNet(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         w = lambda name, default: width_of(self.widths, name, default)  # noqa: E731
         full = scaled(self.stem_width, self.width_multiplier)
-        x = nn.Conv(w("stem_relu", full), (3, 3), padding=1, use_bias=False, name="stem_conv")(x)
+        x = Conv(w("stem_relu", full), (3, 3), padding=1, use_bias=False, name="stem_conv")(x)
         x = tap(self, "stem_relu", nn.relu(batch_norm(train, "stem_bn")(x)))
         for i, (pw, stride) in enumerate(self.blocks, start=1):
             name = f"block{i}"

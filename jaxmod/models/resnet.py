@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxmod.fastconv import Conv
 from jaxmod.models.layers import batch_norm, scaled
 from jaxmod.taps import gate, gather_units, mask_units, tap, width_of
 from jaxmod.topology import IndexMapSpec, LeafAxis, TopologySpec, UnitGroup, conv_out, dense_out, kernel_in
@@ -43,19 +44,19 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         s = (self.stride, self.stride)
-        h = nn.Conv(self.width1, (3, 3), s, padding=1, use_bias=not self.use_bn, name="conv1")(x)
+        h = Conv(self.width1, (3, 3), s, padding=1, use_bias=not self.use_bn, name="conv1")(x)
         if self.use_bn:
             h = batch_norm(train, "bn1")(h)
         h1 = tap(self, "relu1", nn.relu(gate(self, "relu1", x, h)))
         width = self.width2 if self.conv2_width is None else self.conv2_width
         init = {"kernel_init": nn.initializers.zeros} if self.zero_init_residual else {}
-        h = nn.Conv(width, (3, 3), padding=1, use_bias=not self.use_bn, name="conv2", **init)(h1)
+        h = Conv(width, (3, 3), padding=1, use_bias=not self.use_bn, name="conv2", **init)(h1)
         if self.use_bn:
             h = batch_norm(train, "bn2")(h)
         h = gather_units(self, "conv2_pad", mask_units(self, "conv2", gate(self, "conv2", h1, h)))
         if self.project:
             width = self.width2 if self.proj_width is None else self.proj_width
-            short = nn.Conv(width, (1, 1), s, padding=0, use_bias=not self.use_bn, name="proj_conv")(x)
+            short = Conv(width, (1, 1), s, padding=0, use_bias=not self.use_bn, name="proj_conv")(x)
             if self.use_bn:
                 short = batch_norm(train, "proj_bn")(short)
             short = mask_units(self, "proj_conv", gate(self, "proj_conv", x, short))
@@ -118,7 +119,7 @@ class ResNet(nn.Module):
             raise ValueError(f"ResNet: {len(self.stage_sizes)} stage sizes but {len(self.stage_widths)} stage widths")
         w = lambda name, default: width_of(self.widths, name, default)  # noqa: E731
         stem = scaled(self.stem_width, self.width_multiplier)
-        x = nn.Conv(w("stem_relu", stem), (3, 3), padding=1, use_bias=not self.use_bn, name="stem_conv")(x)
+        x = Conv(w("stem_relu", stem), (3, 3), padding=1, use_bias=not self.use_bn, name="stem_conv")(x)
         if self.use_bn:
             x = batch_norm(train, "stem_bn")(x)
         x = tap(self, "stem_relu", nn.relu(x))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from jaxmod.fastconv import Conv
 from jaxmod.models.layers import batch_norm, scaled
 from jaxmod.taps import gate, tap, width_of
 from jaxmod.topology import TopologySpec, UnitGroup, conv_out, dense_out, kernel_in
@@ -51,7 +52,7 @@ class VGG(nn.Module):
                 i += 1
                 group = f"conv{i}_relu"
                 width = width_of(self.widths, group, scaled(default, self.width_multiplier))
-                h = nn.Conv(width, (3, 3), padding=1, use_bias=not self.use_bn, name=f"conv{i}")(x)
+                h = Conv(width, (3, 3), padding=1, use_bias=not self.use_bn, name=f"conv{i}")(x)
                 if self.use_bn:
                     h = batch_norm(train, f"bn{i}")(h)
                 if i > 1:
