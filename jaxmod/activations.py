@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmod import fastconv
 from jaxmod.data import check_labels
 from jaxmod.losses import unit_values
 from jaxmod.models import check_inputs
@@ -58,6 +59,7 @@ def scan_dataset(batch_fn: Callable, init: Any, x: np.ndarray, y: np.ndarray, ba
 
 
 @functools.partial(jax.jit, static_argnums=0)
+@fastconv.fast_convs  # every scan (statistics, evaluation) gives a user's plain nn.Conv the fast path
 def _scan(batch_fn, init, xs, ys, valid, *args):
     def body(carry, batch):
         return batch_fn(carry, *batch, *args), None
@@ -103,6 +105,7 @@ def class_activation_counts(model: nn.Module, variables: Mapping[str, Any], x: n
 
 
 @functools.partial(jax.jit, static_argnums=0)
+@fastconv.fast_convs
 def _map_logits(model, variables, xs):
     return jax.lax.map(lambda xb: model.apply(variables, xb), xs)
 

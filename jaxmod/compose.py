@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxmod import fastconv
 from jaxmod.checks import check_finite_tree
 from jaxmod.composed import ComposedModel, Provenance
 from jaxmod.models import create_model, model_config
@@ -115,6 +116,7 @@ class VotingModel(ComposedModel):
 @functools.lru_cache(maxsize=64)
 def _vote_fn(model: nn.Module):
     @jax.jit
+    @fastconv.fast_convs
     def run(variables, rows, classes, x):
         conf = jax.vmap(lambda m, c: one_module_output(model, variables, m, c, x))(rows, classes)
         return jnp.moveaxis(conf, 0, -1)

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxmod import fastconv
 from jaxmod.modules import POSITIVE, ModuleSet
 from jaxmod.taps import POSITION_MASKS, UNIT_MASKS
 
@@ -99,6 +100,7 @@ def one_module_output(model: nn.Module, variables: Mapping[str, Any], module: Ma
 @functools.lru_cache(maxsize=64)
 def _outputs_fn(model: nn.Module, output: str):
     @jax.jit
+    @fastconv.fast_convs
     def run(variables, rows, classes, xs):
         def batch(xb):
             return jax.vmap(lambda m, c: one_module_output(model, variables, m, c, xb, output))(rows, classes)

@@ -31,6 +31,7 @@ import optax
 from flax import struct
 from tqdm.auto import tqdm
 
+from jaxmod import fastconv
 from jaxmod.activations import scan_dataset
 from jaxmod.checkpoint import RunCheckpointer
 from jaxmod.checks import NonFiniteError, check_finite
@@ -173,7 +174,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, l
         accuracy = jnp.sum((jnp.argmax(logits, -1) == y) & valid) / jnp.maximum(jnp.sum(valid), 1)
         return new_state, {"loss": loss, "accuracy": accuracy, **aux}
 
-    return jax.jit(step, donate_argnums=0)
+    return jax.jit(fastconv.fast_convs(step), donate_argnums=0)  # a user's plain nn.Conv takes the fast path too
 
 
 # ---------------------------------------------------------------------------------------------

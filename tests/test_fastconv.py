@@ -6,6 +6,7 @@ so they match lax to ``rtol=1e-4, atol=1e-5`` on unit-scale data; the lax path i
 
 import flax.linen as nn
 import jax
+import optax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -169,3 +170,19 @@ def test_matmul_path_keeps_flop_count():
     with fastconv.reference_convs():
         ref = metrics.count_flops(model.apply, variables, x)
     assert fast == ref
+
+
+def test_the_library_gives_a_user_models_plain_convs_the_fast_path():
+    """Training steps, dataset scans (statistics, evaluation) and logits all trace under the interceptor."""
+    from jaxmod import activations, train
+    from jaxmod.losses import cross_entropy_loss
+
+    model, x = _UserNet(), _random((4, 2, 2, 3), 0)
+    variables = model.init(jax.random.key(0), x)
+    optimizer = optax.sgd(0.1)
+    state = train.init_state(model, x, optimizer, 0)
+    step = train.make_train_step(model, optimizer, cross_entropy_loss())
+    assert "convolution" not in step.lower(state, x, jnp.arange(4) % 4).as_text()
+    xs = jnp.stack([x, x])
+    assert "convolution" not in activations._map_logits.lower(model, variables, xs).as_text()
+    assert "convolution" in jax.jit(model.apply).lower(variables, x).as_text()  # the plain model has convs

@@ -519,11 +519,12 @@ def bench_decomposition(samples: int, rounds: int) -> dict[str, Any]:
     x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     approach = create_approach("moda")
     start = time.perf_counter()
-    masks = approach.decompose(model, variables, x, y, 10).masks
+    masks = approach.decompose(model, variables, x, y, 10).modules.units
     first = (time.perf_counter() - start) * 1e3
     t_masks = torch_decompose(tmodel, x_nchw, y, 10)
-    same = all(np.array_equal(np.asarray(masks[k]), t) for k, t in zip(masks, t_masks, strict=True))
-    timing = interleaved(lambda: approach.decompose(model, variables, x, y, 10).masks,
+    forward_order = [group.name for group in model.topology_spec().groups]  # torch lists layers in this order
+    same = all(np.array_equal(np.asarray(masks[k]), t) for k, t in zip(forward_order, t_masks, strict=True))
+    timing = interleaved(lambda: approach.decompose(model, variables, x, y, 10).modules.units,
                          lambda: torch_decompose(tmodel, x_nchw, y, 10), rounds)
     return {"model": "vgg16", "config": {"classifier": [4096, 4096]}, "samples": samples,
             "jax_first_call_ms_with_compile": round(first, 1), **timing, "masks_equal_to_torch": bool(same),
