@@ -41,6 +41,7 @@ from jaxmod.approaches import supermask as sm
 from jaxmod.approaches.concern import DENSE_VARIANTS, jaccard_figures, model_plan
 from jaxmod.compose import VotingModel, compose
 from jaxmod.losses import cross_entropy_loss
+from jaxmod.metrics import latency
 from jaxmod.modules import as_hashable
 from jaxmod.topology import SlicedModel, count_parameters
 from jaxmod.voting import voting_accuracy
@@ -128,6 +129,9 @@ def setup(config: Any) -> Setup:
     if reference.training_loss() is not None and config.train.optimizer != "sgd":
         raise ValueError(f"config.train.optimizer={config.train.optimizer} would also train {reference.name}'s "
                          "modular model, which the paper trains with SGD; use sgd")
+    if config.random_control and config.approach == "random":
+        raise ValueError("config.random_control draws the control beside a method's modules; this run is the random "
+                         "control itself (set config.random_control=False)")
     if config.reuse.num_subtasks < 1:
         raise ValueError(f"config.reuse.num_subtasks must be >= 1, got {config.reuse.num_subtasks}")
     if config.eval_batch_size < 1:
@@ -149,9 +153,25 @@ def setup(config: Any) -> Setup:
     if len(dataset.train.x) < config.train.batch_size:
         raise ValueError(f"the training split has {len(dataset.train.x)} samples, fewer than one batch of "
                          f"{config.train.batch_size} (config.train.batch_size)")
-    subtasks = reuse.sample_subtasks(dataset.num_classes, config.reuse.num_subtasks, min_size=config.reuse.min_classes,
-                                     max_size=config.reuse.max_classes, seed=config.seed)
+    subtasks = draw_subtasks(config, dataset.num_classes)
     return Setup(config, approach, reference, dataset, model, train_config, subtasks)
+
+
+def draw_subtasks(config: Any, num_classes: int) -> list[tuple[int, ...]]:
+    """The run's reuse sub-tasks: ``num_subtasks`` of min..max classes, or of each size in ``reuse.sizes``
+    (the same for every approach with the same seed)."""
+    if not config.reuse.sizes:
+        return reuse.sample_subtasks(num_classes, config.reuse.num_subtasks, min_size=config.reuse.min_classes,
+                                     max_size=config.reuse.max_classes, seed=config.seed)
+    try:
+        sizes = [int(v) for v in str(config.reuse.sizes).split(",")]
+    except ValueError as err:
+        raise ValueError(f"config.reuse.sizes must be sizes separated by commas, got {config.reuse.sizes!r}") from err
+    if any(not 2 <= v <= num_classes for v in sizes):
+        raise ValueError(f"config.reuse.sizes {sizes}: each size must be in 2..{num_classes}")
+    return [task for size in dict.fromkeys(sizes)
+            for task in reuse.sample_subtasks(num_classes, config.reuse.num_subtasks, min_size=size, max_size=size,
+                                              seed=config.seed + size)]
 
 
 def check_model(approach: Any, model: Any, model_name: str, input_shape: Sequence[int]) -> None:
@@ -171,8 +191,9 @@ def check_model(approach: Any, model: Any, model_name: str, input_shape: Sequenc
 def train_models(s: Setup, workdir: str) -> dict[str, Any]:
     """The standard model and, for approaches with a modular objective, the modular one (both resumable)."""
     progress = bool(s.config.progress)
+    std_dir = s.config.shared_standard_dir or os.path.join(workdir, "standard")
     std_state, std_history = train.fit(s.model, s.dataset, cross_entropy_loss(), s.train_config,
-                                       os.path.join(workdir, "standard"), progress=progress, description="standard",
+                                       std_dir, progress=progress, description="standard",
                                        run_info=s.run_info("cross_entropy", **optimizer_identity(s.train_config)))
     out = {"standard": (s.model, std_state.variables(), std_history)}
     loss = s.reference.training_loss()
@@ -308,6 +329,38 @@ def compose_and_reuse(s: Setup, d: Mapping[str, Any], source_model: Any, std: tu
         reuse_section["mean_composed_flops"] = mean("composed_flops")
     return {"composed": composed_section, "reuse": reuse_section, "confidences": confidences,
             "std_logits": std_logits, "full_params": full_params, "full_flops": full_flops}
+
+
+def random_control(s: Setup, d: Mapping[str, Any], source_model: Any, std: tuple[Any, Any, Any]) -> dict[str, Any]:
+    """The random control at this run's own module sizes, measured like the modules (same sub-tasks)."""
+    control = create_approach("random", reference=s.reference.name, seed=s.config.seed)
+    drawn = control.decompose(source_model, d["variables"], s.dataset.train.x, s.dataset.train.y,
+                              s.dataset.num_classes, reference=d["modules"]).modules
+    plain = mwt_lib.with_generators(source_model, False) if s.reference.name == "mwt" else source_model
+    sizes = metrics.module_statistics(drawn, d["variables"], plain)
+    measured = compose_and_reuse(s, {**d, "modules": drawn}, source_model, std)
+    return {"composed": measured["composed"], "reuse": measured["reuse"],
+            "modules": {"mean_size": sizes["mean_size"], "mean_overlap": sizes["mean_overlap"],
+                        "mean_jaccard": sizes["mean_jaccard"], "counted": sizes["counted"]}}
+
+
+LATENCY_CLASSES = (0, 1)  # the 2-class composed model every run times (the same pair for every approach)
+
+
+def composed_latency(s: Setup, d: Mapping[str, Any], plain: Any, measured: Mapping[str, Any],
+                     repeats: int) -> dict[str, Any]:
+    """Measured forward latency of the 2-class composed model against the full model (batch 1 and 256), beside
+    its FLOPs and parameter ratios where it is merged (a voting model runs the full model once per module)."""
+    composed = compose(d["modules"], d["variables"], LATENCY_CLASSES)
+    variables = d["variables"]
+    out: dict[str, Any] = {"classes": list(LATENCY_CLASSES), "method": type(composed).__name__,
+                           **latency.latency_comparison(lambda x: plain.apply(variables, x), composed.scores,
+                                                        s.dataset.input_shape, repeats=repeats)}
+    if isinstance(composed, SlicedModel):
+        out["flops_ratio"] = metrics.forward_flops(composed.model, composed.variables, s.dataset.input_shape) / \
+            measured["full_flops"]
+        out["size_ratio"] = count_parameters(composed.variables) / measured["full_params"]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -489,6 +542,11 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
                 "test_samples": len(s.dataset.test.x), "source": modules.meta.source, "identity": run_identity(config)})
     if s.approach.name == "random":
         measured["config"]["reference"] = s.reference.config()
+    if config.random_control:
+        measured["random_control"] = random_control(s, d, src_model, trained["standard"])
+    if config.latency_repeats:
+        say(config, "timing the composed and the full model")
+        measured["latency"] = composed_latency(s, d, plain, measured, config.latency_repeats)
     os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
     extras = EXTRAS.get(s.reference.name)
     if extras is not None:
@@ -502,6 +560,9 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         "composed": measured["composed"], "modules": measured["modules"], "reuse": measured["reuse"],
         "timing": measured["timing"], "backend": jax.default_backend(),
     }
+    for key in ("random_control", "latency"):
+        if key in measured:
+            results[key] = measured[key]
     check_results(results)
     write_json_atomic(os.path.join(workdir, "results.json"), results)
     return results
@@ -567,6 +628,9 @@ SUMMARY_ROWS: dict[str, str] = {
     "inference, same samples (s)": "timing.inference_seconds",
     "co-training (s)": "timing.cotrain_seconds",
     "co-training / one module": "timing.cotrain_ratio",
+    "2-class composed / full latency, batch 1": "latency.ratio_batch_1",
+    "2-class composed / full latency, batch 256": "latency.ratio_batch_256",
+    "2-class composed / full FLOPs": "latency.flops_ratio",
 }
 
 

@@ -13,7 +13,7 @@ class NonFiniteError(ValueError):
     """A training run whose loss became NaN or infinite; raised at the step it happened (checks every few steps)."""
 
 
-def check_finite(x: Any, name: str) -> None:
+def check_finite(x: Any, name: str, hint: str = "clean or drop those samples first") -> None:
     """``ValueError`` naming ``name`` and how many of its values are NaN or infinite (integer arrays pass)."""
     array = np.asarray(x)
     if not np.issubdtype(array.dtype, np.inexact):
@@ -22,7 +22,7 @@ def check_finite(x: Any, name: str) -> None:
     if bad:
         where = np.argwhere(~np.isfinite(array))[0].tolist()
         raise ValueError(f"{name} holds {bad} non-finite value(s) (NaN or inf) of {array.size}, the first at index "
-                         f"{where}; clean or drop those samples first")
+                         f"{where}; {hint}")
 
 
 def check_finite_tree(tree: Mapping[str, Any], name: str) -> None:
@@ -30,4 +30,5 @@ def check_finite_tree(tree: Mapping[str, Any], name: str) -> None:
     for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
         if isinstance(leaf, jax.ShapeDtypeStruct) or isinstance(leaf, jax.core.Tracer):
             continue
-        check_finite(leaf, f"{name}{jax.tree_util.keystr(path)}")
+        check_finite(leaf, f"{name}{jax.tree_util.keystr(path)}",
+                     hint="the model has diverged or was saved broken: retrain it or restore an earlier checkpoint")

@@ -42,6 +42,13 @@ def test_moda_end_to_end_on_real_mnist(tmp_path):
     np.testing.assert_allclose(reuse["mean_accuracy"], np.mean([t["accuracy"] for t in reuse["subtasks"]]))
     for key in ("standard_step_ms", "modular_step_ms", "decompose_seconds", "inference_seconds"):
         assert results["timing"][key] > 0
+    latency = results["latency"]  # the 2-class composed model against the full one, measured
+    assert latency["classes"] == [0, 1] and latency["method"] == "SlicedModel"
+    for batch in (1, 256):
+        assert latency[f"full_ms_batch_{batch}"] > 0 and latency[f"composed_ms_batch_{batch}"] > 0
+        assert latency[f"ratio_batch_{batch}"] == latency[f"composed_ms_batch_{batch}"] / latency[
+            f"full_ms_batch_{batch}"]
+    assert 0 < latency["flops_ratio"] < 1 and 0 < latency["size_ratio"] < 1
     assert (work / "plots" / "activation_frequency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the saved modules compose the same sub-task model the run measured
     modules, variables = checkpoint.restore_modules(work / "modules")

@@ -6,9 +6,9 @@ so they match lax to ``rtol=1e-4, atol=1e-5`` on unit-scale data; the lax path i
 
 import flax.linen as nn
 import jax
-import optax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax import lax
 

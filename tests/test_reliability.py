@@ -70,7 +70,8 @@ def test_non_finite_inputs_are_refused_by_name(digits, fc1_modules):
     x = digits.train.x.copy()
     x[7, 3, 3, 0] = np.nan
     x[9, 1, 1, 0] = np.inf
-    with pytest.raises(ValueError, match=r"input samples holds 2 non-finite value\(s\) .* first at index \[7, 3, 3, 0\]"):
+    first_bad = r"input samples holds 2 non-finite value\(s\) .* first at index \[7, 3, 3, 0\]"
+    with pytest.raises(ValueError, match=first_bad):
         create_approach("moda").decompose(model, variables, x, digits.train.y, 10)
     with pytest.raises(ValueError, match="non-finite"):
         train.evaluate(model, variables, np.full_like(digits.test.x, np.nan), digits.test.y)

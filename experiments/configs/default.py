@@ -32,9 +32,16 @@ def get_config() -> ml_collections.ConfigDict:
     config.reuse.num_subtasks = 30
     config.reuse.min_classes = 2
     config.reuse.max_classes = 9
+    config.reuse.sizes = ""  # e.g. "2,5": num_subtasks sub-tasks of each listed size instead of min..max
+
+    # the side-by-side benchmark (experiments/benchmark.py) sets these: one standard model shared by the runs of
+    # one (model, dataset, seed) cell, and the random control drawn at each method's own sizes in the same run
+    config.shared_standard_dir = config_dict.placeholder(str)
+    config.random_control = False
 
     config.eval_batch_size = 512
     config.timing_repeats = 60  # train steps timed per loss, in 5 interleaved rounds (0: no step timing)
+    config.latency_repeats = 20  # forward passes of the 2-class composed and the full model timed (0: none)
     config.progress = True
 
     config.options = ml_collections.ConfigDict()  # the approach's own settings (each approach's config)

@@ -6,6 +6,7 @@ from jaxmod.metrics.accuracy import accuracy_counts, top_k_accuracy, top_k_hits
 from jaxmod.metrics.energy import co2e
 from jaxmod.metrics.flops import count_flops, count_macs, forward_flops, jaxpr_flops
 from jaxmod.metrics.kernels import kernel_cohesion, kernel_coupling, kernel_retention_rate, mean_pairwise_jaccard
+from jaxmod.metrics.latency import interleaved_latency, latency_comparison
 from jaxmod.metrics.modules import (
     element_statistics,
     module_model_jaccard,
@@ -29,7 +30,9 @@ __all__ = [
     "jaxpr_flops",
     "kernel_cohesion",
     "kernel_coupling",
+    "interleaved_latency",
     "kernel_retention_rate",
+    "latency_comparison",
     "mean_pairwise_jaccard",
     "element_statistics",
     "module_model_jaccard",

@@ -1,0 +1,98 @@
+"""The side-by-side benchmark end to end on a tiny grid (real MNIST): tables' shape, shared standard model, the
+random control beside each method, and a rerun that does no work."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+
+import pytest
+
+from experiments import benchmark, pipeline
+from experiments.configs import benchmark as benchmark_config
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    config = benchmark_config.get_config("tiny")
+    config.output = str(root / "tables")
+    start = time.perf_counter()
+    cells = benchmark.run_grid(config, str(root / "runs"))
+    written = benchmark.write_tables(cells, config.output)
+    return config, root, cells, written, time.perf_counter() - start
+
+
+def test_every_method_has_every_metric_and_its_margin_over_chance(tiny):
+    config, root, cells, written, _ = tiny
+    assert [(c["model"], c["dataset"], c["seed"], c["method"]) for c in cells] == [
+        ("fc4", "mnist", 0, "moda"), ("fc4", "mnist", 0, "concern")]
+    for cell in cells:
+        figures = cell["figures"]
+        for column in ("standard acc", "composed acc (all classes)", "reuse acc, 2 classes", "reuse acc, 5 classes",
+                       "module size", "module Jaccard", "random control: composed acc",
+                       "margin over random: composed acc", "decomposition / standard training time"):
+            assert figures[column] is not None, (cell["method"], column)
+        assert figures["margin over random: composed acc"] == pytest.approx(
+            figures["composed acc (all classes)"] - figures["random control: composed acc"])
+        assert 0.0 < figures["module size"] <= 1.0
+    # MODA trains its own model; the post-training method decomposes the shared standard model
+    assert cells[0]["figures"]["modular training / standard training time"] is not None
+    assert cells[1]["figures"]["modular training / standard training time"] is None
+    assert cells[1]["figures"]["standard acc"] == cells[0]["figures"]["standard acc"]
+    assert os.path.isdir(root / "runs" / "fc4" / "mnist" / "seed0" / "standard")
+    assert not os.path.exists(root / "runs" / "fc4" / "mnist" / "seed0" / "moda" / "standard")
+
+
+def test_the_same_subtasks_for_every_method(tiny):
+    _, root, *_ = tiny
+    tasks = []
+    for method in ("moda", "concern"):
+        with open(root / "runs" / "fc4" / "mnist" / "seed0" / method / "results.json") as f:
+            results = json.load(f)
+        tasks.append([r["classes"] for r in results["reuse"]["subtasks"]])
+        assert sorted({len(t) for t in tasks[-1]}) == [2, 5]
+        assert [r["classes"] for r in results["random_control"]["reuse"]["subtasks"]] == tasks[-1]
+    assert tasks[0] == tasks[1]
+
+
+def test_tables_have_one_row_per_method(tiny):
+    config, _, _, written, _ = tiny
+    assert list(written) == ["fc4/mnist"]
+    with open(os.path.join(config.output, "fc4_mnist.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["method"] for r in rows] == ["moda", "concern"]
+    assert set(benchmark.COLUMNS) <= set(rows[0])
+    with open(os.path.join(config.output, "summary.csv")) as f:
+        summary = list(csv.DictReader(f))
+    assert len(summary) == 2 and {"model", "dataset", "method", *benchmark.SUMMARY_COLUMNS} <= set(summary[0])
+    assert os.path.isfile(os.path.join(config.output, "reuse_vs_size.png"))
+
+
+def test_a_rerun_does_no_work(tiny, monkeypatch):
+    config, root, cells, _, first = tiny
+    calls = []
+    monkeypatch.setattr(pipeline, "setup", lambda *a, **k: calls.append(a))  # any real work would go through here
+    start = time.perf_counter()
+    again = benchmark.run_grid(config, str(root / "runs"))
+    assert calls == [] and again == cells
+    assert time.perf_counter() - start < min(5.0, first / 4)
+
+
+def test_bad_grids_are_refused_before_any_work(tmp_path):
+    for field, value, message in (("methods", "moda,nope", "unknown"), ("epochs", 0, "epochs"),
+                                  ("seeds", "a", "seeds"), ("models", "", "models")):
+        config = benchmark_config.get_config("tiny")
+        config[field] = value
+        with pytest.raises(ValueError, match=message):
+            benchmark.run_grid(config, str(tmp_path / "runs"))
+    assert not os.path.exists(tmp_path / "runs")
+
+
+def test_a_method_that_cannot_run_on_a_model_is_a_row_saying_why():
+    cells = [{"model": "fc4", "dataset": "mnist", "seed": 0, "method": "mwt",
+              "skipped": "MwT needs convolutional layers"}]
+    rows = benchmark.aggregate(cells, list(benchmark.COLUMNS))
+    assert rows[0]["note"] == "MwT needs convolutional layers" and rows[0]["module size"] == "n/a"

@@ -1,0 +1,113 @@
+"""Tests that fail when a method's rule or metric has the wrong direction, term, boundary or aggregation (each
+case below was a mutation that used to pass every test): which units a rule removes on a constructed case where
+the answer is known, every loss term non-zero and checked by hand, and the means over module pairs only."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmod import losses
+from jaxmod.approaches import moda as moda_lib
+from jaxmod.approaches import rnn as rnn_lib
+from jaxmod.approaches import supermask as sm
+from jaxmod.metrics.modules import summarize
+from jaxmod.models import create_model
+from jaxmod.running import module_outputs
+from jaxmod.voting import voting_accuracy
+
+# ---------------------------------------------------------------------------------------------
+# Imtiaz et al.: concern identification removes the units most tied to the *other* classes
+
+
+HOT = {0: [0, 1], 1: [2, 3]}  # units that fire (|h| = 0.9) on each class's samples; the rest stay at 0.1
+
+
+def _fake_monitor(model, variables, x, batch_size=256, with_gates=True):
+    """Hidden states by construction: class c's samples (token c + 1 everywhere) fire HOT[c] at every step."""
+    del variables, batch_size, with_gates
+    cls = np.asarray(x)[:, 0] - 1
+    steps = np.asarray(x).shape[1]
+    h = np.full((len(x), steps, model.units), 0.1, np.float32)
+    for c, units in HOT.items():
+        h[np.ix_(cls == c, np.arange(steps), units)] = 0.9
+    h += np.linspace(0, 0.01, h.size, dtype=np.float32).reshape(h.shape)  # distinct values (MAD > 0)
+    return {model.group_names()[0]: h}, {}
+
+
+@pytest.mark.parametrize("mode", ["rolled", "unrolled"])
+def test_rnn_removal_takes_the_units_of_the_other_classes(monkeypatch, mode):
+    model = create_model("rnn_vanilla", 2, shape="many_to_one", units=10, vocab_size=4, input_len=3)
+    x = np.repeat(np.array([[1, 1, 1], [2, 2, 2]]), 20, axis=0)
+    y = np.repeat([0, 1], 20)
+    variables = model.init(jax.random.key(0), x[:1])
+    monkeypatch.setattr(rnn_lib, "monitor", _fake_monitor)
+    modules = rnn_lib.RnnDecomposition(mode=mode, max_remove=0.2).decompose(model, variables, x, y, 2).modules
+    keep = np.asarray(modules.units[model.group_names()[0]])  # [2, (T,) 10]
+    for c, other in ((0, 1), (1, 0)):
+        removed = np.flatnonzero(~keep[c].reshape(-1, 10).all(axis=0))
+        assert removed.tolist() == HOT[other], (mode, c, removed)  # never its own class's units
+
+
+# ---------------------------------------------------------------------------------------------
+# Module statistics: the headline means are over pairs i != j only
+
+
+def test_mean_overlap_and_jaccard_leave_out_the_diagonal():
+    inter = np.array([[4, 2, 0], [2, 6, 3], [0, 3, 5]])  # sizes 4, 6, 5 of 10 weights
+    stats = summarize(inter, 10)
+    assert stats["mean_size"] == pytest.approx(0.5)
+    assert stats["mean_overlap"] == pytest.approx((0.2 + 0.0 + 0.3) / 3)  # with the diagonal it would be 0.2556
+    jaccard = (2 / 8 + 0 / 9 + 3 / 8) / 3  # |A & B| / |A | B| per pair
+    assert stats["mean_jaccard"] == pytest.approx(jaccard)
+    assert stats["two_class_union_mean"] == pytest.approx(((4 + 6 - 2) + (4 + 5 - 0) + (6 + 5 - 3)) / 30)
+
+
+# ---------------------------------------------------------------------------------------------
+# MODA: every term of Eq. 7 non-zero, by hand
+
+
+ACTS = jnp.array([[1.0, 0, 0], [1, 1, 0], [0, 1, 0], [0, 1, 1]])
+LABELS = jnp.array([0, 0, 1, 1])
+
+
+def test_moda_loss_with_every_term_non_zero_by_hand():
+    r = 1 / np.sqrt(2)
+    affinity = 1 - r  # same-label pairs (0, 1) and (2, 3): cos 1/sqrt(2) each
+    dispersion = (0 + 0 + r + 0.5) / 4  # different-label pairs (0,2) (0,3) (1,2) (1,3)
+    compactness = 6 / 12
+    logits = jnp.array([[2.0, 0.0], [1.0, 1.0], [0.0, 3.0], [0.5, 0.0]])
+    ce = np.mean([np.log1p(np.exp(-2.0)), np.log(2.0), np.log1p(np.exp(-3.0)), np.log1p(np.exp(0.5))])
+    loss, aux = losses.moda_loss(alpha=0.7, beta=2.0, gamma=0.3)(logits, {"a": ACTS}, LABELS % 2)
+    np.testing.assert_allclose([aux["affinity"], aux["dispersion"], aux["compactness"]],
+                               [affinity, dispersion, compactness], rtol=1e-6)
+    np.testing.assert_allclose(loss, ce + 0.7 * affinity + 2.0 * dispersion + 0.3 * compactness, rtol=1e-6)
+
+
+def test_moda_threshold_boundary_rows():
+    """Rates exactly at tau are kept (>=), just below are not; a row with none kept takes its top k, k the largest
+    thresholded module of the layer (2 here)."""
+    rates = np.array([[0.9, 0.8999, 1.0, 0.0], [0.1, 0.2, 0.3, 0.0]], np.float32)
+    keep = np.asarray(moda_lib.threshold_with_floor(jnp.asarray(rates), 0.9))
+    assert keep[0].tolist() == [True, False, True, False]
+    assert keep[1].tolist() == [False, True, True, False]  # below tau everywhere: its two most frequent units
+
+
+# ---------------------------------------------------------------------------------------------
+# Supermasks: each module is trained to say "mine" on its own class
+
+
+def test_supermask_modules_are_confident_on_their_own_class():
+    model = create_model("fc1", 3, units=16)
+    rng = np.random.default_rng(0)
+    y = (np.arange(120) % 3).astype(np.int32)
+    x = (rng.normal(size=(120, 2, 2, 1)) + np.eye(4)[y].reshape(120, 2, 2, 1) * 3).astype(np.float32)
+    variables = model.init(jax.random.key(0), x[:1])
+    approach = sm.Supermask(k=0.5, epochs=8, batch_size=24, stemming=False)
+    modules = approach.decompose(model, variables, x, y, 3).modules
+    conf = module_outputs(model, variables, modules, x)  # [3, N]: each module's "my class" probability
+    for c in range(3):
+        assert conf[c, y == c].mean() > conf[c, y != c].mean() + 0.2, c
+    assert voting_accuracy(conf, y) > 0.8
