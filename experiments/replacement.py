@@ -56,8 +56,9 @@ def subset(dataset: data.Dataset, index: np.ndarray) -> data.Dataset:
 def trained(model: Any, dataset: data.Dataset, loss_fn: Any, epochs: int, workdir: str, name: str,
             **identity: Any) -> dict:
     config = train.TrainConfig(epochs=epochs, batch_size=128, seed=FLAGS.seed)
-    state, _ = train.fit(model, dataset, loss_fn, config, os.path.join(workdir, name), progress=False, description=name,
-                         run_info={"model": "lenet5", "train_samples": len(dataset.train.x), **identity})
+    state, _ = train.fit(model, dataset, loss_fn, config, os.path.join(workdir, dataset.name, name), progress=False,
+                         description=f"{dataset.name} {name}", run_info={"model": "lenet5", "dataset": dataset.name,
+                                                                        **identity})
     return state.variables()
 
 

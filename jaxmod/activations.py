@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmod import fastconv
+from jaxmod import fastconv, sharding
 from jaxmod.data import check_labels
 from jaxmod.losses import unit_values
 from jaxmod.models import check_inputs
@@ -54,8 +54,9 @@ def scan_dataset(batch_fn: Callable, init: Any, x: np.ndarray, y: np.ndarray, ba
     where ``valid`` is False; ``args`` are traced (e.g. variables), so repeated calls reuse the
     compiled scan.
     """
-    xs, ys, valid = _stack_batches(np.asarray(x), np.asarray(y), batch_size)
-    return _scan(batch_fn, init, xs, ys, valid, *args)
+    xs, ys, valid = (sharding.shard_batch(a, axis=1) for a in _stack_batches(np.asarray(x), np.asarray(y),
+                                                                             batch_size))
+    return _scan(batch_fn, sharding.replicate(init), xs, ys, valid, *sharding.replicate(args))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -116,7 +117,7 @@ def predict_logits(model: nn.Module, variables: Mapping[str, Any], x: np.ndarray
     x = np.asarray(x)
     check_inputs(model, variables, x)
     xs, _, _ = _stack_batches(x, np.zeros(len(x), np.int32), batch_size)
-    out = np.asarray(_map_logits(model, variables, xs))
+    out = np.asarray(_map_logits(model, sharding.replicate(variables), sharding.shard_batch(xs, axis=1)))
     return out.reshape(-1, *out.shape[2:])[: len(x)]
 
 

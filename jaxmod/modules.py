@@ -261,6 +261,16 @@ def fingerprint(variables: Mapping[str, Any]) -> str:
     return digest.hexdigest()
 
 
+def data_fingerprint(*arrays: Any) -> str:
+    """SHA-256 over arrays (shapes, dtypes, bytes): which data exactly, so a resumed run cannot switch datasets."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(np.asarray(array))
+        digest.update(f"{array.shape}:{array.dtype};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def describe_model(model: Any) -> tuple[str | None, dict[str, Any]]:
     """The zoo name (``None`` for a model the zoo does not build) and configuration of ``model``."""
     from jaxmod.models import model_config, model_name  # models do not depend on modules; keep it that way

@@ -31,7 +31,7 @@ import optax
 from flax import struct
 from tqdm.auto import tqdm
 
-from jaxmod import fastconv
+from jaxmod import fastconv, sharding
 from jaxmod.activations import scan_dataset
 from jaxmod.checkpoint import RunCheckpointer
 from jaxmod.checks import NonFiniteError, check_finite
@@ -39,7 +39,7 @@ from jaxmod.data import epoch_seed
 from jaxmod.losses import LossFn
 from jaxmod.metrics.accuracy import top_k_hits
 from jaxmod.models import ACTIVATIONS
-from jaxmod.modules import json_normal
+from jaxmod.modules import data_fingerprint, json_normal
 from jaxmod.topology import flat_activations
 
 OPTIMIZERS = ("sgd", "adam")
@@ -287,7 +287,8 @@ def fit_task(task: TrainTask, x: np.ndarray, y: np.ndarray, config: TrainConfig,
         raise ValueError(f"stop_after must be in [1, {config.epochs}], got {stop_after}")
     order_seed = order_seed or (lambda epoch: epoch_seed(config.seed, epoch))
     steps = len(x) // config.batch_size
-    run = {"config": config.identity(), "run_info": json_normal(dict(run_info or {}))}
+    run = {"config": config.identity(), "run_info": json_normal(dict(run_info or {})),
+           "data": {"samples": len(x), "sha256": data_fingerprint(x, y)}}
     state = task.init()
     history: list[dict[str, Any]] = []
     best = (-math.inf, state, 0)
@@ -378,8 +379,8 @@ class ModelTask:
     def init(self) -> TrainState:
         # copies: the train step donates its state, which must not delete the caller's arrays
         variables = None if self.variables is None else jax.tree.map(jnp.array, dict(self.variables))
-        return init_state(self.model, self.sample, self.optimizer, self.seed, split_key=self.split_key,
-                          variables=variables)
+        return sharding.replicate(init_state(self.model, self.sample, self.optimizer, self.seed,
+                                             split_key=self.split_key, variables=variables))
 
     def run_epoch(self, state: TrainState, x: np.ndarray, y: np.ndarray, order: np.ndarray, epoch: int,
                   bar: Any) -> tuple[TrainState, dict[str, float]]:
@@ -388,7 +389,7 @@ class ModelTask:
         sums = jnp.zeros(2)  # summed on the device: no host sync per step
         first_bad, bad_out = jnp.int32(-1), None
         for i, index in enumerate(order):
-            state, out = self.step(state, x[index], y[index])
+            state, out = self.step(state, sharding.shard_batch(x[index]), sharding.shard_batch(y[index]))
             sums = sums + jnp.stack([out["loss"], out["accuracy"]])
             newly = (first_bad < 0) & ~jnp.isfinite(out["loss"])
             first_bad = jnp.where(newly, i, first_bad)

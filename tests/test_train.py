@@ -57,6 +57,13 @@ def test_resuming_with_other_settings_is_refused(mnist_small, tmp_path):
     with pytest.raises(ValueError, match=r"another run \(run_info.gamma is 0.3 there, 0.5 here\)"):
         train.fit(model, mnist_small, moda_loss(gamma=0.5), CONFIG, tmp_path / "moda", progress=False,
                   run_info={"loss": "moda", "gamma": 0.5})
+    # the same settings on other data (another dataset of the same size, or other labels) is another run: a
+    # finished run must not be handed back for a dataset it never saw
+    relabelled = dataclasses.replace(mnist_small, train=dataclasses.replace(
+        mnist_small.train, y=(np.asarray(mnist_small.train.y) + 1) % 10))
+    with pytest.raises(ValueError, match=r"another run \(data.sha256 is '[0-9a-f]{64}' there, '[0-9a-f]{64}' here\)"):
+        train.fit(model, relabelled, cross_entropy_loss(), dataclasses.replace(CONFIG, epochs=2), tmp_path,
+                  progress=False)
 
 
 def test_evaluate_by_hand():

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import math
 import os
 import time
@@ -53,7 +52,7 @@ from jaxmod import train
 from jaxmod.data import check_every_class_present, check_labels, epoch_seed
 from jaxmod.metrics.modules import element_statistics
 from jaxmod.models import check_inputs
-from jaxmod.modules import Decomposition, check_class_list, fingerprint, json_normal, module_set
+from jaxmod.modules import Decomposition, check_class_list, data_fingerprint, fingerprint, json_normal, module_set
 from jaxmod.running import apply_weight_mask, head_logits
 
 MASKED_LEAF = "kernel"
@@ -392,12 +391,9 @@ class CotrainTask:
 def cotrain_identity(approach: Any, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
                      classes: Sequence[int]) -> dict[str, Any]:
     """What a co-training checkpoint must match to be resumed: configuration, classes, base model and data."""
-    digest = hashlib.sha256()
-    for array in (np.ascontiguousarray(np.asarray(x, np.float32)), np.ascontiguousarray(np.asarray(y, np.int32))):
-        digest.update(f"{array.shape};".encode())
-        digest.update(array.tobytes())
     return json_normal({"config": approach.config(), "classes": list(classes),
-                        "base_fingerprint": fingerprint(variables), "data_sha256": digest.hexdigest()})
+                        "base_fingerprint": fingerprint(variables),
+                        "data_sha256": data_fingerprint(np.asarray(x, np.float32), np.asarray(y, np.int32))})
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -1,0 +1,123 @@
+"""Data parallelism on a device mesh, with JAX's own sharding (``Mesh``, ``NamedSharding``): no engine of ours.
+
+Inside ``with data_parallel("data=4"):`` every per-sample computation jaxmod runs is data-parallel: each training
+step's batch (every objective, MODA's and MwT's pairwise losses included) and every dataset scan (activation
+statistics, decomposition counts, evaluation, logits) is placed with its batch axis split over the mesh's ``data``
+axis, and parameters and optimizer state are replicated. The jitted computations are unchanged: XLA partitions
+them from the input shardings. A loss averaged over the batch, a class-wise sum of activation counts and MODA's
+cosine-similarity matrix over the whole global batch (XLA gathers the ``[B, U]`` activations for the ``B x B``
+product) are therefore the same as on one device, up to the order of floating-point sums.
+
+Multi-host: call :func:`initialize_distributed` first in every process (it reads the coordinator, the process
+count and id from arguments or the ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``
+environment); the mesh then spans every process's devices.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+DATA = "data"
+AXES = (DATA, "module")
+_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("jaxmod_mesh", default=None)
+
+
+def parse_mesh(spec: str | None = None, devices: Sequence[Any] | None = None) -> Mesh:
+    """A mesh from ``"data=4"`` or ``"data=2,module=2"`` (``None`` or ``""``: every device on ``data``).
+
+    ``ValueError`` naming the problem for unknown axes, sizes that are not positive integers, or a product that
+    is not the number of devices.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if not spec:
+        return Mesh(np.array(devices), (DATA,))
+    sizes: dict[str, int] = {}
+    for part in str(spec).split(","):
+        name, _, value = part.partition("=")
+        name = name.strip()
+        if name not in AXES:
+            raise ValueError(f"mesh axis {name!r} is not one of {AXES} (mesh spec {spec!r})")
+        if name in sizes:
+            raise ValueError(f"mesh axis {name!r} given twice (mesh spec {spec!r})")
+        try:
+            sizes[name] = int(value)
+        except ValueError:
+            raise ValueError(f"mesh axis {name!r} needs a positive integer size, got {value!r}") from None
+        if sizes[name] < 1:
+            raise ValueError(f"mesh axis {name!r} needs a positive integer size, got {sizes[name]}")
+    if DATA not in sizes:
+        raise ValueError(f"the mesh needs a {DATA!r} axis (mesh spec {spec!r})")
+    total = int(np.prod(list(sizes.values())))
+    if total != len(devices):
+        raise ValueError(f"mesh {spec!r} has {total} positions but there are {len(devices)} devices")
+    return Mesh(np.array(devices).reshape(tuple(sizes.values())), tuple(sizes))
+
+
+@contextlib.contextmanager
+def data_parallel(mesh: Mesh | str | None = None) -> Iterator[Mesh]:
+    """While active, jaxmod's training steps and dataset scans run data-parallel on ``mesh`` (a spec string is
+    parsed with :func:`parse_mesh`)."""
+    mesh = mesh if isinstance(mesh, Mesh) else parse_mesh(mesh)
+    token = _MESH.set(mesh)
+    try:
+        yield mesh
+    finally:
+        _MESH.reset(token)
+
+
+def current_mesh() -> Mesh | None:
+    """The mesh of the enclosing :func:`data_parallel`, or None (one device, jax's default placement)."""
+    return _MESH.get()
+
+
+def data_size(mesh: Mesh) -> int:
+    return int(mesh.shape[DATA])
+
+
+def shard_batch(x: Any, axis: int = 0) -> Any:
+    """``x`` with axis ``axis`` split over the data axis of the current mesh (unchanged without a mesh)."""
+    mesh = current_mesh()
+    if mesh is None:
+        return x
+    n = np.shape(x)[axis]
+    if n % data_size(mesh):
+        raise ValueError(f"a batch of {n} does not split over {data_size(mesh)} devices on the data axis; use a "
+                         "batch size that is a multiple of it")
+    spec = P(*([None] * axis), DATA)
+    return jax.device_put(x, NamedSharding(mesh, spec))
+
+
+def replicate(tree: Any) -> Any:
+    """Every leaf of ``tree`` replicated over the current mesh (unchanged without a mesh)."""
+    mesh = current_mesh()
+    if mesh is None:
+        return tree
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """``jax.distributed.initialize`` from arguments or the environment (``JAX_COORDINATOR_ADDRESS``,
+    ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``); nothing to do for a single process."""
+    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    num_processes = num_processes or (int(os.environ["JAX_NUM_PROCESSES"]) if "JAX_NUM_PROCESSES" in os.environ
+                                      else None)
+    process_id = process_id if process_id is not None else (
+        int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ else None)
+    if coordinator is None or num_processes in (None, 1):
+        return
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
+def is_main_process() -> bool:
+    """Whether this process writes results (process 0)."""
+    return jax.process_index() == 0
