@@ -13,9 +13,7 @@ run is read back, never redone.
 
 from __future__ import annotations
 
-import csv
 import importlib
-import io
 import json
 import os
 import statistics
@@ -27,7 +25,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from experiments import pipeline
-from experiments.common import write_json_atomic
+from experiments.common import to_csv, write_json_atomic, write_text
 from jaxmod import models, report
 from jaxmod.approaches import create_approach
 from jaxmod.data.registry import get_spec
@@ -221,22 +219,6 @@ def write_tables(cells: Sequence[Mapping[str, Any]], output: str) -> dict[str, s
                                 ylabel="reuse accuracy, 2-class sub-tasks",
                                 title="the trade-off each method makes (every cell and seed)")
     return written
-
-
-def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def write_text(path: str, text: str) -> None:
-    """Write atomically (temporary file, then rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def run_grid(config: Any, workdir: str) -> list[dict[str, Any]]:

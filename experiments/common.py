@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -83,6 +84,24 @@ def append_jsonl_rows(path: str | os.PathLike[str], rows: Sequence[Mapping[str, 
     """Append finished rows, one JSON object per line, so that an interrupted program resumes after them."""
     with open(path, "a") as f:
         f.writelines(json.dumps(dict(r)) + "\n" for r in rows)
+
+
+def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows as CSV text (the first row's keys are the columns)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write text through a temporary file and a rename: a reader never sees half a file."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def write_json_atomic(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from absl import app, flags, logging
 
-from experiments.common import write_json_atomic
+from experiments.common import write_json_atomic, write_text
 from jaxmod import data, metrics, models, report, train
 from jaxmod.approaches import create_approach
 from jaxmod.losses import cross_entropy_loss
@@ -91,10 +91,7 @@ def main(argv: list[str]) -> None:
             + ("The bf16 step is slower on this CPU (no native bfloat16 matrix units: XLA converts around the "
                "matmuls); the option is for accelerators (GPU tensor cores, TPU).\n"
                if min(r["bf16_over_f32"] for r in rows) > 1 else "The bf16 step is not slower on this CPU.\n"))
-    path = os.path.join(FLAGS.out, "README.md")
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    write_text(os.path.join(FLAGS.out, "README.md"), text)
     print(report.summary_table(rows, floatfmt=".4f"))
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from absl import app, flags, logging
 
-from experiments.common import write_json_atomic
+from experiments.common import write_json_atomic, write_text
 from jaxmod import data, models, replace, report, train
 from jaxmod.approaches import create_approach
 from jaxmod.data.registry import get_spec
@@ -150,10 +150,7 @@ def main(argv: list[str]) -> None:
             "over the ten target classes, beside the paper's averages:\n\n"
             + report.markdown_table(summary, floatfmt=".2f") + "\n\nEvery case (accuracies):\n\n"
             + report.markdown_table(rows, floatfmt=".4f") + "\n")
-    path = os.path.join(FLAGS.out, "README.md")
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    write_text(os.path.join(FLAGS.out, "README.md"), text)
     print(report.summary_table(summary, floatfmt=".2f"))
 
 
