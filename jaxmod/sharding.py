@@ -10,13 +10,18 @@ product) are therefore the same as on one device, up to the order of floating-po
 
 Multi-host: call :func:`initialize_distributed` first in every process (it reads the coordinator, the process
 count and id from arguments or the ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``
-environment); the mesh then spans every process's devices.
+environment); the mesh then spans every process's devices. Each process passes its own shard of the data
+(:func:`process_shard`): a batch it places is its part of the global batch
+(``jax.make_array_from_process_local_data``), so the global batch is the local one times the process count,
+and replicated values are built from each process's identical copy. Orbax saves from every process (it
+coordinates the writes); results are written by :func:`is_main_process` only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -88,12 +93,14 @@ def shard_batch(x: Any, axis: int = 0) -> Any:
     mesh = current_mesh()
     if mesh is None:
         return x
-    n = np.shape(x)[axis]
-    if n % data_size(mesh):
-        raise ValueError(f"a batch of {n} does not split over {data_size(mesh)} devices on the data axis; use a "
-                         "batch size that is a multiple of it")
-    spec = P(*([None] * axis), DATA)
-    return jax.device_put(x, NamedSharding(mesh, spec))
+    n, parts = np.shape(x)[axis], data_size(mesh) // jax.process_count()
+    if n % parts:
+        raise ValueError(f"a batch of {n} does not split over {parts} devices on the data axis; use a batch size "
+                         "that is a multiple of it")
+    sharding = NamedSharding(mesh, P(*([None] * axis), DATA))
+    if jax.process_count() > 1:  # x is this process's part of the global batch
+        return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+    return jax.device_put(x, sharding)
 
 
 def replicate(tree: Any) -> Any:
@@ -101,7 +108,43 @@ def replicate(tree: Any) -> Any:
     mesh = current_mesh()
     if mesh is None:
         return tree
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    sharding = NamedSharding(mesh, P())
+    if jax.process_count() > 1:  # every process holds the same value; each gives its devices their copy
+        def global_copy(leaf: Any) -> Any:
+            if isinstance(leaf, jax.Array) and leaf.sharding == sharding:
+                return leaf
+            host = np.asarray(leaf)
+            return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+        return jax.tree.map(global_copy, tree)
+    return jax.device_put(tree, sharding)
+
+
+def local_batch_size(batch_size: int) -> int:
+    """This process's part of a global batch of ``batch_size`` (all of it with one process)."""
+    count = jax.process_count() if current_mesh() is not None else 1
+    if batch_size % count:
+        raise ValueError(f"a global batch of {batch_size} does not split over {count} processes")
+    return batch_size // count
+
+
+def global_data_identity(samples: int, digest: str) -> dict[str, Any]:
+    """A run's data identity: this process's sample count and digest, or with several processes the total
+    count and one digest over every process's (gathered, so that every process records the same)."""
+    if jax.process_count() == 1:
+        return {"samples": samples, "sha256": digest}
+    from jax.experimental import multihost_utils  # noqa: PLC0415 - multi-process runs only
+
+    local = np.frombuffer(bytes.fromhex(digest), np.uint8)
+    gathered = np.asarray(multihost_utils.process_allgather(local))
+    counts = np.asarray(multihost_utils.process_allgather(np.int64(samples)))
+    return {"samples": int(counts.sum()), "sha256": hashlib.sha256(gathered.tobytes()).hexdigest()}
+
+
+def process_shard(n: int) -> slice:
+    """The samples ``[start, stop)`` of ``n`` that this process reads (equal parts; the remainder is dropped)."""
+    per = n // jax.process_count()
+    return slice(jax.process_index() * per, (jax.process_index() + 1) * per)
 
 
 def initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
@@ -115,6 +158,7 @@ def initialize_distributed(coordinator: str | None = None, num_processes: int | 
         int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ else None)
     if coordinator is None or num_processes in (None, 1):
         return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives across processes
     jax.distributed.initialize(coordinator, num_processes, process_id)
 
 

@@ -311,14 +311,15 @@ def fit_task(task: TrainTask, x: np.ndarray, y: np.ndarray, config: TrainConfig,
         raise ValueError("select='best_val' needs validation samples (val=...)")
     if len(x) != len(y):
         raise ValueError(f"{len(x)} training samples but {len(y)} labels")
-    if len(x) < config.batch_size:
-        raise ValueError(f"the training split has {len(x)} samples, fewer than one batch of {config.batch_size}")
+    batch_size = sharding.local_batch_size(config.batch_size)  # this process's part of each global batch
+    if len(x) < batch_size:
+        raise ValueError(f"the training split has {len(x)} samples, fewer than one batch of {batch_size}")
     if stop_after is not None and not 1 <= stop_after <= config.epochs:
         raise ValueError(f"stop_after must be in [1, {config.epochs}], got {stop_after}")
     order_seed = order_seed or (lambda epoch: epoch_seed(config.seed, epoch))
-    steps = len(x) // config.batch_size
+    steps = len(x) // batch_size
     run = {"config": config.identity(), "run_info": json_normal(dict(run_info or {})),
-           "data": {"samples": len(x), "sha256": data_fingerprint(x, y)}}
+           "data": sharding.global_data_identity(len(x), data_fingerprint(x, y))}
     state = task.init()
     history: list[dict[str, Any]] = []
     best = (-math.inf, state, 0)
@@ -330,7 +331,7 @@ def fit_task(task: TrainTask, x: np.ndarray, y: np.ndarray, config: TrainConfig,
             state, meta = ckpt.restore(start, state)
             history = list(meta["history"])
         for epoch in range(start, last):
-            order = batch_order(len(x), config.batch_size, order_seed(epoch))
+            order = batch_order(len(x), batch_size, order_seed(epoch))
             bar = tqdm(total=steps, disable=None if progress else True, leave=False, mininterval=2.0,
                        desc=f"{description} epoch {epoch + 1}/{config.epochs}")
             began = time.perf_counter()
@@ -482,7 +483,8 @@ def fit(model: nn.Module, data: Any, loss_fn: LossFn, config: TrainConfig, workd
         raise ValueError(f"{type(model).__name__} does not take samples of shape {x.shape[1:]}: "
                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
     check_inputs(model, probe, x[:1])
-    optimizer = make_optimizer(config, len(x) // config.batch_size if len(x) >= config.batch_size else 1)
+    local_batch = sharding.local_batch_size(config.batch_size)  # with several processes, x is this one's part
+    optimizer = make_optimizer(config, max(1, len(x) // local_batch))
     task = ModelTask(model, loss_fn, optimizer, x[:1], config.seed, split_key=split_key, augment=config.augment,
                      compute_dtype=config.compute_dtype)
     val = (np.asarray(data.val.x), training_labels(data.val)) if validate else None

@@ -46,3 +46,47 @@ def test_without_a_mesh_nothing_is_placed():
         assert sharding.current_mesh() is mesh
         assert sharding.shard_batch(x).sharding.spec == jax.sharding.PartitionSpec("data")
     assert sharding.current_mesh() is None
+
+
+def _free_port() -> int:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_one_epoch_together_into_one_checkpoint(tmp_path):
+    """jax.distributed with a local coordinator: each process reads half the data, they train LeNet-5 with MODA's
+    loss as one global batch, orbax writes one checkpoint, and this single process restores it exactly."""
+    import numpy as np  # noqa: PLC0415
+
+    from jaxmod import checkpoint, models, train  # noqa: PLC0415
+
+    env = {**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    port = str(_free_port())
+    script = os.path.join(ROOT, "tests", "helpers", "two_process_train.py")
+    procs = [subprocess.Popen([sys.executable, script, str(i), port, str(tmp_path)], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    with open(tmp_path / "history.json") as f:
+        run = json.load(f)
+    assert run["local_samples"] == 640 and len(run["history"]) == 1  # each process read its half
+    assert 0 < run["history"][0]["train_loss"] < 10 and run["history"][0]["val_accuracy"] > 0.3
+    model = models.create_model("lenet5", 10)
+    config = train.TrainConfig(epochs=1, batch_size=64, seed=0)
+    like = train.init_state(model, (28, 28, 1), train.make_optimizer(config, 10), 0)
+    with checkpoint.RunCheckpointer(tmp_path / "run") as ckpt:
+        assert ckpt.all_steps() == [1]
+        restored, meta = ckpt.restore(1, like)
+    assert int(restored.step) == 20  # 1280 samples in global batches of 64, each 2 x 32
+    assert int(restored.opt_state[1].count) == 20  # the schedule counted the global steps
+    saved = np.load(tmp_path / "trained.npz", allow_pickle=False)
+    flat = {"/".join(str(k.key) for k in path): leaf
+            for path, leaf in jax.tree_util.tree_leaves_with_path(restored.params)}
+    assert set(flat) == set(saved.files)
+    for name, leaf in flat.items():
+        np.testing.assert_array_equal(np.asarray(leaf), saved[name])
+    assert meta["data"]["samples"] == 1280  # the run's identity counts both processes' data
