@@ -162,6 +162,10 @@ PROGRAM_CASES = [
     ("program", "an unknown approach option", ["--config=experiments/configs/moda.py", "--config.options.delta=2"]),
     ("program", "an RNN model with 5 layers", ["--config=experiments/configs/rnn.py:many_to_many",
                                                "--config.rnn.layers=5"]),
+    ("program", "an unknown augmentation", ["--config=experiments/configs/moda.py", "--config.train.augment=cutout"]),
+    ("program", "a compute dtype that is not offered", ["--config=experiments/configs/moda.py",
+                                                        "--config.train.compute_dtype=float16"]),
+    ("program", "a mesh larger than the machine", ["--config=experiments/configs/moda.py", "--config.mesh=data=8"]),
 ]
 
 
