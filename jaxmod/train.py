@@ -418,13 +418,14 @@ class ModelTask:
 
     def run_epoch(self, state: TrainState, x: np.ndarray, y: np.ndarray, order: np.ndarray, epoch: int,
                   bar: Any) -> tuple[TrainState, dict[str, float]]:
-        """One epoch; stops with :class:`jaxmod.checks.NonFiniteError` naming the step and the loss terms within
+        """One epoch: the mean loss, accuracy and loss terms (``train_<term>``: MODA's affinity, dispersion...);
+        stops with :class:`jaxmod.checks.NonFiniteError` naming the step and the loss terms within
         ``CHECK_EVERY`` steps of the loss becoming NaN or infinite (the first bad step is tracked on the device)."""
-        sums = jnp.zeros(2)  # summed on the device: no host sync per step
+        sums = None  # every scalar the step reports (loss, accuracy, the loss terms), summed on the device
         first_bad, bad_out = jnp.int32(-1), None
         for i, index in enumerate(order):
             state, out = self.step(state, sharding.shard_batch(x[index]), sharding.shard_batch(y[index]))
-            sums = sums + jnp.stack([out["loss"], out["accuracy"]])
+            sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
             newly = (first_bad < 0) & ~jnp.isfinite(out["loss"])
             first_bad = jnp.where(newly, i, first_bad)
             bad_out = out if bad_out is None else jax.tree.map(lambda o, b, n=newly: jnp.where(n, o, b), out, bad_out)
@@ -438,8 +439,9 @@ class ModelTask:
                         f"the training loss became non-finite at step {int(first_bad) + 1} of epoch {epoch + 1} "
                         f"({terms}); lower the learning rate or check the loss weights (the checkpoints of earlier "
                         "epochs are kept)")
-        loss_sum, accuracy_sum = (float(v) for v in sums)
-        return state, {"train_loss": loss_sum / len(order), "train_accuracy": accuracy_sum / len(order)}
+        means = {k: float(v) / len(order) for k, v in sums.items() if np.ndim(v) == 0}
+        terms = {f"train_{k}": v for k, v in means.items() if k not in ("loss", "accuracy")}
+        return state, {"train_loss": means["loss"], "train_accuracy": means["accuracy"], **terms}
 
     def evaluate(self, state: TrainState, x: np.ndarray, y: np.ndarray) -> float:
         variables = {**state.variables(), **dict(self.constants or {})}

@@ -31,6 +31,10 @@ def test_interrupted_run_resumes_to_the_same_parameters(mnist_small, tmp_path):
     assert int(resumed.step) == int(full.step)
     assert [h["epoch"] for h in resumed_history] == [1, 2, 3]
     np.testing.assert_allclose([h["train_loss"] for h in resumed_history], [h["train_loss"] for h in full_history])
+    # every epoch logs the mean of each MODA term, and the loss is their weighted sum (Eq. 7: 1, 1, 0.3)
+    for h in full_history:
+        np.testing.assert_allclose(h["train_loss"], h["train_cross_entropy"] + h["train_affinity"]
+                                   + h["train_dispersion"] + 0.3 * h["train_compactness"], rtol=1e-5)
     # a finished run returns its final state without training again
     again, _ = train.fit(model, mnist_small, moda_loss(), CONFIG, tmp_path / "b", progress=False)
     chex.assert_trees_all_equal(again.params, full.params)
