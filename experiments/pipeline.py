@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import statistics
 import time
@@ -162,8 +163,9 @@ def setup(config: Any) -> Setup:
 
 
 def draw_subtasks(config: Any, num_classes: int) -> list[tuple[int, ...]]:
-    """The run's reuse sub-tasks: ``num_subtasks`` of min..max classes, or of each size in ``reuse.sizes``
-    (the same for every approach with the same seed)."""
+    """The run's reuse sub-tasks: ``num_subtasks`` of min..max classes, or of each size in ``reuse.sizes`` (as many
+    as there are distinct ones where that is fewer: one of every class); the same for every approach with the
+    same seed."""
     if not config.reuse.sizes:
         return reuse.sample_subtasks(num_classes, config.reuse.num_subtasks, min_size=config.reuse.min_classes,
                                      max_size=config.reuse.max_classes, seed=config.seed)
@@ -174,8 +176,8 @@ def draw_subtasks(config: Any, num_classes: int) -> list[tuple[int, ...]]:
     if any(not 2 <= v <= num_classes for v in sizes):
         raise ValueError(f"config.reuse.sizes {sizes}: each size must be in 2..{num_classes}")
     return [task for size in dict.fromkeys(sizes)
-            for task in reuse.sample_subtasks(num_classes, config.reuse.num_subtasks, min_size=size, max_size=size,
-                                              seed=config.seed + size)]
+            for task in reuse.sample_subtasks(num_classes, min(config.reuse.num_subtasks, math.comb(num_classes, size)),
+                                              min_size=size, max_size=size, seed=config.seed + size)]
 
 
 def check_model(approach: Any, model: Any, model_name: str, input_shape: Sequence[int]) -> None:
