@@ -68,9 +68,28 @@ def test_cross_entropy_loss_ignores_activations():
 
 
 def test_bad_weights_and_layers_raise():
-    with pytest.raises(ValueError, match="gamma"):
-        losses.moda_loss(gamma=-1.0)
-    with pytest.raises(ValueError, match="not tapped"):
+    for name in ("alpha", "beta", "gamma"):  # each weight named in its own message
+        with pytest.raises(ValueError, match=f"^MODA weight {name} must be >= 0, got -1.0$"):
+            losses.moda_loss(**{name: -1.0})
+    with pytest.raises(ValueError, match=r"^layers \['b'\] are not tapped by the model; tapped: \['a'\]$"):
         losses.moda_terms({"a": DENSE}, DENSE_LABELS, layers=["b"])
-    with pytest.raises(ValueError, match="at least one"):
+    with pytest.raises(ValueError, match="^MODA needs at least one tapped hidden layer$"):
         losses.moda_terms({}, DENSE_LABELS)
+
+
+def test_paper_defaults_zero_weights_and_the_layer_choice():
+    logits = jnp.array([[2.0, 0.0], [1.0, 1.0], [0.0, 3.0], [0.5, 0.0]])
+    acts = {"a": DENSE, "b": jnp.array([[1.0, 1, 0], [0, 1, 0], [1, 0, 0], [0, 0, 1]])}
+    labels = DENSE_LABELS
+    both = losses.moda_terms(acts, labels)
+    loss, aux = losses.moda_loss()(logits, acts, labels)  # Eq. 7 with the paper's 1.0, 1.0, 0.3
+    assert float(both["dispersion"]) > 0  # layer b has a non-orthogonal different-label pair: every term counts
+    np.testing.assert_allclose(loss, aux["cross_entropy"] + both["affinity"] + both["dispersion"]
+                               + 0.3 * both["compactness"], rtol=1e-6)
+    zero, zero_aux = losses.moda_loss(alpha=0.0, beta=0.0, gamma=0.0)(logits, acts, labels)  # 0 is allowed
+    np.testing.assert_allclose(zero, zero_aux["cross_entropy"], rtol=1e-6)
+    only_a, aux_a = losses.moda_loss(layers=["a"])(logits, acts, labels)  # the chosen layers only
+    terms_a = losses.moda_layer_terms(DENSE, labels)
+    for k in ("affinity", "dispersion", "compactness"):
+        np.testing.assert_allclose(aux_a[k], terms_a[k], rtol=1e-6)
+    assert not np.isclose(float(only_a), float(loss))
