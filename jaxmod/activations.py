@@ -27,6 +27,10 @@ def forward(model: nn.Module, variables: Mapping[str, Any], x: jax.Array,
             extra: Mapping[str, Any] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Eval-mode logits and every tapped activation ``{group: (B, ..., units)}``."""
     logits, state = model.apply({**variables, **(extra or {})}, x, mutable=[ACTIVATIONS])
+    if ACTIVATIONS not in state:
+        raise ValueError(f"{type(model).__name__} records no hidden activations: activation-based methods (MODA, MwT, "
+                         "Pan and Rajan, the RNN method) read each hidden layer through jaxmod.taps.tap(...) calls, "
+                         "as the zoo's models make them; supermask modules need none")
     return logits, flat_activations(state[ACTIVATIONS])
 
 

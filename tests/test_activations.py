@@ -1,5 +1,7 @@
 """Activation statistics and MODA's decomposition on a hand-set network with known activity."""
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -57,3 +59,19 @@ def test_bad_inputs_are_refused_before_work():
         moda.decompose(MODEL, VARIABLES, X, np.zeros(7, np.int32), 2)
     with pytest.raises(ValueError, match="num_classes"):
         moda.decompose(MODEL, VARIABLES, X, Y, 3)
+
+
+def test_a_model_without_taps_is_refused_by_name():
+    class Plain(nn.Module):  # a user's model as written, no jaxmod calls inside
+        num_classes: int = 3
+
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            return nn.Dense(self.num_classes)(nn.relu(nn.Dense(4)(x.reshape((x.shape[0], -1)))))
+
+    model = Plain()
+    x = np.random.default_rng(0).normal(size=(12, 2, 2, 1)).astype(np.float32)
+    y = np.arange(12) % 3
+    variables = model.init(jax.random.key(0), x[:1])
+    with pytest.raises(ValueError, match="Plain records no hidden activations: .* jaxmod.taps.tap"):
+        create_approach("moda").decompose(model, variables, x, y, 3)
