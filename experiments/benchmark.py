@@ -21,11 +21,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import pipeline
-from experiments.common import to_csv, write_json_atomic, write_text
+from experiments.common import start_program, to_csv, write_json_atomic, write_text
 from jaxmod import models, report
 from jaxmod.approaches import create_approach
 from jaxmod.data.registry import get_spec
@@ -249,12 +249,7 @@ def run_grid(config: Any, workdir: str) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
-    if not FLAGS.workdir:
-        print("error: --workdir is required", file=sys.stderr)
-        sys.exit(2)
+    start_program(argv, FLAGS.workdir)
     try:
         cells = run_grid(FLAGS.config, FLAGS.workdir)
     except ValueError as err:

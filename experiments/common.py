@@ -18,6 +18,17 @@ from absl import app
 from jaxmod.modules import as_hashable
 
 
+def start_program(argv: Sequence[str], workdir: str | None) -> None:
+    """The common start of a results program's ``main``: no stray arguments (``UsageError``), a ``--workdir``
+    (a one-line error and exit status 2 without one), absl logging at warnings."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {list(argv[1:])}")
+    if not workdir:
+        print("error: --workdir is required", file=sys.stderr)
+        sys.exit(2)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
+
 def parse_json_object(text: str, flag: str) -> dict[str, Any]:
     """A flag holding a JSON object, as a hashable mapping; ``ValueError`` otherwise."""
     try:

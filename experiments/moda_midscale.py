@@ -19,9 +19,9 @@ import sys
 from typing import Any
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
-from experiments.common import write_json_atomic, write_text
+from experiments.common import start_program, write_json_atomic, write_text
 from jaxmod import compose, data, metrics, models, report, train
 from jaxmod.approaches import create_approach
 from jaxmod.losses import cross_entropy_loss
@@ -109,12 +109,7 @@ def plot_curves(name: str, runs: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.workdir:
-        print("error: --workdir is required", file=sys.stderr)
-        sys.exit(2)
-    logging.set_verbosity(logging.WARNING)
+    start_program(argv, FLAGS.workdir)
     dataset = data.load_dataset(FLAGS.dataset, train_limit=FLAGS.train_limit or None, seed=FLAGS.seed)
     command = "python -m experiments.moda_midscale " + " ".join(sys.argv[1:])
     summary, payload = [], {"command": command, "models": {}}

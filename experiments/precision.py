@@ -14,9 +14,9 @@ import os
 import sys
 from typing import Any
 
-from absl import app, flags, logging
+from absl import app, flags
 
-from experiments.common import write_json_atomic, write_text
+from experiments.common import start_program, write_json_atomic, write_text
 from jaxmod import data, metrics, models, report, train
 from jaxmod.approaches import create_approach
 from jaxmod.losses import cross_entropy_loss
@@ -47,12 +47,7 @@ def step_ratio(model: Any, dataset: data.Dataset, loss_fn: Any, config: train.Tr
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.workdir:
-        print("error: --workdir is required", file=sys.stderr)
-        sys.exit(2)
-    logging.set_verbosity(logging.WARNING)
+    start_program(argv, FLAGS.workdir)
     dataset = data.load_dataset("mnist", seed=FLAGS.seed)
     model = models.create_model("lenet5", dataset.num_classes)
     moda = create_approach("moda")

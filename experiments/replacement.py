@@ -20,9 +20,9 @@ import sys
 from typing import Any
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
-from experiments.common import write_json_atomic, write_text
+from experiments.common import start_program, write_json_atomic, write_text
 from jaxmod import data, models, replace, report, train
 from jaxmod.approaches import create_approach
 from jaxmod.data.registry import get_spec
@@ -129,12 +129,7 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
-    if not FLAGS.workdir:
-        print("error: --workdir is required", file=sys.stderr)
-        sys.exit(2)
+    start_program(argv, FLAGS.workdir)
     for name in FLAGS.datasets:
         get_spec(name)
     if not 0 < FLAGS.overfit_fraction <= 1 or not 0 < FLAGS.underfit_steps <= 1:

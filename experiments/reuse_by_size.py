@@ -21,10 +21,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import pipeline
-from experiments.common import to_csv, write_json_atomic, write_text
+from experiments.common import start_program, to_csv, write_json_atomic, write_text
 from jaxmod import report
 
 FLAGS = flags.FLAGS
@@ -73,12 +73,7 @@ def per_size(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.workdir:
-        print("error: --workdir is required", file=sys.stderr)
-        sys.exit(2)
-    logging.set_verbosity(logging.WARNING)
+    start_program(argv, FLAGS.workdir)
     configs = {(m, a): run_config(m, a) for m in FLAGS.models for a in METHODS}
     for config in configs.values():  # every run's settings checked before the first trains
         pipeline.setup(config)
