@@ -198,7 +198,8 @@ def write_tables(cells: Sequence[Mapping[str, Any]], output: str) -> dict[str, s
                    + report.markdown_table(rows) + "\n")
         write_text(stem + ".csv", to_csv(rows))
         written[f"{model}/{dataset}"] = stem + ".md"
-        summary_rows += [{"model": model, "dataset": dataset, **{k: r[k] for k in ("method", *SUMMARY_COLUMNS)}}
+        keep = ("method", "seeds", *SUMMARY_COLUMNS)
+        summary_rows += [{"model": model, "dataset": dataset, **{k: r[k] for k in keep}}
                          for r in rows]
     write_text(os.path.join(output, "summary.md"), report.markdown_table(summary_rows) + "\n")
     write_text(os.path.join(output, "summary.csv"), to_csv(summary_rows))
@@ -239,6 +240,10 @@ def run_grid(config: Any, workdir: str) -> list[dict[str, Any]]:
                                  models.create_model(model, spec.num_classes), model, spec.input_shape)
         except ValueError as err:  # e.g. MwT on a model without convolutions: the row says why
             record["skipped"] = str(err)
+            out.append(record)
+            continue
+        if config.tables_only and pipeline.finished(run, os.path.join(cell_dir, method)) is None:
+            record["skipped"] = "not run (tables_only: the run is not finished in the work directory)"
             out.append(record)
             continue
         pipeline.say(run, f"== {model} / {dataset} / seed {seed} / {method}")

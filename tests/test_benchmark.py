@@ -79,6 +79,14 @@ def test_a_rerun_does_no_work(tiny, monkeypatch):
     again = benchmark.run_grid(config, str(root / "runs"))
     assert calls == [] and again == cells
     assert time.perf_counter() - start < min(5.0, first / 4)
+    # tables_only: the finished runs are read, a cell never run is a row saying so, nothing trains
+    config = config.copy_and_resolve_references()
+    config.unlock()
+    config.tables_only, config.seeds = True, "0,7"
+    partial = benchmark.run_grid(config, str(root / "runs"))
+    assert calls == [] and [c for c in partial if c["seed"] == 0] == cells
+    assert all(c["skipped"].startswith("not run (tables_only") for c in partial if c["seed"] == 7)
+    assert {r["seeds"] for r in benchmark.aggregate(partial, list(benchmark.COLUMNS))} == {1}
 
 
 def test_bad_grids_are_refused_before_any_work(tmp_path):
