@@ -51,6 +51,64 @@ def test_rnn_removal_takes_the_units_of_the_other_classes(monkeypatch, mode):
         assert removed.tolist() == HOT[other], (mode, c, removed)  # never its own class's units
 
 
+def _relu_monitor(model, variables, x, batch_size=256, with_gates=True):
+    """ReLU hidden states: class c's samples fire HOT[c] (0.9), every other unit is exactly 0."""
+    del variables, batch_size, with_gates
+    cls = np.asarray(x)[:, 0] - 1
+    h = np.zeros((len(x), np.asarray(x).shape[1], model.units), np.float32)
+    for c, units in HOT.items():
+        h[np.ix_(cls == c, np.arange(h.shape[1]), units)] = 0.9
+    return {model.group_names()[0]: h}, {}
+
+
+@pytest.mark.parametrize("max_remove, removed_of_class_0", [(0.2, []), (1.0, [4, 5, 6, 7, 8, 9])])
+def test_relu_variant_removes_idle_units_and_restores_tangled_ones(monkeypatch, max_remove, removed_of_class_0):
+    """Algorithm 5 on a constructed case: for class 0 the units never active on its samples are 2..9; the cap
+    (ceil(0.2 * 10) = 2, lowest index first) picks 2 and 3, which fire on class 1 (tangled) and are restored, so
+    nothing is removed; without a cap 2..9 go and 2, 3 come back: 4..9 removed."""
+    model = create_model("rnn_vanilla", 2, shape="many_to_one", units=10, vocab_size=4, input_len=3)
+    x = np.repeat(np.array([[1, 1, 1], [2, 2, 2]]), 20, axis=0)
+    y = np.repeat([0, 1], 20)
+    monkeypatch.setattr(rnn_lib, "monitor", _relu_monitor)
+    decomposition = rnn_lib.RnnDecomposition(mode="rolled", statistic="relu", max_remove=max_remove)
+    keep = np.asarray(decomposition.decompose(model, model.init(jax.random.key(0), x[:1]), x, y, 2)
+                      .modules.units[model.group_names()[0]])
+    assert np.flatnonzero(~keep[0]).tolist() == removed_of_class_0
+    assert keep[0, HOT[0]].all() and keep[1, HOT[1]].all()  # a class's own units are never removed
+
+
+GATE_HOT = {k: {c: [(4 * k + 2 * c) % 10, (4 * k + 2 * c + 1) % 10] for c in (0, 1)} for k in range(4)}
+
+
+def _gate_monitor(model, variables, x, batch_size=256, with_gates=True):
+    """LSTM gates by construction: on class c's samples gate k fires GATE_HOT[k][c] (0.9), the rest 0.1."""
+    hidden, _ = _fake_monitor(model, variables, x, batch_size, False)
+    cls = np.asarray(x)[:, 0] - 1
+    g = np.full((len(x), np.asarray(x).shape[1], 4, model.units), 0.1, np.float32)
+    for k, by_class in GATE_HOT.items():
+        for c, units in by_class.items():
+            g[np.ix_(cls == c, np.arange(g.shape[1]), [k], units)] = 0.9
+    g += np.linspace(0, 0.01, g.size, dtype=np.float32).reshape(g.shape)
+    return hidden, ({model.group_names()[0]: g} if with_gates else {})
+
+
+def test_own_gates_remove_each_gates_units_of_the_other_class(monkeypatch):
+    """gates="own": each gate by its own activation; gate k loses, for class c, exactly the units that gate fires
+    on the other class (and the cap of 2 per gate block), so the gate axis is not mixed up."""
+    model = create_model("rnn_lstm", 2, shape="many_to_one", units=10, vocab_size=4, input_len=3)
+    x = np.repeat(np.array([[1, 1, 1], [2, 2, 2]]), 20, axis=0)
+    y = np.repeat([0, 1], 20)
+    monkeypatch.setattr(rnn_lib, "monitor", _gate_monitor)
+    modules = rnn_lib.RnnDecomposition(mode="rolled", gates="own").decompose(
+        model, model.init(jax.random.key(0), x[:1]), x, y, 2).modules
+    (group,) = modules.units
+    keep = np.asarray(modules.units[group])  # [2 classes, 4 gates, 10 units]
+    assert keep.shape == (2, 4, 10)
+    for k in range(4):
+        for c, other in ((0, 1), (1, 0)):
+            assert np.flatnonzero(~keep[c, k]).tolist() == sorted(GATE_HOT[k][other]), (k, c)
+
+
 # ---------------------------------------------------------------------------------------------
 # Module statistics: the headline means are over pairs i != j only
 
