@@ -169,3 +169,20 @@ def test_supermask_modules_are_confident_on_their_own_class():
     for c in range(3):
         assert conf[c, y == c].mean() > conf[c, y != c].mean() + 0.2, c
     assert voting_accuracy(conf, y) > 0.8
+
+
+# ---------------------------------------------------------------------------------------------
+# Translation: each sample is decoded by its own language's module (the routing behind BLEU)
+
+
+def test_translation_routes_each_sample_to_its_languages_module():
+    outputs = np.zeros((3, 4, 2, 5), np.float32)  # [modules, samples, steps, vocabulary]
+    for m in range(3):
+        outputs[m, :, :, m + 1] = 1.0  # module m always says token m + 1
+    groups = np.array([2, 0, 1, 2])
+    predicted = rnn_lib.routed_predictions(outputs, groups)
+    np.testing.assert_array_equal(predicted, (groups + 1)[:, None].repeat(2, axis=1))  # sample i: module groups[i]
+    with pytest.raises(ValueError, match=r"groups must be \(N,\) module indices in 0..2"):
+        rnn_lib.routed_predictions(outputs, np.array([0, 1, 3, 0]))
+    with pytest.raises(ValueError, match="groups must be"):
+        rnn_lib.routed_predictions(outputs, np.array([0, 1, 2]))
