@@ -53,9 +53,8 @@ def main(argv: list[str]) -> None:
     found = statuses()
     if not found:
         raise app.UsageError("no mutmut results: run `make mutation` (or `mutmut run`) first")
-    pending = sorted(n for n, s in found.items() if s == "not checked")
-    if pending:
-        raise app.UsageError(f"{len(pending)} mutants not checked yet (e.g. {pending[0]}): let `mutmut run` finish")
+    pending = sorted(n for n, s in found.items() if s == "not checked")  # a run cut short: reported, not scored
+    found = {n: s for n, s in found.items() if s != "not checked"}
     path = os.path.join(FLAGS.out, "equivalent.json")
     equivalent = json.load(open(path)) if os.path.exists(path) else {}
     rows, survivors = [], []
@@ -81,11 +80,15 @@ def main(argv: list[str]) -> None:
     rows.append(total)
     os.makedirs(FLAGS.out, exist_ok=True)
     write_json_atomic(os.path.join(FLAGS.out, "mutation.json"), {"modules": rows, "survivors": survivors,
-                                                                  "seconds": FLAGS.seconds})
+                                                                  "seconds": FLAGS.seconds, "not_checked": pending})
     timing = f" The mutmut run took {FLAGS.seconds / 60:.0f} minutes on this machine." if FLAGS.seconds else ""
     lines = ["# Mutation testing", "", "Made by `make mutation` (mutmut; the modules and the fast unit tests they run "
              f"against are `[tool.mutmut]` in pyproject.toml).{timing} Score: killed / (mutants - equivalent).", "",
-             report.markdown_table(rows, floatfmt=".3f"), "", "## Survivors", ""]
+             report.markdown_table(rows, floatfmt=".3f"), ""]
+    if pending:
+        lines += [f"**{len(pending)} mutants were not checked** (the run was cut short; they are not in the "
+                  "scores): " + ", ".join(sorted({module_of(n) for n in pending})) + ".", ""]
+    lines += ["## Survivors", ""]
     for s in survivors:
         lines += [f"### `{s['mutant']}` ({s['status']})", "", s["why"], "", "```diff", s["diff"], "```", ""]
     write_text(os.path.join(FLAGS.out, "README.md"), "\n".join(lines))

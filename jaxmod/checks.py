@@ -32,3 +32,9 @@ def check_finite_tree(tree: Mapping[str, Any], name: str) -> None:
             continue
         check_finite(leaf, f"{name}{jax.tree_util.keystr(path)}",
                      hint="the model has diverged or was saved broken: retrain it or restore an earlier checkpoint")
+
+
+def check_choice(name: str, value: Any, choices: Any) -> None:
+    """``ValueError`` naming the setting, the choices and the value when ``value`` is not one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")

@@ -22,6 +22,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxmod import fastconv
+from jaxmod.checks import check_choice
 from jaxmod.modules import POSITIVE, ModuleSet
 from jaxmod.taps import POSITION_MASKS, UNIT_MASKS
 
@@ -131,8 +132,7 @@ def module_outputs(model: nn.Module, variables: Mapping[str, Any], modules: Modu
     model's softmax at its class. ``"distribution"``: each module's whole output distribution
     ``[M, N, ..., K]`` (translation modules, routed rather than voted).
     """
-    if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+    check_choice("output", output, OUTPUTS)
     x = np.asarray(x)
     xs = stack_batches(x, batch_size)
     classes = jnp.asarray(modules.meta.classes, jnp.int32)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from jaxmod import fastconv, sharding
 from jaxmod.activations import scan_dataset
 from jaxmod.checkpoint import RunCheckpointer
-from jaxmod.checks import NonFiniteError, check_finite
+from jaxmod.checks import NonFiniteError, check_choice, check_finite
 from jaxmod.data import epoch_seed
 from jaxmod.data.augment import AUGMENTATIONS, augment_batch
 from jaxmod.losses import LossFn
@@ -103,14 +103,10 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.augment not in AUGMENTATIONS:
-            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {self.augment!r}")
-        if self.compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {self.compute_dtype!r}")
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("schedule", self.schedule, SCHEDULES)
+        check_choice("augment", self.augment, AUGMENTATIONS)
+        check_choice("compute_dtype", self.compute_dtype, COMPUTE_DTYPES)
 
     def identity(self) -> dict[str, Any]:
         """The settings a resumed run must share (the later settings only where they differ from their defaults,
@@ -176,10 +172,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, l
     the loss, and gradients, updates and batch statistics stay float32.
     """
     constants = dict(constants or {})
-    if augment not in AUGMENTATIONS:
-        raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
-    if compute_dtype not in COMPUTE_DTYPES:
-        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
+    check_choice("augment", augment, AUGMENTATIONS)
+    check_choice("compute_dtype", compute_dtype, COMPUTE_DTYPES)
     cast = functools.partial(cast_floats, dtype=jnp.dtype(compute_dtype))
     uncast = functools.partial(cast_floats, dtype=jnp.float32)
 
@@ -305,8 +299,7 @@ def fit_task(task: TrainTask, x: np.ndarray, y: np.ndarray, config: TrainConfig,
     A non-finite training loss stops the run with :class:`jaxmod.checks.NonFiniteError` (a ``ValueError``) naming
     the step and the loss terms; the checkpoints of the epochs before are kept.
     """
-    if select not in SELECT:
-        raise ValueError(f"select must be one of {SELECT}, got {select!r}")
+    check_choice("select", select, SELECT)
     if select == "best_val" and val is None:
         raise ValueError("select='best_val' needs validation samples (val=...)")
     if len(x) != len(y):

@@ -44,6 +44,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxmod.activations import forward, predict_logits, scan_dataset
+from jaxmod.checks import check_choice
 from jaxmod.data import check_every_class_present, check_labels
 from jaxmod.losses import LossFn
 from jaxmod.metrics.modules import module_statistics, unit_statistics
@@ -410,8 +411,7 @@ class Concern:
     name: str = dataclasses.field(default="concern", init=False)
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        check_choice("variant", self.variant, VARIANTS)
         if not self.delta > 0:
             raise ValueError(f"delta must be > 0, got {self.delta}")
         if self.positives < 1 or (self.negatives is not None and self.negatives < 0):

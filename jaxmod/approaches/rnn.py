@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmod.checks import check_choice
 from jaxmod.models.recurrent import (
     CANDIDATE_GATES,
     GATE_ACTIVATIONS,
@@ -348,12 +349,9 @@ class RnnDecomposition:
         return cls(**fields)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.gates not in GATE_MODES:
-            raise ValueError(f"gates must be one of {GATE_MODES}, got {self.gates!r}")
-        if self.statistic not in STATISTICS:
-            raise ValueError(f"statistic must be one of {STATISTICS}, got {self.statistic!r}")
+        check_choice("mode", self.mode, MODES)
+        check_choice("gates", self.gates, GATE_MODES)
+        check_choice("statistic", self.statistic, STATISTICS)
         if not 0.0 <= self.max_remove <= 1.0:
             raise ValueError(f"max_remove must be in [0, 1], got {self.max_remove}")
         if self.num_positive < 1 or self.batch_size < 1:

@@ -49,6 +49,7 @@ import optax
 from flax import struct, traverse_util
 
 from jaxmod import train
+from jaxmod.checks import check_choice
 from jaxmod.data import check_every_class_present, check_labels, epoch_seed
 from jaxmod.metrics.modules import element_statistics
 from jaxmod.models import check_inputs
@@ -477,8 +478,7 @@ class Supermask:
         if isinstance(self.module_chunk, bool) or not isinstance(self.module_chunk, int) or self.module_chunk < 0:
             raise ValueError(f"module_chunk must be a non-negative integer (0: all modules in one vmap), "
                              f"got {self.module_chunk!r}")
-        if self.batch_norm not in BATCH_NORM_MODES:
-            raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {self.batch_norm!r}")
+        check_choice("batch_norm", self.batch_norm, BATCH_NORM_MODES)
 
     def training_loss(self) -> None:
         """Post-training: supermasks decompose the standard model."""

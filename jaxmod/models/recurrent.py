@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmod.checks import check_finite
+from jaxmod.checks import check_choice, check_finite
 from jaxmod.taps import UNIT_MASKS, tap, width_of
 from jaxmod.topology import LeafAxis, TopologySpec, UnitGroup, dense_out, kernel_in
 
@@ -181,12 +181,9 @@ class RecurrentClassifier(nn.Module):
     widths: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.cell not in CELLS:
-            raise ValueError(f"cell must be one of {CELLS}, got {self.cell!r}")
-        if self.shape not in SHAPES:
-            raise ValueError(f"shape must be one of {SHAPES}, got {self.shape!r}")
-        if self.activation not in ACTIVATION_FNS:
-            raise ValueError(f"activation must be one of {tuple(ACTIVATION_FNS)}, got {self.activation!r}")
+        check_choice("cell", self.cell, CELLS)
+        check_choice("shape", self.shape, SHAPES)
+        check_choice("activation", self.activation, ACTIVATION_FNS)
         if not (isinstance(self.num_layers, int) and 1 <= self.num_layers <= 4):
             raise ValueError(f"num_layers must be 1 to 4, got {self.num_layers!r}")
         for name in ("units", "output_len"):
