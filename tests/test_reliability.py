@@ -17,6 +17,7 @@ import pytest
 
 from experiments import pipeline
 from experiments.configs import moda as moda_config
+from experiments.configs import override
 from jaxmod import checkpoint, compose, data, models, train
 from jaxmod.approaches import create_approach
 from jaxmod.checks import NonFiniteError
@@ -45,20 +46,7 @@ def fc1_modules(digits):
 
 
 def _tiny_config(**changes):
-    config = moda_config.get_config()
-    config.model = "fc1"
-    config.train.epochs = 1
-    config.train_limit, config.test_limit = 1000, 300
-    config.reuse.num_subtasks = 2
-    config.timing_repeats = 0
-    config.progress = False
-    for key, value in changes.items():
-        node = config
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return config
+    return override(moda_config.get_config("tiny"), **changes)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from absl import app, flags
 from experiments import pipeline
 from experiments.common import write_json_atomic
 from experiments.configs import moda as moda_config
+from experiments.configs import override
 from jaxmod import checkpoint, compose, data, models, reuse, train
 from jaxmod.approaches import create_approach
 from jaxmod.composed import load_composed
@@ -36,16 +37,7 @@ flags.DEFINE_string("out", "experiments/results/reliability/bad_inputs", "Output
 
 
 def tiny_config(**changes: Any) -> Any:
-    config = moda_config.get_config()
-    config.model, config.train.epochs, config.train_limit, config.test_limit = "fc1", 1, 1000, 300
-    config.reuse.num_subtasks, config.timing_repeats, config.progress = 2, 0, False
-    for key, value in changes.items():
-        node = config
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return config
+    return override(moda_config.get_config("tiny"), **changes)
 
 
 def cases(tmp: str) -> list[tuple[str, str, Callable[[], Any]]]:

@@ -6,3 +6,16 @@
 approach's own settings, with the paper's defaults taken from the approach's dataclass) and ``extras`` (what
 the pipeline measures or saves beyond the common results, for that approach).
 """
+
+from typing import Any
+
+
+def override(config: Any, **changes: Any) -> Any:
+    """``config`` with dotted fields set (``override(c, **{"train.epochs": 2})``), as ``--config.<field>`` does."""
+    for key, value in changes.items():
+        node = config
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return config
