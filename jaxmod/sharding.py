@@ -120,6 +120,25 @@ def replicate(tree: Any) -> Any:
     return jax.device_put(tree, sharding)
 
 
+def shard_modules(tree: Any, num_modules: int) -> Any:
+    """Leaves whose leading axis is the ``num_modules`` modules split over the mesh's ``module`` axis (its
+    ``data`` axis when it has no ``module`` axis: co-trained modules share each batch, so the modules are
+    what to divide); every other leaf, and all of them when the split is uneven, replicated. Unchanged
+    without a mesh."""
+    mesh = current_mesh()
+    if mesh is None:
+        return tree
+    axis = "module" if mesh.shape.get("module", 1) > 1 else DATA
+    split = num_modules % mesh.shape[axis] == 0
+
+    def place(leaf: Any) -> Any:
+        if split and np.ndim(leaf) >= 1 and np.shape(leaf)[0] == num_modules:
+            return jax.device_put(leaf, NamedSharding(mesh, P(axis)))
+        return replicate(leaf)
+
+    return jax.tree.map(place, tree)
+
+
 def local_batch_size(batch_size: int) -> int:
     """This process's part of a global batch of ``batch_size`` (all of it with one process)."""
     count = jax.process_count() if current_mesh() is not None else 1

@@ -26,6 +26,9 @@ def test_four_devices_train_and_decompose_as_one():
     assert out["params_max_rel_diff"] < 1e-5  # MODA training, one epoch: only the order of float sums differs
     assert out["logits_max_rel_diff"] < 1e-5
     assert out["counts_equal"] and out["masks_equal"] and out["concern_masks_equal"]
+    assert out["rnn_hidden_max_rel_diff"] < 1e-5 and out["rnn_gates_max_rel_diff"] < 1e-5  # RNN monitoring
+    assert out["supermask_score_devices"] == 4  # the modules' scores were split over the mesh
+    assert out["supermask_scores_max_rel_diff"] < 1e-5 and out["supermask_masks_equal"]
 
 
 def test_mesh_specs():

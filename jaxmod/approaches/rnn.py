@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmod import sharding
 from jaxmod.checks import check_choice
 from jaxmod.models.recurrent import (
     CANDIDATE_GATES,
@@ -155,8 +156,8 @@ def monitor(model: RecurrentClassifier, variables: Mapping[str, Any], x: np.ndar
     pad = (-n) % batch_size
     xs = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
     xs = xs.reshape(-1, batch_size, *x.shape[1:])
-    plain = {k: v for k, v in variables.items() if k in ("params",)}
-    hidden, gates = _monitor_fn(model, with_gates)(plain, xs)
+    plain = sharding.replicate({k: v for k, v in variables.items() if k in ("params",)})
+    hidden, gates = _monitor_fn(model, with_gates)(plain, sharding.shard_batch(xs, axis=1))
     unstack = lambda a: np.asarray(a).reshape(-1, *a.shape[2:])[:n]  # noqa: E731
     return {k: unstack(v) for k, v in hidden.items()}, {k: unstack(v) for k, v in gates.items()}
 

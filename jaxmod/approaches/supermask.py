@@ -48,7 +48,7 @@ import numpy as np
 import optax
 from flax import struct, traverse_util
 
-from jaxmod import train
+from jaxmod import sharding, train
 from jaxmod.checks import check_choice
 from jaxmod.data import check_every_class_present, check_labels, epoch_seed
 from jaxmod.metrics.modules import element_statistics
@@ -336,9 +336,9 @@ class CotrainTask:
     def __init__(self, approach: Supermask, model: nn.Module, variables: Mapping[str, Any], x: np.ndarray,
                  y: np.ndarray, num_classes: int, classes: Sequence[int]) -> None:
         self.approach, self.model = approach, model
-        self.variables = jax.tree.map(jnp.asarray, dict(variables))
-        self.x = jnp.asarray(np.asarray(x, np.float32))
-        self.y = jnp.asarray(np.asarray(y, np.int32))
+        self.variables = sharding.replicate(jax.tree.map(jnp.asarray, dict(variables)))
+        self.x = sharding.replicate(jnp.asarray(np.asarray(x, np.float32)))
+        self.y = sharding.replicate(jnp.asarray(np.asarray(y, np.int32)))
         self.num_classes, self.classes = num_classes, tuple(classes)
         steps = len(x) // approach.batch_size
         self.score_opt = approach._optimizer(approach.score_lr, approach.epochs * steps)
@@ -351,8 +351,9 @@ class CotrainTask:
         a = self.approach
         scores = init_scores(self.variables["params"], len(self.classes), jax.random.key(a.seed), a.share_init)
         graft = init_graft(self.num_classes, self.classes)
-        return CotrainState(step=jnp.zeros((), jnp.int32), scores=scores, graft=graft,
-                            score_opt=self.score_opt.init(scores), graft_opt=self.graft_opt.init(graft))
+        state = CotrainState(step=jnp.zeros((), jnp.int32), scores=scores, graft=graft,
+                             score_opt=self.score_opt.init(scores), graft_opt=self.graft_opt.init(graft))
+        return sharding.shard_modules(state, len(self.classes))  # data parallel: each device trains its modules
 
     def _compiled(self, state: CotrainState, order: jax.Array, average: Any) -> Any:
         if self._epoch_fn is None:

@@ -16,6 +16,8 @@ import numpy as np  # noqa: E402
 
 from jaxmod import activations, data, models, sharding, train  # noqa: E402
 from jaxmod.approaches import create_approach  # noqa: E402
+from jaxmod.approaches import rnn as rnn_lib  # noqa: E402
+from jaxmod.approaches import supermask as sm  # noqa: E402
 
 
 def max_rel(a, b):
@@ -52,7 +54,41 @@ def main() -> None:
     out["logits_max_rel_diff"] = max_rel(l4, l1)
     out["concern_masks_equal"] = bool(all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(p1),
                                                                               jax.tree.leaves(p4), strict=True)))
+    out.update(rnn_monitoring())
+    out.update(supermask_cotraining(digits))
     print(json.dumps(out))
+
+
+def rnn_monitoring() -> dict:
+    """Imtiaz et al.'s monitoring (hidden states and gates of every sample and step) on 4 devices against 1."""
+    model = models.create_model("rnn_lstm", 3, shape="many_to_one", units=8, vocab_size=20, input_len=6)
+    x = np.random.default_rng(0).integers(1, 20, size=(300, 6)).astype(np.int32)
+    variables = model.init(jax.random.key(0), x[:1])
+    runs = []
+    for mesh in (None, "data=4"):
+        with sharding.data_parallel(mesh) if mesh else _nothing():
+            runs.append(rnn_lib.monitor(model, variables, x, batch_size=64))
+    (h1, g1), (h4, g4) = runs
+    return {"rnn_hidden_max_rel_diff": max_rel(h4, h1), "rnn_gates_max_rel_diff": max_rel(g4, g1)}
+
+
+def supermask_cotraining(digits) -> dict:
+    """Ten supermask modules co-trained one epoch, split over the module axis of a 2 x 2 mesh, against one
+    device: the same scores and the same top-k masks."""
+    model = models.create_model("fc1", 10)
+    variables = model.init(jax.random.key(0), digits.train.x[:1])
+    approach = create_approach("supermask", epochs=1, batch_size=64)
+    runs = []
+    for mesh in (None, "data=2,module=2"):
+        with sharding.data_parallel(mesh) if mesh else _nothing():
+            state, _ = approach.train_modules(model, variables, digits.train.x[:512], digits.train.y[:512], 10)
+            devices = len(jax.tree.leaves(state.scores)[0].sharding.device_set)
+            runs.append((jax.tree.map(np.asarray, state.scores), devices,
+                         jax.tree.map(np.asarray, sm.hard_masks(state.scores, approach.k))))
+    (s1, _, k1), (s4, d4, k4) = runs
+    return {"supermask_scores_max_rel_diff": max_rel(s4, s1), "supermask_score_devices": d4,
+            "supermask_masks_equal": bool(all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(k1),
+                                                                                   jax.tree.leaves(k4), strict=True)))}
 
 
 class _nothing:
