@@ -26,7 +26,10 @@ flags.DEFINE_string("out", "experiments/results/mutation", "Output directory (RE
 flags.DEFINE_integer("seconds", 0, "Wall time of the mutmut run, for the report (0: not stated).")
 flags.DEFINE_string("mutmut", os.path.join(os.path.dirname(sys.executable), "mutmut"), "The mutmut executable.")
 
-KILLED = {"killed", "timeout", "segfault"}  # a test run that does not pass detects the mutant
+KILLED = {"killed", "segfault"}  # a test run that fails detects the mutant
+# not scored: mutants the run did not check, and timeouts (on this shared machine a slow or paused test run, not
+# an infinite loop, is what times out; they are listed apart)
+UNSCORED = {"not checked", "timeout"}
 
 
 def mutmut(*args: str) -> str:
@@ -54,7 +57,8 @@ def main(argv: list[str]) -> None:
     if not found:
         raise app.UsageError("no mutmut results: run `make mutation` (or `mutmut run`) first")
     pending = sorted(n for n, s in found.items() if s == "not checked")  # a run cut short: reported, not scored
-    found = {n: s for n, s in found.items() if s != "not checked"}
+    timeouts = sorted(n for n, s in found.items() if s == "timeout")
+    found = {n: s for n, s in found.items() if s not in UNSCORED}
     path = os.path.join(FLAGS.out, "equivalent.json")
     equivalent = json.load(open(path)) if os.path.exists(path) else {}
     rows, survivors = [], []
@@ -80,7 +84,8 @@ def main(argv: list[str]) -> None:
     rows.append(total)
     os.makedirs(FLAGS.out, exist_ok=True)
     write_json_atomic(os.path.join(FLAGS.out, "mutation.json"), {"modules": rows, "survivors": survivors,
-                                                                  "seconds": FLAGS.seconds, "not_checked": pending})
+                                                                  "seconds": FLAGS.seconds, "not_checked": pending,
+                                                                  "timeouts": timeouts})
     timing = f" The mutmut run took {FLAGS.seconds / 60:.0f} minutes on this machine." if FLAGS.seconds else ""
     lines = ["# Mutation testing", "", "Made by `make mutation` (mutmut; the modules and the fast unit tests they run "
              f"against are `[tool.mutmut]` in pyproject.toml).{timing} Score: killed / (mutants - equivalent).", "",
@@ -88,6 +93,9 @@ def main(argv: list[str]) -> None:
     if pending:
         lines += [f"**{len(pending)} mutants were not checked** (the run was cut short; they are not in the "
                   "scores): " + ", ".join(sorted({module_of(n) for n in pending})) + ".", ""]
+    if timeouts:
+        lines += [f"{len(timeouts)} mutants timed out and are not scored: " + ", ".join(f"`{n}`" for n in timeouts)
+                  + ".", ""]
     lines += ["## Survivors", ""]
     for s in survivors:
         lines += [f"### `{s['mutant']}` ({s['status']})", "", s["why"], "", "```diff", s["diff"], "```", ""]
