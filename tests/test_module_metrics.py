@@ -44,12 +44,15 @@ def test_unit_module_statistics_by_hand():
     np.testing.assert_allclose(stats["two_class_union_min"], 15 / 27)
     np.testing.assert_allclose(stats["two_class_union_max"], 21 / 27)
     assert stats["counted"] == "weights"
-    with pytest.raises(ValueError, match="count weights through the model's topology: pass the model"):
+    with pytest.raises(ValueError, match="^unit-mask statistics count weights through the model's topology: "
+                       "pass the model$"):
         metrics.module_statistics(modules, variables)
     unrolled = modules.replace(units={g: np.repeat(m[:, None], 2, axis=1) for g, m in modules.units.items()})
-    with pytest.raises(ValueError, match="unrolled .* no single weight count"):
+    with pytest.raises(ValueError, match=r"^unrolled \(per-timestep\) unit masks have no single weight count; "
+                       r"use jaxmod.approaches.rnn.module_model_jaccard$"):
         metrics.module_statistics(unrolled, variables, model)
-    with pytest.raises(ValueError, match="merged unit modules are a sliced model"):
+    with pytest.raises(ValueError, match="^merged unit modules are a sliced model: its size is its parameter "
+                       "count over the model's$"):
         union_size(modules, [0, 1])
 
 
@@ -74,7 +77,7 @@ def test_position_module_statistics_and_unions_by_hand():
     np.testing.assert_allclose(module_model_jaccard(modules.positions), np.array([3, 4, 1]) / 6)
     # leaves that are None are not counted
     np.testing.assert_allclose(module_model_jaccard({"a": modules.positions["a"], "c": None}), np.array([2, 2, 1]) / 4)
-    with pytest.raises(ValueError, match="no mask leaves to measure"):
+    with pytest.raises(ValueError, match="^no mask leaves to measure$"):
         module_model_jaccard({"c": None})
 
 
@@ -87,3 +90,11 @@ def test_masked_cross_entropy_scores_only_labelled_steps():
     assert aux == {}
     none, _ = masked_cross_entropy_loss()(logits, {}, jnp.full((2, 3), -1))
     assert float(none) == 0.0  # nothing labelled: zero, not NaN
+
+
+def test_one_module_has_no_pairs():
+    """A single module: its size, and NaN (not 0, not an error) for every mean over pairs."""
+    stats = metrics.modules.summarize(np.array([[3]]), 6)
+    np.testing.assert_allclose(stats["sizes"], [0.5])
+    for key in ("mean_overlap", "mean_jaccard", "two_class_union_mean", "two_class_union_min", "two_class_union_max"):
+        assert isinstance(stats[key], float) and np.isnan(stats[key]), key

@@ -26,6 +26,10 @@ def test_top_k_and_accuracy_by_hand():
     assert voting_accuracy(CONF, labels) == pytest.approx(0.25)  # only sample 2
     assert voting_accuracy(CONF, labels, k=2) == pytest.approx(0.75)  # samples 0, 1, 2
     assert voting_accuracy(CONF, labels, k=3) == pytest.approx(1.0)
+    # with the modules' own class ids, top-k answers in those ids too
+    chex.assert_trees_all_equal(np.asarray(vote_top_k(CONF, 2, classes=[7, 2, 5])),
+                                np.array([[7, 2], [2, 5], [2, 7], [7, 2]]))
+    assert voting_accuracy(CONF, np.array([2, 5, 2, 5]), k=2, classes=[7, 2, 5]) == pytest.approx(0.75)
 
 
 def test_many_output_votes_per_step_and_skip_padding():
