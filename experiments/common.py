@@ -13,9 +13,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from absl import app
+from absl import app, flags
 
 from jaxmod.modules import as_hashable
+
+
+def define_model_run_flags(out: str, models: Sequence[str], dataset: str, epochs: int, train_limit: int) -> None:
+    """The flags of a program that trains zoo models on one dataset into a resumable work directory: --workdir,
+    --out, --models, --dataset, --epochs, --train_limit (0: the whole training split) and --seed."""
+    flags.DEFINE_string("workdir", None, "Where the runs are checkpointed (resumable).")
+    flags.DEFINE_string("out", out, "Output directory.")
+    flags.DEFINE_list("models", list(models), "Models.")
+    flags.DEFINE_string("dataset", dataset, "Dataset.")
+    flags.DEFINE_integer("epochs", epochs, "Training epochs of every run.")
+    flags.DEFINE_integer("train_limit", train_limit, "Class-balanced training subset (0: the whole training split).")
+    flags.DEFINE_integer("seed", 0, "Seed.")
 
 
 def start_program(argv: Sequence[str], workdir: str | None) -> None:

@@ -21,20 +21,15 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from experiments.common import start_program, write_json_atomic, write_text
+from experiments.common import define_model_run_flags, start_program, write_json_atomic, write_text
 from jaxmod import compose, data, metrics, models, report, train
 from jaxmod.approaches import create_approach
 from jaxmod.losses import cross_entropy_loss
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Where the runs are checkpointed (resumable, one epoch at a time).")
-flags.DEFINE_string("out", "experiments/results/moda_midscale", "Output directory.")
-flags.DEFINE_list("models", ["vgg_narrow", "resnet20"], "Models.")
-flags.DEFINE_string("dataset", "fashion_mnist", "Dataset.")
-flags.DEFINE_integer("epochs", 30, "Training epochs of every run.")
-flags.DEFINE_integer("train_limit", 0, "Class-balanced training subset (0: the whole training split).")
+define_model_run_flags("experiments/results/moda_midscale", ["vgg_narrow", "resnet20"], "fashion_mnist", epochs=30,
+                       train_limit=0)
 flags.DEFINE_list("taus", ["0.5", "0.6", "0.7", "0.8", "0.9", "0.95"], "Thresholds of the validation sweep.")
-flags.DEFINE_integer("seed", 0, "Seed.")
 
 RUNS = {"standard": None, "moda": 0.3, "moda_gamma0": 0.0}  # run -> MODA's gamma (None: cross-entropy only)
 

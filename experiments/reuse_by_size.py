@@ -24,19 +24,14 @@ from typing import Any
 from absl import app, flags
 
 from experiments import pipeline
-from experiments.common import start_program, to_csv, write_json_atomic, write_text
+from experiments.common import define_model_run_flags, start_program, to_csv, write_json_atomic, write_text
 from jaxmod import report
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Where the runs live (resumable).")
-flags.DEFINE_string("out", "experiments/results/reuse_by_size", "Output directory.")
-flags.DEFINE_list("models", ["lenet5", "vgg_narrow"], "Models.")
-flags.DEFINE_string("dataset", "fashion_mnist", "Dataset.")
-flags.DEFINE_integer("epochs", 5, "Training epochs (standard and modular models).")
-flags.DEFINE_integer("train_limit", 12000, "Class-balanced training subset (CPU budget).")
+define_model_run_flags("experiments/results/reuse_by_size", ["lenet5", "vgg_narrow"], "fashion_mnist", epochs=5,
+                       train_limit=12000)
 flags.DEFINE_integer("test_limit", 0, "Class-balanced test subset (0: the whole test split).")
 flags.DEFINE_integer("per_size", 10, "Random sub-tasks per size.")
-flags.DEFINE_integer("seed", 0, "Seed.")
 
 METHODS = ("moda", "mwt")
 FIGURES = ("accuracy", "standard_accuracy", "composed_size", "composed_flops", "accuracy_no_finetune",
@@ -47,7 +42,7 @@ def run_config(model: str, method: str) -> Any:
     """The pipeline config: the method's paper defaults, this program's budget and sub-tasks."""
     config = importlib.import_module(f"experiments.configs.{method}").get_config()
     config.model, config.dataset, config.seed = model, FLAGS.dataset, FLAGS.seed
-    config.train.epochs, config.train_limit = FLAGS.epochs, FLAGS.train_limit
+    config.train.epochs, config.train_limit = FLAGS.epochs, FLAGS.train_limit or None
     config.test_limit = FLAGS.test_limit or None
     config.reuse.sizes, config.reuse.num_subtasks = ",".join(str(k) for k in range(2, 11)), FLAGS.per_size
     config.shared_standard_dir = os.path.join(FLAGS.workdir, model, "standard")
