@@ -93,3 +93,32 @@ def test_paper_defaults_zero_weights_and_the_layer_choice():
     for k in ("affinity", "dispersion", "compactness"):
         np.testing.assert_allclose(aux_a[k], terms_a[k], rtol=1e-6)
     assert not np.isclose(float(only_a), float(loss))
+
+
+def test_masked_cross_entropy_with_a_single_labelled_step():
+    logits = jnp.array([[[2.0, 0.0], [0.0, 0.0]]])
+    loss, _ = losses.masked_cross_entropy_loss()(logits, {}, jnp.array([[0, -1]]))
+    np.testing.assert_allclose(float(loss), np.log1p(np.exp(-2.0)), rtol=1e-6)  # divided by 1, not more
+
+
+MASKS = jnp.array([[0.0, 0.4, 1.0], [0.0, 0.9, 1.0], [1.0, 0.0, 0.2], [0.6, 0.0, 0.0]])  # 4 samples x 3 kernels
+
+
+def test_mwt_terms_average_layers_and_count_open_kernels():
+    labels = jnp.array([0, 0, 1, 1])
+    acts = {"block/mask@conv1": MASKS, "block/conv1": jnp.ones((4, 3)), "mask@conv2": MASKS[:, ::-1]}
+    for averaging in ("class", "pair"):
+        terms = losses.mwt_terms(acts, labels, averaging)
+        layer = losses.mwt_layer_terms(MASKS, labels, averaging)  # kernel order does not change the terms
+        for k in layer:
+            np.testing.assert_allclose(terms[k], layer[k], rtol=1e-5)
+    default = losses.mwt_terms(acts, labels)  # the paper's class averaging by default
+    np.testing.assert_allclose(default["cohesion"], losses.mwt_terms(acts, labels, "class")["cohesion"], rtol=1e-6)
+    # kernel_rate: the share of mask values above 0 (a kernel that is open at all): 7 of 12
+    np.testing.assert_allclose(default["kernel_rate"], 7 / 12, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"^MwT needs a model built with mask generators \(mask_generators=True\); "
+                                         r"no generator masks among \['conv1'\]$"):
+        losses.mwt_terms({"conv1": MASKS}, labels)
+    for name in ("alpha", "beta"):
+        with pytest.raises(ValueError, match=f"^MwT weight {name} must be >= 0, got -1.0$"):
+            losses.mwt_loss(**{name: -1.0})

@@ -52,3 +52,21 @@ def test_many_output_votes_per_step_and_skip_padding():
 def test_bad_inputs(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_padding_masks_of_any_dtype_and_a_single_scored_step():
+    labels = np.array([0, 0, 1, 0])  # vote: (0, 1, 1, 0): right on 0, 2, 3
+    assert voting_accuracy(CONF, labels, valid=np.array([1.0, 0.0, 0.0, 0.0])) == pytest.approx(1.0)  # 1 of 1
+    assert voting_accuracy(CONF, labels, valid=np.array([0, 1, 1, 0])) == pytest.approx(0.5)
+
+
+def test_bad_votes_are_refused_with_the_shapes_named():
+    with pytest.raises(ValueError, match=r"^confidences must be \(modules, batch, ...\), got shape \(3,\)$"):
+        vote(np.ones(3))
+    with pytest.raises(ValueError, match="^3 modules vote but 2 classes were given$"):
+        vote(CONF, classes=[1, 2])
+    with pytest.raises(ValueError, match="^3 modules vote but 0 classes were given$"):
+        vote(CONF, classes=4)
+    with pytest.raises(ValueError, match=r"^labels have shape \(3,\), confidences give \(4,\)$"):
+        voting_accuracy(CONF, np.array([0, 1, 2]))
+
