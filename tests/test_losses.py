@@ -105,7 +105,7 @@ MASKS = jnp.array([[0.0, 0.4, 1.0], [0.0, 0.9, 1.0], [1.0, 0.0, 0.2], [0.6, 0.0,
 
 
 def test_mwt_terms_average_layers_and_count_open_kernels():
-    labels = jnp.array([0, 0, 1, 1])
+    labels = jnp.array([0, 0, 0, 1])  # unbalanced: class and pair averaging differ
     acts = {"block/mask@conv1": MASKS, "block/conv1": jnp.ones((4, 3)), "mask@conv2": MASKS[:, ::-1]}
     for averaging in ("class", "pair"):
         terms = losses.mwt_terms(acts, labels, averaging)
