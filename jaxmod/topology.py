@@ -40,11 +40,17 @@ OUTPUT = "__output__"  # pseudo-group for the class axis of the output layer
 
 @dataclasses.dataclass(frozen=True)
 class LeafAxis:
-    """One axis of one variable leaf that is indexed by a unit group (or by the classes)."""
+    """One axis of one variable leaf that is indexed by a unit group (or by the classes).
+
+    A flattened axis holds several positions per unit: ``inner`` consecutive entries belong to one
+    unit (1 when units are the innermost factor, as NHWC channels after a flatten; H*W after an NCHW
+    flatten), and the unit pattern repeats over the rest of the axis.
+    """
 
     path: Path
     axis: int
     collection: str = "params"
+    inner: int = 1
 
     @property
     def key(self) -> LeafKey:
@@ -93,14 +99,14 @@ class Topology:
     def group_names(self) -> tuple[str, ...]:
         return tuple(g.name for g in self.spec.groups)
 
-    def leaf_axes(self) -> dict[LeafKey, list[tuple[int, str]]]:
-        """For every indexed leaf: (axis, group name or OUTPUT) pairs, axis made non-negative."""
-        table: dict[LeafKey, list[tuple[int, str]]] = {}
+    def leaf_axes(self) -> dict[LeafKey, list[tuple[int, str, int]]]:
+        """For every indexed leaf: (axis, group name or OUTPUT, inner) triples, axis made non-negative."""
+        table: dict[LeafKey, list[tuple[int, str, int]]] = {}
         entries = [(la, g.name) for g in self.spec.groups for la in g.producers + g.consumers]
         entries += [(la, OUTPUT) for la in self.spec.output]
         for la, name in entries:
             ndim = len(self.leaf_shapes[la.key])
-            table.setdefault(la.key, []).append((la.axis % ndim, name))
+            table.setdefault(la.key, []).append((la.axis % ndim, name, la.inner))
         return table
 
 
@@ -222,11 +228,12 @@ def class_vector(topology: Topology, classes: Sequence[int] | np.ndarray) -> np.
     return vec
 
 
-def _axis_vector(topology: Topology, key: LeafKey, axis: int, name: str, keep, classes, xp):
+def _axis_vector(topology: Topology, key: LeafKey, axis: int, name: str, keep, classes, xp, inner: int = 1):
     vec = classes if name == OUTPUT else keep[name]
     size = topology.num_classes if name == OUTPUT else topology.sizes[name]
-    reps = topology.leaf_shapes[key][axis] // size
-    return xp.tile(xp.asarray(vec, bool), reps)
+    reps = topology.leaf_shapes[key][axis] // (size * inner)
+    vec = xp.asarray(vec, bool)
+    return xp.tile(xp.repeat(vec, inner) if inner > 1 else vec, reps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,8 +252,8 @@ def parameter_masks(topology: Topology, keep: Mapping[str, Any], classes: Any, c
             continue
         shape = topology.leaf_shapes[(col, path)]
         mask = jnp.ones(shape, bool)
-        for axis, name in axes:
-            vec = _axis_vector(topology, (col, path), axis, name, keep, classes, jnp)
+        for axis, name, inner in axes:
+            vec = _axis_vector(topology, (col, path), axis, name, keep, classes, jnp, inner)
             mask = mask & vec.reshape([-1 if a == axis else 1 for a in range(len(shape))])
         flat[path] = mask
     return traverse_util.unflatten_dict(flat)
@@ -272,7 +279,7 @@ def module_intersections(topology: Topology, unit_masks: Mapping[str, Any], coll
     for (col, path), shape in topology.variable_shapes.items():
         if col != collection:
             continue
-        axes = dict(table.get((col, path), []))
+        axes = {axis: name for axis, name, _ in table.get((col, path), [])}
         inter = np.full((c, c), int(np.prod([d for a, d in enumerate(shape) if a not in axes], dtype=np.int64)))
         for axis, name in axes.items():
             size = c if name == OUTPUT else topology.sizes[name]
@@ -329,11 +336,11 @@ def slice_variables(
         flat = traverse_util.flatten_dict(dict(tree))
         for path, leaf in flat.items():
             leaf = np.asarray(leaf)
-            for axis, name in table.get((col, path), []):
+            for axis, name, inner in table.get((col, path), []):
                 if name == OUTPUT:  # the classes, in the order asked for
                     leaf = np.take(leaf, class_order, axis=axis)
                     continue
-                vec = _axis_vector(topology, (col, path), axis, name, keep_np, None, np)
+                vec = _axis_vector(topology, (col, path), axis, name, keep_np, None, np, inner)
                 leaf = np.compress(vec, leaf, axis=axis)
             flat[path] = jax.device_put(leaf)
         out[col] = traverse_util.unflatten_dict(flat)

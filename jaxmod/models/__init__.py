@@ -82,7 +82,10 @@ def model_name(model: nn.Module) -> str | None:
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:
-    """The model's configuration fields (JSON-able), without its sliced widths and class count."""
+    """The model's configuration fields (JSON-able), without its sliced widths and class count; an adapted
+    user model (:mod:`jaxmod.adapt`) describes itself (its class, input and derived topology's digest)."""
+    if hasattr(model, "jaxmod_config"):
+        return model.jaxmod_config()
     skip = {"parent", "name", "widths", "num_classes"}
     return {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in skip}
 

@@ -1,0 +1,420 @@
+"""Any Flax model, as its author wrote it, as a jaxmod model.
+
+:func:`adapt` takes a ``flax.linen`` module with its variables, or a ``flax.nnx`` module, and a sample
+input, and returns a :class:`Net`: an :class:`Adapted` linen module plus the variables in jaxmod's layout.
+``Adapted`` runs the user's forward pass by evaluating its traced program (:mod:`jaxmod.graph`), and
+at each derived unit group's read point does what a zoo model's ``tap`` does: applies the unit and
+position masks it is given and sows the activation. Every approach, composition and metric therefore
+takes a user's model unchanged.
+
+Why evaluate the traced graph rather than intercept layers: nonlinearities (``nn.relu``, ``nn.gelu``)
+are plain functions, not modules, and the read point lies after them; NNX has no method interception;
+and a physically smaller model needs every shape-carrying operation (a flatten's sizes, a depthwise
+conv's group count) resized, which only the graph exposes. Linen refuses to apply a module to
+parameters of other shapes than its fields declare; the program does not care, so the sliced model is
+the same program evaluated on sliced variables, with those shapes rewritten from the inputs' shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import inspect
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, traverse_util
+
+from jaxmod import fastconv
+from jaxmod.graph import Const, ModelGraph, Op, derive_graph, trace_program
+from jaxmod.taps import ACTIVATIONS, INDEX_MAPS, POSITION_MASKS, UNIT_MASKS
+from jaxmod.topology import TopologySpec
+
+JAXMOD_COLLECTIONS = (ACTIVATIONS, UNIT_MASKS, POSITION_MASKS, INDEX_MAPS)
+
+
+# ---------------------------------------------------------------------------------------------
+# The user's model behind one functional interface.
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Source:
+    """A user's model as two pure functions: ``init(rng, x)`` and ``apply(variables, x, train, rng)``.
+
+    ``apply`` returns ``(logits, updated non-parameter collections)``. Hashed by identity: two
+    adapters of one model object share compiled functions.
+    """
+
+    kind: str
+    name: str
+    init_fn: Callable[[jax.Array, jax.Array], dict]
+    apply_fn: Callable[..., tuple[jax.Array, dict]]
+
+    def init(self, rng: jax.Array, x: jax.Array) -> dict:
+        return self.init_fn(rng, x)
+
+    def apply(self, variables: Mapping[str, Any], x: jax.Array, train: bool, rng: jax.Array) -> tuple[jax.Array, dict]:
+        return self.apply_fn(variables, x, train, rng)
+
+
+def _takes_train(module: nn.Module) -> bool:
+    try:
+        return "train" in inspect.signature(type(module).__call__).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def linen_source(module: nn.Module) -> Source:
+    """A linen module as a :class:`Source` (``train=`` passed when its ``__call__`` takes it)."""
+    takes_train = _takes_train(module)
+
+    def init(rng, x):
+        kwargs = {"train": False} if takes_train else {}
+        variables = module.init({"params": rng, "dropout": rng}, x, **kwargs)
+        return {c: t for c, t in variables.items() if c not in JAXMOD_COLLECTIONS}
+
+    def apply(variables, x, train, rng):
+        kwargs = {"train": train} if takes_train else {}
+        mutable = [c for c in variables if c != "params"] if train else False
+        out = module.apply(dict(variables), x, rngs={"dropout": rng}, mutable=mutable, **kwargs)
+        return (out[0], dict(out[1])) if mutable else (out, {})
+
+    return Source("linen", type(module).__name__, init, apply)
+
+
+def _str_keys(tree: Any) -> Any:
+    if isinstance(tree, Mapping):
+        return {str(k): _str_keys(v) for k, v in tree.items()}
+    return tree
+
+
+def nnx_source(model: nnx.Module) -> tuple[Source, dict]:
+    """An NNX module as a :class:`Source` and its current weights as ``{"params": ..., "batch_stats": ...}``.
+
+    Parameters (``nnx.Param``) form ``params``; every other state (batch statistics, counters) forms
+    ``batch_stats``. ``init`` returns the module's own weights (NNX initialises in the constructor).
+    """
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    templates = {"params": params, "batch_stats": rest}
+    weights = {c: _str_keys(s.to_pure_dict()) for c, s in templates.items() if jax.tree.leaves(s.to_pure_dict())}
+
+    def to_state(collection, pure):
+        template = templates[collection]
+        flat_template = traverse_util.flatten_dict(template.to_pure_dict())
+        flat = traverse_util.flatten_dict(dict(pure))
+        values = {k: flat[tuple(str(p) for p in k)] for k in flat_template}
+        state = jax.tree.map(lambda v: v, template)
+        nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(values))
+        return state
+
+    def init(rng, x):
+        del rng, x
+        return weights
+
+    def apply(variables, x, train, rng):
+        del rng
+        states = [to_state(c, variables[c]) if c in variables else templates[c] for c in ("params", "batch_stats")]
+        module = nnx.merge(graphdef, *states)
+        module.train() if train else module.eval()
+        logits = module(x)
+        if not train or "batch_stats" not in variables:
+            return logits, {}
+        _, _, new_rest = nnx.split(module, nnx.Param, ...)
+        return logits, {"batch_stats": _str_keys(new_rest.to_pure_dict())}
+
+    return Source("nnx", type(model).__name__, init, apply), weights
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluating the traced program with masks, taps and (for a sliced model) resized shapes.
+
+
+@functools.lru_cache(maxsize=64)
+def model_graph(source: Source, variable_shapes: tuple, x_shape: tuple[int, ...], x_dtype: str,
+                train: bool) -> ModelGraph:
+    """The derived graph of ``source`` on full-size variables (``variable_shapes``: flat (key, shape, dtype))."""
+    variables = traverse_util.unflatten_dict({k: jax.ShapeDtypeStruct(s, d) for k, s, d in variable_shapes})
+    x = jax.ShapeDtypeStruct(x_shape, x_dtype)
+    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+    with fastconv.reference_convs():  # the plain conv primitive, which the walk follows
+        program = trace_program(lambda v, xb, r: source.apply(v, xb, train, r), variables, x, rng)
+    return derive_graph(program)
+
+
+def _resized_reshape(old_in: tuple, old_out: tuple, new_in: tuple, out_labels: Mapping[int, Any]) -> tuple:
+    from jaxmod.graph import _reshape_blocks
+
+    new_out = list(old_out)
+    for ins, outs in _reshape_blocks(old_in, old_out):
+        old_total = int(np.prod([old_in[a] for a in ins]))
+        new_total = int(np.prod([new_in[a] for a in ins]))
+        if old_total == new_total:
+            continue
+        real = [a for a in outs if old_out[a] != 1]
+        target = real[0] if len(real) == 1 else next((a for a in outs if a in out_labels), None)
+        if target is None:
+            raise ValueError(f"cannot resize a reshape {old_in} -> {old_out} of a sliced model")
+        rest = int(np.prod([old_out[a] for a in outs if a != target]))
+        new_out[target] = new_total // rest
+    return tuple(new_out)
+
+
+def _resized_params(op: Op, ins: list, graph: ModelGraph) -> dict:
+    """``op``'s parameters for operands whose unit axes were sliced (shapes from the operands)."""
+    params = dict(op.params)
+    name = op.name
+    avals = graph.program.avals
+    old = [tuple(np.shape(v.value)) if isinstance(v, Const) else tuple(avals[v].shape) for v in op.inputs]
+    new = [tuple(np.shape(v)) for v in ins]
+    if name == "reshape":
+        out = op.outputs[0]
+        params["new_sizes"] = _resized_reshape(old[0], tuple(avals[out].shape), new[0], graph.labels.get(out, {}))
+    elif name == "broadcast_in_dim":
+        shape = list(params["shape"])
+        for i, d in enumerate(params["broadcast_dimensions"]):
+            if old[0][i] == shape[d]:
+                shape[d] = new[0][i]
+        params["shape"] = tuple(shape)
+    elif name == "conv_general_dilated":
+        lhs_feature = params["dimension_numbers"].lhs_spec[1]
+        if params["feature_group_count"] > 1 and params["feature_group_count"] == old[0][lhs_feature]:
+            params["feature_group_count"] = new[0][lhs_feature]
+    elif name == "gather":
+        params["slice_sizes"] = tuple(n if s == o else s for s, o, n in zip(params["slice_sizes"], old[0], new[0],
+                                                                            strict=True))
+    elif name == "slice":
+        params["limit_indices"] = tuple(n if lim == o else lim for lim, o, n in zip(params["limit_indices"], old[0],
+                                                                                    new[0], strict=True))
+    elif name == "dynamic_slice":
+        params["slice_sizes"] = tuple(n if s == o else s for s, o, n in zip(params["slice_sizes"], old[0], new[0],
+                                                                            strict=True))
+    return params
+
+
+def _bind(op: Op, ins: list, params: Mapping[str, Any]) -> list:
+    if op.name == "conv_general_dilated":  # XLA:CPU's slow shapes take jaxmod's fast formulation
+        out = fastconv.conv_general_dilated(
+            ins[0], ins[1], params["window_strides"], params["padding"], params["lhs_dilation"], params["rhs_dilation"],
+            params["dimension_numbers"], params["feature_group_count"], params["batch_group_count"],
+            params["precision"], params["preferred_element_type"])
+        return [out]
+    out = op.primitive.bind(*ins, **params)
+    return list(out) if op.primitive.multiple_results else [out]
+
+
+def gather_axis(x: jax.Array, index: jax.Array, axis: int) -> jax.Array:
+    """Re-index units on ``axis``: ``index`` holds a position in ``x`` or ``x.shape[axis]`` (reads zero)."""
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, 1)
+    return jnp.take(jnp.pad(x, pad), index, axis=axis)
+
+
+def run_graph(graph: ModelGraph, variables: Mapping[str, Any], x: jax.Array, rng: jax.Array, *,
+              sliced: bool = False, on_read: Callable[[str, jax.Array, int], jax.Array] | None = None,
+              index_maps: Mapping[str, jax.Array] | None = None) -> list:
+    """Evaluate the program; ``on_read(group, value, axis)`` replaces each group's value at its read point;
+    ``index_maps`` re-index the operands the graph names; ``sliced`` resizes shape parameters."""
+    program = graph.program
+    flat = traverse_util.flatten_dict(dict(variables))
+    env: dict[int, Any] = {}
+    for key, vid in zip(program.leaf_keys, program.leaf_ids, strict=True):
+        col, path = key
+        if (col, *path) not in flat:
+            raise ValueError(f"the variables have no leaf {col}/{'/'.join(path)} that the model reads")
+        env[vid] = flat[(col, *path)]
+    env[program.input_id] = x
+    for vid in program.extra_ids:
+        env[vid] = rng
+    reads = {p.var: name for name, p in graph.read_points.items()}
+    maps: dict[int, list] = {}
+    for m in graph.index_maps:
+        maps.setdefault(m.op, []).append(m)
+    index_maps = index_maps or {}
+
+    def read(v):
+        return v.value if isinstance(v, Const) else env[v]
+
+    for index, op in enumerate(program.ops):
+        ins = [read(v) for v in op.inputs]
+        for m in maps.get(index, ()):
+            if m.name in index_maps:
+                ins[m.operand] = gather_axis(ins[m.operand], index_maps[m.name], m.axis)
+        params = _resized_params(op, ins, graph) if sliced else op.params
+        for vid, value in zip(op.outputs, _bind(op, ins, params), strict=True):
+            if on_read is not None and vid in reads:
+                value = on_read(reads[vid], value, graph.read_points[reads[vid]].axis)
+            env[vid] = value
+    return [read(v) for v in program.output_ids]
+
+
+# ---------------------------------------------------------------------------------------------
+# The adapter module.
+
+
+def _flat_names(tree: Any) -> dict[str, jax.Array]:
+    return traverse_util.flatten_dict(dict(tree), sep="/") if tree else {}
+
+
+def _along(mask: jax.Array, ndim: int, axis: int) -> jax.Array:
+    return mask.reshape([-1 if a == axis else 1 for a in range(ndim)])
+
+
+class Adapted(nn.Module):
+    """A user's model (through its :class:`Source`) as a jaxmod model: ``num_classes``, ``widths`` (a sliced
+    model when set), ``topology_spec()``, and the ``activations``/``unit_masks``/``position_masks``/
+    ``index_maps`` collections the zoo's taps give. ``variable_shapes`` are the full model's (flat key,
+    shape, dtype): the traced program is always the full model's, evaluated on whatever variables come."""
+
+    source: Source
+    variable_shapes: tuple
+    input_shape: tuple[int, ...]
+    input_dtype: str = "float32"
+    num_classes: int = 2
+    widths: tuple[tuple[str, int], ...] = ()
+
+    def graph(self, batch: int = 1, train: bool = False) -> ModelGraph:
+        return model_graph(self.source, self.variable_shapes, (batch, *self.input_shape), self.input_dtype, train)
+
+    def topology_spec(self) -> TopologySpec:
+        return self.graph().spec
+
+    def jaxmod_config(self) -> dict[str, Any]:
+        """What identifies the model in module metadata: its class, input and derived topology's digest."""
+        digest = hashlib.sha256(repr(self.topology_spec()).encode()).hexdigest()[:16]
+        return {"adapted": f"{self.source.kind}:{self.source.name}", "input_shape": list(self.input_shape),
+                "topology": digest}
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        if jnp.issubdtype(jnp.dtype(self.input_dtype), jnp.integer) and not jnp.issubdtype(x.dtype, jnp.integer):
+            x = x.astype(self.input_dtype)  # token ids: shape probes elsewhere pass float zeros
+        if self.is_initializing():
+            for col, tree in self.source.init(self.make_rng("params"), x).items():
+                for key, value in dict(tree).items():
+                    self.put_variable(col, key, value)
+        variables = {c: dict(t) for c, t in self.variables.items() if c not in JAXMOD_COLLECTIONS}
+        graph = model_graph(self.source, self.variable_shapes, tuple(x.shape), str(jnp.dtype(x.dtype)), train)
+        unit_masks = _flat_names(self.variables.get(UNIT_MASKS))
+        position_masks = _flat_names(self.variables.get(POSITION_MASKS))
+        index_maps = {k: v for k, v in _flat_names(self.variables.get(INDEX_MAPS)).items()}
+
+        def on_read(name: str, value: jax.Array, axis: int) -> jax.Array:
+            if name in unit_masks:
+                value = value * _along(unit_masks[name], value.ndim, axis).astype(value.dtype)
+            if name in position_masks:
+                mask = jnp.moveaxis(position_masks[name], -1, axis - 1)
+                if mask.shape != value.shape[1:]:
+                    raise ValueError(f"position mask for {name!r} has shape {position_masks[name].shape}, "
+                                     f"activation is {jnp.moveaxis(value, axis, -1).shape[1:]}")
+                value = value * mask.astype(value.dtype)
+            self.sow(ACTIVATIONS, name, jnp.moveaxis(value, axis, -1), init_fn=lambda: None,
+                     reduce_fn=lambda _, v: v)
+            return value
+
+        rng = self.make_rng("dropout") if train and self.has_rng("dropout") else jax.random.key(0)
+        outputs = run_graph(graph, variables, x, rng, sliced=bool(self.widths), on_read=on_read,
+                            index_maps=index_maps)
+        logits, *updates = outputs
+        if train and updates:
+            flat_updates = jax.tree_util.tree_unflatten(graph.program.out_tree, outputs)[1]
+            for col, tree in dict(flat_updates).items():
+                if self.is_mutable_collection(col):
+                    for key, value in dict(tree).items():
+                        self.put_variable(col, key, value)
+        return logits
+
+
+# ---------------------------------------------------------------------------------------------
+# The public entry point.
+
+
+@dataclasses.dataclass(frozen=True)
+class Net:
+    """An adapted model and its variables: what :func:`jaxmod.decompose` and :func:`jaxmod.compose` take."""
+
+    model: Adapted
+    variables: Mapping[str, Any]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return _jitted_apply(self.model)(self.variables, jnp.asarray(x))
+
+    @property
+    def graph(self) -> ModelGraph:
+        return self.model.graph()
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_apply(model: Adapted) -> Callable:
+    return jax.jit(model.apply)
+
+
+def _shape_table(variables: Mapping[str, Any]) -> tuple:
+    flat = traverse_util.flatten_dict(dict(variables))
+    return tuple(sorted((k, tuple(np.shape(v)), str(jnp.result_type(v))) for k, v in flat.items()))
+
+
+def adapt(model: Any, variables: Mapping[str, Any] | None = None, sample_x: Any = None) -> Net:
+    """A user's Flax model as a jaxmod :class:`Net`: ``adapt(linen_module, variables, x)`` or
+    ``adapt(nnx_module, sample_x=x)`` (or ``adapt(nnx_module, None, x)``).
+
+    ``sample_x`` is a batch of one or more inputs (its trailing shape and dtype are the model's input).
+    The unit topology is derived here, so every problem surfaces before any work: ``TypeError`` for a
+    model that is neither, ``ValueError`` for a sample the model does not take, variables of another
+    model, or an operation the derivation cannot follow (named with its layer).
+    """
+    if sample_x is None:
+        raise ValueError("adapt needs a sample input (a batch of at least one sample)")
+    x = jnp.asarray(sample_x)
+    if x.ndim < 2 or x.shape[0] < 1:
+        raise ValueError(f"sample_x must be a batch of at least one sample, got shape {x.shape}")
+    if isinstance(model, nnx.Module):
+        if variables is not None:
+            raise ValueError("an NNX module carries its own weights; pass variables=None")
+        source, variables = nnx_source(model)
+    elif isinstance(model, nn.Module):
+        if not isinstance(variables, Mapping) or "params" not in variables:
+            raise ValueError("a linen model needs its variables: a mapping with a 'params' collection")
+        source = linen_source(model)
+        expected = jax.eval_shape(lambda: source.init(jax.random.key(0), x[:1]))
+        given = {c: t for c, t in variables.items() if c not in JAXMOD_COLLECTIONS}
+        if _shape_table(expected) != _shape_table(given):
+            have, want = _shape_table(given), _shape_table(expected)
+            diff = sorted(set(have) ^ set(want), key=str)[:4]
+            raise ValueError(f"the variables do not fit {type(model).__name__} on inputs of shape {x.shape[1:]}: "
+                             f"e.g. {diff}")
+    else:
+        raise TypeError(f"adapt takes a flax.linen or flax.nnx module, got {type(model).__name__}")
+    variables = {c: dict(t) for c, t in variables.items() if c not in JAXMOD_COLLECTIONS}
+    dtype = str(jnp.dtype(x.dtype))
+    try:
+        out = jax.eval_shape(lambda v, xb: source.apply(v, xb, False, jax.random.key(0))[0], variables, x[:1])
+    except ValueError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure to run means the sample does not fit
+        raise ValueError(f"{source.name} does not take samples of shape {x.shape[1:]} ({dtype}): "
+                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
+    if len(out.shape) != 2:
+        raise ValueError(f"{source.name} maps samples of shape {x.shape[1:]} to {out.shape}, not (batch, classes)")
+    adapted = Adapted(source, _shape_table(variables), tuple(int(d) for d in x.shape[1:]), dtype,
+                      num_classes=int(out.shape[-1]))
+    adapted.graph()  # derive now: an operation the walk cannot follow fails here, before any work
+    return Net(adapted, variables)
+
+
+def describe(net: Net) -> str:
+    """A short table of the derived unit groups, index maps and whole groups (for a first look)."""
+    graph = net.graph
+    lines = [f"{'group':40s} {'units':>6s}  producers / consumers"]
+    for g in graph.spec.groups:
+        lines.append(f"{g.name:40s} {graph.sizes[g.name]:6d}  {len(g.producers)} / {len(g.consumers)}")
+    for m in graph.index_maps:
+        lines.append(f"index map {m.name}")
+    for w in graph.whole:
+        lines.append(f"kept whole: {w.name} ({w.size}): {w.reason}")
+    return "\n".join(lines) + "\n" + json.dumps({"classes": graph.num_classes})

@@ -1,0 +1,187 @@
+"""Users' own Flax models, written without jaxmod (tests/helpers/user_models.py), through the short API.
+
+Each is adapted, decomposed (MODA, the random control, supermasks), and a 2-class model composed from
+its modules must be physically smaller (parameters and FLOPs) and give the masked full model's logits
+on those classes. Synthetic samples test the mechanics; the real-data runs live in experiments/.
+"""
+
+from __future__ import annotations
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from helpers import user_models
+
+import jaxmod
+from jaxmod.metrics import count_flops
+from jaxmod.taps import ACTIVATIONS
+from jaxmod.topology import count_parameters, resolve_topology, unit_mask_variables
+
+CLASSES = [3, 5]
+
+
+def _linen(name, shape, dtype=jnp.float32, **kwargs):
+    model = getattr(user_models, name)(**kwargs)
+    return model, user_models.init_linen(model, (1, *shape), dtype)
+
+
+def _samples(shape, n=120, seed=0, integer=None):
+    rng = np.random.default_rng(seed)
+    if integer:
+        x = rng.integers(0, integer, size=(n, *shape)).astype(np.int32)
+    else:
+        x = rng.normal(size=(n, *shape)).astype(np.float32)
+    return x, (np.arange(n) % 10).astype(np.int32)
+
+
+def _adapted(kind):
+    if kind == "cnn":
+        model, v = _linen("FlaxExampleCNN", (28, 28, 1))
+        shape = (28, 28, 1)
+    elif kind == "resnet":
+        model, v = _linen("SmallResNet", (28, 28, 1))
+        shape = (28, 28, 1)
+    elif kind == "separable":
+        model, v = _linen("SeparableCNN", (28, 28, 1))
+        shape = (28, 28, 1)
+    elif kind == "nnx_mlp":
+        model, v, shape = user_models.NNXMLP(rngs=nnx.Rngs(0)), None, (28, 28, 1)
+    elif kind == "vit":
+        model, v = _linen("TinyViT", (28, 28, 1))
+        shape = (28, 28, 1)
+    else:
+        raise AssertionError(kind)
+    x, y = _samples(shape)
+    return jaxmod.adapt(model, v, x[:1]), x, y
+
+
+KINDS = ["cnn", "resnet", "separable", "nnx_mlp", "vit"]
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def adapted(request):
+    return (request.param, *_adapted(request.param))
+
+
+def test_the_adapted_model_computes_the_users_forward_pass(adapted):
+    kind, net, x, _ = adapted
+    graph = net.graph
+    assert graph.spec.groups, kind
+    logits = net(x[:4])
+    assert logits.shape == (4, 10)
+    sown = jax.jit(lambda v, xb: net.model.apply(v, xb, mutable=[ACTIVATIONS]))(net.variables, x[:4])[1]
+    assert len(jax.tree.leaves(sown)) == len(graph.spec.groups)
+
+
+def test_moda_modules_compose_into_a_smaller_model_equal_to_the_masked_one(adapted):
+    kind, net, x, y = adapted
+    modules = jaxmod.decompose("moda", net, x, y, tau=0.6, batch_size=64)
+    small = jaxmod.recompose(net, modules, CLASSES)
+    topology = resolve_topology(net.model, x.shape[1:])
+    keep = modules.union(tuple(CLASSES))
+    masked = jax.jit(net.model.apply)({**net.variables, **unit_mask_variables(topology, keep)}, x[:16])
+    chex.assert_trees_all_close(small(x[:16]), masked[:, CLASSES], atol=1e-5)
+    assert count_parameters(small.variables) < count_parameters(net.variables), kind
+    full_flops = count_flops(lambda xb: net.model.apply(net.variables, xb), x[:1])
+    small_flops = count_flops(lambda xb: small.scores(xb), x[:1])
+    assert small_flops < full_flops, kind
+    # the random control draws modules of the same sizes and composes the same way
+    control = jaxmod.decompose("random", net, x, y, reference=modules)
+    assert {k: np.sum(v, 1).tolist() for k, v in control.units.items()} == {
+        k: np.sum(v, 1).tolist() for k, v in modules.units.items()}
+    assert jaxmod.recompose(net, control, CLASSES)(x[:2]).shape == (2, 2)
+
+
+@pytest.mark.parametrize("kind", ["cnn", "nnx_mlp"])
+def test_supermask_modules_of_a_users_model_vote(kind):
+    net, x, y = _adapted(kind)
+    modules = jaxmod.decompose("supermask", net, x[:40], y[:40], epochs=1, batch_size=40, k=0.5)
+    voter = jaxmod.recompose(net, modules, CLASSES)
+    scores = voter(x[:4])
+    assert scores.shape == (4, 2) and np.all(np.isfinite(scores))
+
+
+def test_vit_units_are_the_mlp_neurons_and_the_residual_stream_is_kept_whole():
+    net, _, _ = _adapted("vit")
+    graph = net.graph
+    mlp = [g for g in graph.spec.groups if "Dense_0" in g.name or "Mlp" in g.name]
+    assert len(graph.spec.groups) == 2 and len(mlp) == 2  # one hidden MLP layer per block
+    assert all(graph.sizes[g.name] == 64 for g in graph.spec.groups)
+    reasons = " ".join(w.reason for w in graph.whole)
+    assert "reduce_sum" in reasons or "mixes its units" in reasons  # LayerNorm over the stream
+    assert "another activation" in reasons or "multi-axis" in reasons  # attention
+
+
+def test_text_transformer_embedding_feeds_a_whole_stream():
+    model = user_models.TinyTextTransformer()
+    variables = user_models.init_linen(model, (1, 16), jnp.int32)
+    x, y = _samples((16,), integer=1000)
+    y = y % 5
+    net = jaxmod.adapt(model, variables, x[:1])
+    (group,) = net.graph.spec.groups  # the MLP hidden layer; embedding, stream and attention are whole
+    assert net.graph.sizes[group.name] == 64
+    assert any("Embed" in w.name for w in net.graph.whole)
+    modules = jaxmod.decompose("moda", net, x, y, tau=0.6, batch_size=64)
+    small = jaxmod.recompose(net, modules, [1, 4])
+    assert count_parameters(small.variables) < count_parameters(net.variables)
+    topology = resolve_topology(net.model, x.shape[1:])
+    masked = net.model.apply({**net.variables, **unit_mask_variables(topology, modules.union((1, 4)))}, x[:8])
+    chex.assert_trees_all_close(small(x[:8]), masked[:, [1, 4]], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad inputs: a clear error before any work.
+
+
+def test_a_sample_of_the_wrong_shape_is_refused():
+    model, variables = _linen("FlaxExampleCNN", (28, 28, 1))
+    with pytest.raises(ValueError, match="does not take samples of shape|do not fit"):
+        jaxmod.adapt(model, variables, jnp.zeros((1, 32, 32, 3)))
+
+
+def test_variables_of_another_model_are_refused():
+    model, _ = _linen("FlaxExampleCNN", (28, 28, 1))
+    _, other = _linen("SeparableCNN", (28, 28, 1))
+    with pytest.raises(ValueError, match="variables do not fit FlaxExampleCNN"):
+        jaxmod.adapt(model, other, jnp.zeros((1, 28, 28, 1)))
+
+
+def test_a_weight_feeding_a_gather_is_named_with_its_layer():
+    class Permuting(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.relu(nn.Dense(6, name="hidden")(x))
+            table = self.param("table", nn.initializers.normal(), (6, 6))
+            order = jnp.argsort(h, axis=-1)
+            h = jnp.take_along_axis(table[None], order[:, :, None], axis=1)[..., 0]
+            return nn.Dense(3, name="out")(h)
+
+    model = Permuting()
+    x = jnp.ones((1, 4))
+    with pytest.raises(ValueError, match="cannot derive the unit topology.*gather"):
+        jaxmod.adapt(model, model.init(jax.random.key(0), x), x)
+
+
+def test_a_loop_over_units_is_refused_with_the_primitive_named():
+    class Looping(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.relu(nn.Dense(5)(x))
+            h = jax.lax.fori_loop(0, 3, lambda i, a: jnp.tanh(a), h)
+            return nn.Dense(2)(h)
+
+    model = Looping()
+    x = jnp.ones((1, 4))
+    with pytest.raises(ValueError, match="cannot derive the unit topology.*'(scan|while)' in layer 'Looping'"):
+        jaxmod.adapt(model, model.init(jax.random.key(0), x), x)
+
+
+def test_not_a_flax_module_is_a_type_error():
+    with pytest.raises(TypeError, match="flax.linen or flax.nnx module"):
+        jaxmod.adapt(lambda x: x, {"params": {}}, jnp.ones((1, 3)))
+    with pytest.raises(TypeError, match="Net"):
+        jaxmod.decompose("moda", object(), np.zeros((2, 3)), np.zeros(2))

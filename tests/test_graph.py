@@ -1,0 +1,129 @@
+"""The derived unit topology (jaxmod.graph) against the zoo's hand-written declarations.
+
+Every zoo CNN/MLP declares its topology and taps its activations by hand; the derivation must find the
+same groups (same producing and consuming weight axes), the same output axis, the same index maps and
+read each group exactly where the zoo taps it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmod import fastconv
+from jaxmod.adapter import adapt
+from jaxmod.graph import derive_graph, trace_program
+from jaxmod.models import create_model
+from jaxmod.taps import ACTIVATIONS
+from jaxmod.topology import flat_activations, resolve_topology
+
+ZOO = [("fc2", {}, (28, 28, 1)), ("lenet5", {}, (28, 28, 1)), ("vgg_narrow", {}, (32, 32, 3)),
+       ("vgg16", {}, (32, 32, 3)), ("resnet20", {}, (32, 32, 3)), ("resnet20", {"use_bn": False}, (28, 28, 1)),
+       ("resnet18", {}, (32, 32, 3)), ("mobilenet", {}, (32, 32, 3))]
+
+
+def derived_graph(model, shape):
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape)), train=False))
+    with fastconv.reference_convs():
+        program = trace_program(lambda v, x: model.apply(v, x), variables,
+                                jax.ShapeDtypeStruct((1, *shape), jnp.float32))
+    return derive_graph(program)
+
+
+def perturbed(variables):
+    """Variables moved off their initial values (batch statistics and zero biases included)."""
+    leaves, treedef = jax.tree.flatten({c: t for c, t in variables.items() if c != ACTIVATIONS})
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    moved = [a + 0.1 * jnp.abs(jax.random.normal(k, a.shape)) for a, k in zip(leaves, keys, strict=True)]
+    return jax.tree.unflatten(treedef, moved)
+
+
+def _axes(spec_axes, shapes):
+    return tuple(sorted((a.collection, a.path, a.axis % len(shapes[a.key]), a.inner) for a in spec_axes))
+
+
+def _by_producers(spec, shapes):
+    """Group name -> (producer axes, consumer axes), and the producer-axes key -> name, names aside."""
+    table = {g.name: (_axes(g.producers, shapes), _axes(g.consumers, shapes)) for g in spec.groups}
+    return table, {v[0]: k for k, v in table.items()}
+
+
+@pytest.mark.parametrize("name,config,shape", ZOO, ids=[f"{n}{'-nobn' if c else ''}" for n, c, _ in ZOO])
+def test_derived_topology_equals_the_hand_written_one(name, config, shape):
+    model = create_model(name, 10, **config)
+    hand = resolve_topology(model, shape)
+    graph = derived_graph(model, shape)
+    shapes = hand.variable_shapes
+    derived, derived_names = _by_producers(graph.spec, shapes)
+    declared, declared_names = _by_producers(hand.spec, shapes)
+    assert sorted(derived.values()) == sorted(declared.values())
+    assert _axes(graph.spec.output, shapes) == _axes(hand.spec.output, shapes)
+    assert not graph.whole
+    # the same index maps, once derived names are translated into the zoo's
+    rename = {d: declared_names[derived[d][0]] for d in derived}
+    assert sorted((rename[m.source], rename[m.target]) for m in graph.spec.index_maps) == sorted(
+        (m.source, m.target) for m in hand.spec.index_maps)
+    assert {rename[g]: s for g, s in graph.sizes.items()} == dict(hand.sizes)
+
+
+SMALL = [("lenet5", {}, (28, 28, 1)),
+         ("resnet20", {"stage_sizes": (2, 1), "stage_widths": (8, 16), "stem_width": 8}, (16, 16, 3)),
+         ("mobilenet", {"blocks": ((16, 1), (32, 2), (32, 1)), "stem_width": 8}, (16, 16, 3))]
+
+
+@pytest.mark.parametrize("name,config,shape", SMALL, ids=["lenet5", "resnet", "mobilenet"])
+def test_read_points_are_the_zoo_taps(name, config, shape):
+    """The adapted zoo model sows, at its derived read points, exactly what the zoo's taps sow."""
+    model = create_model(name, 10, **config)
+    x = jax.random.normal(jax.random.key(1), (3, *shape))
+    variables = jax.jit(lambda xb: perturbed(model.init(jax.random.key(0), xb, train=False)))(x)
+    net = adapt(model, variables, x)
+    _, taps = jax.jit(lambda v, xb: model.apply(v, xb, mutable=[ACTIVATIONS]))(variables, x)
+    logits, sown = jax.jit(lambda v, xb: net.model.apply(v, xb, mutable=[ACTIVATIONS]))(net.variables, x)
+    chex.assert_trees_all_close(logits, jax.jit(model.apply)(variables, x), atol=1e-5)
+    taps, sown = flat_activations(taps[ACTIVATIONS]), flat_activations(sown[ACTIVATIONS])
+    hand = resolve_topology(model, shape)
+    derived, _ = _by_producers(net.graph.spec, hand.variable_shapes)
+    _, declared_names = _by_producers(hand.spec, hand.variable_shapes)
+    assert len(sown) == len(taps)
+    for group, value in sown.items():
+        chex.assert_trees_all_close(value, taps[declared_names[derived[group][0]]], atol=1e-5)
+
+
+def test_deriving_vgg16_and_resnet18_takes_seconds():
+    for name in ("vgg16", "resnet18"):
+        start = time.perf_counter()
+        derived_graph(create_model(name, 10), (32, 32, 3))
+        assert time.perf_counter() - start < 5.0, name
+
+
+def test_flatten_of_channels_first_maps_units_with_an_inner_factor():
+    """A model that flattens NCHW-style (channels outer) consumes each unit in a block of H*W inputs."""
+    import flax.linen as nn
+
+    class ChannelsFirst(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(3, (3, 3))(x))
+            x = jnp.transpose(x, (0, 3, 1, 2)).reshape((x.shape[0], -1))
+            return nn.Dense(4)(x)
+
+    model = ChannelsFirst()
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 1))
+    net = adapt(model, model.init(jax.random.key(0), x), x)
+    (group,) = net.graph.spec.groups
+    (consumer,) = group.consumers
+    assert (consumer.path, consumer.axis, consumer.inner) == (("Dense_0", "kernel"), 0, 25)
+    keep = {group.name: np.array([True, False, True])}
+    from jaxmod.topology import slice_model, unit_mask_variables
+
+    topology = resolve_topology(net.model, (5, 5, 1))
+    small = slice_model(net.model, topology, net.variables, keep, [0, 2, 3])
+    masked = jax.jit(net.model.apply)({**net.variables, **unit_mask_variables(topology, keep)}, x)
+    chex.assert_trees_all_close(small(x), masked[:, [0, 2, 3]], atol=1e-5)
+    assert small.variables["params"]["Dense_0"]["kernel"].shape == (50, 3)
