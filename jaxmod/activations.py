@@ -17,7 +17,6 @@ import numpy as np
 
 from jaxmod import fastconv, sharding
 from jaxmod.data import check_labels
-from jaxmod.losses import unit_values
 from jaxmod.models import check_inputs
 from jaxmod.taps import ACTIVATIONS
 from jaxmod.topology import flat_activations
@@ -79,10 +78,21 @@ def _count_fn(model: nn.Module, num_classes: int) -> Callable:
         counts, totals = carry
         _, acts = forward(model, variables, xb)
         onehot = jax.nn.one_hot(yb, num_classes, dtype=jnp.float32) * valid[:, None]
-        new = {k: counts[k] + class_sum(onehot, unit_values(a) != 0) for k, a in acts.items()}
+        new = {k: counts[k] + class_sum(onehot, unit_activity(a) > 0) for k, a in acts.items()}
         return new, totals + jnp.round(jnp.sum(onehot, axis=0)).astype(jnp.int32)
 
     return batch_fn
+
+
+def unit_activity(a: jax.Array) -> jax.Array:
+    """Per-unit activity of one sample: the signed mean over positions (tokens, map positions).
+
+    A unit counts as active when this is positive. For ReLU-family units (never negative) that is exactly
+    MODA's rule, "non-zero anywhere" (mean |a| != 0); for GELU, which is never exactly zero, it means "its
+    average over the sample's positions is positive" (GELU(x) > 0 iff x > 0), so a unit is not active merely
+    for a slightly negative output. ``(B, ..., U) -> (B, U)``.
+    """
+    return a if a.ndim <= 2 else jnp.mean(a, axis=tuple(range(1, a.ndim - 1)))
 
 
 def class_sum(onehot: jax.Array, values: jax.Array) -> jax.Array:
@@ -95,8 +105,8 @@ def class_activation_counts(model: nn.Module, variables: Mapping[str, Any], x: n
     """How often each unit is active (value != 0) on each class's samples.
 
     Returns ``({group: int32[num_classes, units]}, int32[num_classes] samples per class)``.
-    Conv channels count as active when their spatial mean |a| is non-zero (any position fires),
-    as in the MODA reference code.
+    Conv channels count as active when their spatial mean is positive (:func:`unit_activity`): for ReLU
+    that is "any position fires", as in the MODA reference code.
     """
     x, y = np.asarray(x), np.asarray(y)
     check_inputs(model, variables, x)

@@ -32,7 +32,8 @@ import numpy as np
 from flax import nnx, traverse_util
 
 from jaxmod import fastconv
-from jaxmod.graph import Const, ModelGraph, Op, derive_graph, trace_program
+from jaxmod.graph import Const, GatePoint, ModelGraph, Op, derive_graph, trace_program
+from jaxmod.mask_generators import MaskGenerator
 from jaxmod.taps import ACTIVATIONS, INDEX_MAPS, POSITION_MASKS, UNIT_MASKS
 from jaxmod.topology import TopologySpec
 
@@ -217,9 +218,11 @@ def gather_axis(x: jax.Array, index: jax.Array, axis: int) -> jax.Array:
 
 def run_graph(graph: ModelGraph, variables: Mapping[str, Any], x: jax.Array, rng: jax.Array, *,
               sliced: bool = False, on_read: Callable[[str, jax.Array, int], jax.Array] | None = None,
+              on_gate: Callable[[GatePoint, jax.Array, jax.Array], jax.Array] | None = None,
               index_maps: Mapping[str, jax.Array] | None = None) -> list:
     """Evaluate the program; ``on_read(group, value, axis)`` replaces each group's value at its read point;
-    ``index_maps`` re-index the operands the graph names; ``sliced`` resizes shape parameters."""
+    ``on_gate(gate, value, conv_input)`` each MwT gate point's; ``index_maps`` re-index the operands the graph
+    names; ``sliced`` resizes shape parameters."""
     program = graph.program
     flat = traverse_util.flatten_dict(dict(variables))
     env: dict[int, Any] = {}
@@ -232,6 +235,7 @@ def run_graph(graph: ModelGraph, variables: Mapping[str, Any], x: jax.Array, rng
     for vid in program.extra_ids:
         env[vid] = rng
     reads = {p.var: name for name, p in graph.read_points.items()}
+    gates = {g.var: g for g in graph.gates} if on_gate is not None else {}
     maps: dict[int, list] = {}
     for m in graph.index_maps:
         maps.setdefault(m.op, []).append(m)
@@ -247,6 +251,8 @@ def run_graph(graph: ModelGraph, variables: Mapping[str, Any], x: jax.Array, rng
                 ins[m.operand] = gather_axis(ins[m.operand], index_maps[m.name], m.axis)
         params = _resized_params(op, ins, graph) if sliced else op.params
         for vid, value in zip(op.outputs, _bind(op, ins, params), strict=True):
+            if vid in gates:
+                value = on_gate(gates[vid], value, read(gates[vid].input))
             if on_read is not None and vid in reads:
                 value = on_read(reads[vid], value, graph.read_points[reads[vid]].axis)
             env[vid] = value
@@ -261,7 +267,10 @@ def _flat_names(tree: Any) -> dict[str, jax.Array]:
     return traverse_util.flatten_dict(dict(tree), sep="/") if tree else {}
 
 
-def _along(mask: jax.Array, ndim: int, axis: int) -> jax.Array:
+def _along(mask: jax.Array, ndim: int, axis: int, batch: bool = False) -> jax.Array:
+    """``mask`` (``[units]``, or ``[batch, units]``) shaped to multiply a value with units on ``axis``."""
+    if batch:
+        return mask.reshape([mask.shape[0] if a == 0 else (-1 if a == axis else 1) for a in range(ndim)])
     return mask.reshape([-1 if a == axis else 1 for a in range(ndim)])
 
 
@@ -277,6 +286,11 @@ class Adapted(nn.Module):
     input_dtype: str = "float32"
     num_classes: int = 2
     widths: tuple[tuple[str, int], ...] = ()
+    mask_generators: bool = False
+
+    def residual_splits(self) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+        """MwT's kernel sets inside residual sums, derived (see :func:`jaxmod.graph.derive_graph`)."""
+        return self.graph().residual_splits
 
     def graph(self, batch: int = 1, train: bool = False) -> ModelGraph:
         return model_graph(self.source, self.variable_shapes, (batch, *self.input_shape), self.input_dtype, train)
@@ -317,8 +331,21 @@ class Adapted(nn.Module):
                      reduce_fn=lambda _, v: v)
             return value
 
+        def on_gate(gate: GatePoint, value: jax.Array, conv_input: jax.Array) -> jax.Array:
+            if self.mask_generators:  # MwT: a per-sample channel mask from the conv's input
+                name = gate.group.replace("/", ".") + "_generator"
+                mask = MaskGenerator(value.shape[gate.axis], name=name)(conv_input)
+                self.sow(ACTIVATIONS, gate.sown_name, mask, init_fn=lambda: None, reduce_fn=lambda _, v: v)
+                value = value * _along(mask, value.ndim, gate.axis, batch=True).astype(value.dtype)
+            if gate.group in unit_masks:  # a split group's own kernels, masked (the masked full model)
+                value = value * _along(unit_masks[gate.group], value.ndim, gate.axis).astype(value.dtype)
+            pad = f"{gate.group}_pad"
+            if pad in index_maps:  # a sliced split group, zero-padded into its residual sum's units
+                value = gather_axis(value, index_maps[pad], gate.axis)
+            return value
+
         rng = self.make_rng("dropout") if train and self.has_rng("dropout") else jax.random.key(0)
-        outputs = run_graph(graph, variables, x, rng, sliced=bool(self.widths), on_read=on_read,
+        outputs = run_graph(graph, variables, x, rng, sliced=bool(self.widths), on_read=on_read, on_gate=on_gate,
                             index_maps=index_maps)
         logits, *updates = outputs
         if train and updates:

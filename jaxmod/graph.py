@@ -195,6 +195,23 @@ class IndexMapPoint:
 
 
 @dataclasses.dataclass(frozen=True)
+class GatePoint:
+    """Where MwT's mask generator for conv group ``group`` multiplies (the conv [+ BN] output ``var``, units
+    on ``axis``, before any nonlinearity or residual add), reading the conv's input ``input``."""
+
+    group: str
+    var: int
+    axis: int
+    input: int | Const
+    size: int
+
+    @property
+    def sown_name(self) -> str:
+        head, _, last = self.group.rpartition("/")
+        return f"{head}/mask@{last}" if head else f"mask@{last}"
+
+
+@dataclasses.dataclass(frozen=True)
 class WholeGroup:
     """A group kept entire, and why (the op that mixes its units)."""
 
@@ -217,6 +234,8 @@ class ModelGraph:
     whole: tuple[WholeGroup, ...]
     labels: Mapping[int, Mapping[int, tuple[str, int]]]
     num_classes: int
+    gates: tuple[GatePoint, ...] = ()
+    residual_splits: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
 
     @property
     def group_names(self) -> tuple[str, ...]:
@@ -250,6 +269,14 @@ class _Walk:
         self.uses: dict[int, list[int]] = {}
         self.maps: list[tuple[int, int, int, int, int]] = []  # (source gid, target gid, op, operand, axis)
         self.reduced_leaves: set[tuple[int, int]] = set()
+        self.stats: set[int] = set()  # per-unit statistics over the batch (training-mode batch norm)
+        self.own: dict[int, set] = {}  # a group's producers before it was tied to another
+        self.chain: dict[int, int] = {}  # var -> conv group whose affine chain (conv, bias, BN) it ends so far
+        self.chain_end: dict[int, int] = {}  # conv group -> the last var of that chain (MwT's gate point)
+        self.conv_input: dict[int, int | Const] = {}  # conv group -> the conv's input (the generator's input)
+        self.tie_targets: set[int] = set()  # groups an activated operand is added into (residual sums)
+        self.conv_layer: dict[int, str] = {}  # conv group -> the layer of its kernel
+        self.kernel_layer: dict[int, str] = {}  # group -> the layer of the weight that made it
         for i, vid in enumerate(program.leaf_ids):
             self.leaves[vid] = {a: frozenset({(i, a, 1)}) for a in range(len(program.avals[vid].shape))}
         self.data.add(program.input_id)
@@ -259,7 +286,10 @@ class _Walk:
     def new_group(self, size: int, producers: set, origin: str = "") -> int:
         self.groups.append(_Group(size, len(self.groups), set(producers), origin=origin))
         self.parent.append(len(self.parent))
-        return len(self.groups) - 1
+        g = len(self.groups) - 1
+        if producers:
+            self.kernel_layer[g] = "/".join(self.p.leaf_keys[min(producers)[0]][1][:-1])
+        return g
 
     def find(self, g: int) -> int:
         while self.parent[g] != g:
@@ -275,6 +305,8 @@ class _Walk:
             a, b = b, a
         self.parent[b] = a
         ga, gb = self.groups[a], self.groups[b]
+        for g in (a, b):
+            self.own.setdefault(g, set(self.groups[g].producers))
         ga.producers |= gb.producers
         ga.consumers |= gb.consumers
         ga.whole = ga.whole or gb.whole
@@ -348,6 +380,8 @@ class _Walk:
                 self.data.add(o)
                 self.units[o] = self.remap(self.units.get(src, {}) if isinstance(src, int) else {},
                                            mappings[out_index], op, data=True)
+                if src in self.stats or (op.name in _REDUCE and 0 in op.params["axes"] and self.units[o]):
+                    self.stats.add(o)
             else:
                 self.leaves[o] = self.remap(self.leaves.get(src, {}) if isinstance(src, int) else {},
                                             mappings[out_index], op, data=False)
@@ -452,6 +486,9 @@ class _Walk:
             self.leaves[out] = labels
             return
         self.data.add(out)
+        primary = [v for v in data_in if v not in self.stats]  # statistics (batch norm's) act like weights
+        if not primary:
+            self.stats.add(out)
         result: dict[int, tuple[int, int]] = {}
         for axis in range(len(out_shape)):
             found = [(v, self.units[v][axis]) for v in data_in
@@ -479,17 +516,21 @@ class _Walk:
                 if a in result and self.shape(v)[a] == out_shape[a] and out_shape[a] > 1:
                     g, inner = result[a]
                     self.groups[self.find(g)].producers |= {(lf, ax, i * inner) for lf, ax, i in s}
-        # the region: the output stays in a group's region when every data operand carrying it was in it
-        affine = op.name in _AFFINE and len(data_in) == 1 or op.name in ("add", "sub")
+        # the region: the output stays in a group's region when every (non-statistic) data operand carrying it was
+        # in it; it is activated once any was, or when the op is not affine in them
+        affine = op.name in _AFFINE and len(primary) == 1 or op.name in ("add", "sub")
         region: dict[int, bool] = {}
         for _, (g, _) in result.items():
             g = self.find(g)
-            states = [self._region_state(v, g) for v in data_in if any(self.find(lab[0]) == g
-                                                                        for lab in self.units[v].values())]
+            states = [self._region_state(v, g) for v in primary if any(self.find(lab[0]) == g
+                                                                       for lab in self.units[v].values())]
             if states and all(s is not None for s in states):
                 region[g] = any(states) or not affine
         if region:
             self.region[out] = region
+        if len(primary) == 1 and primary[0] in self.chain and op.name in _AFFINE:
+            self.chain[out] = self.chain[primary[0]]
+            self.chain_end[self.chain[out]] = out
 
     def _region_state(self, v: int, g: int) -> bool | None:
         for gid, activated in self.region.get(v, {}).items():
@@ -513,6 +554,7 @@ class _Walk:
         for v, g in activated:
             if self.find(g) != self.find(target):
                 self.maps.append((g, target, index, op.inputs.index(v), axis))
+                self.tie_targets.add(target)
         return self.find(target)
 
     def dot_general(self, op: Op) -> None:
@@ -609,6 +651,10 @@ class _Walk:
         self.data.add(out)
         self.units[out] = {ospec[1]: (g, 1)}
         self.region[out] = {g: False}
+        self.chain[out] = g
+        self.chain_end[g] = out
+        self.conv_input[g] = lhs
+        self.conv_layer[g] = self.kernel_layer.get(g, f"conv{g}")
 
     def gather(self, op: Op) -> None:
         operand, indices = op.inputs[:2]
@@ -713,7 +759,8 @@ def derive_graph(program: Program) -> ModelGraph:
         for gid, activated in states.items():
             g = walk.find(gid)
             leaves_region = var in program.output_ids or any(
-                walk._region_state(o, g) is None for i in walk.uses.get(var, []) for o in program.ops[i].outputs)
+                walk._region_state(o, g) is None and o not in walk.stats
+                for i in walk.uses.get(var, []) for o in program.ops[i].outputs)
             if leaves_region:
                 axis = next(a for a, (lg, _) in walk.units[var].items() if walk.find(lg) == g)
                 exits.setdefault(g, []).append((var, axis, activated))
@@ -770,8 +817,37 @@ def derive_graph(program: Program) -> ModelGraph:
                 entry[a] = (names[g], inner)
         if entry:
             labels[var] = entry
+    gates, splits = _gates(walk, names, sizes, output_gid, program)
     return ModelGraph(program, spec, sizes, read_points, tuple(index_maps), tuple(whole), labels,
-                      int(out_shape[class_axis]))
+                      int(out_shape[class_axis]), gates, splits)
+
+
+def _gates(walk: _Walk, names: Mapping[int, str], sizes: Mapping[str, int], output_gid: int,
+           program: Program) -> tuple[tuple[GatePoint, ...], tuple]:
+    """MwT's gates: every conv but the first (its rule for VGG), on a group that is sliceable. A conv whose
+    group is a residual sum (tied with another conv, or fed an identity shortcut) gets a split group of its
+    own kernels (``<layer>.own``), padded into the sum, as MwT does inside residual sums."""
+    convs = sorted(walk.conv_input, key=lambda g: walk.groups[g].order)
+    per_root: dict[int, list[int]] = {}
+    for g in convs:
+        per_root.setdefault(walk.find(g), []).append(g)
+    gates, splits = [], []
+    for g in convs[1:]:
+        root = walk.find(g)
+        if root == output_gid or names[root] not in sizes or g not in walk.chain_end:
+            continue
+        var = walk.chain_end[g]
+        axis = next((a for a, (lg, _) in walk.units[var].items() if walk.find(lg) == root), None)
+        if axis is None:
+            continue
+        group = names[root]
+        if root in walk.tie_targets or len(per_root[root]) > 1:
+            own = walk.own.get(g, walk.groups[g].producers)
+            layers = tuple(sorted({"/".join(program.leaf_keys[lf][1][:-1]) for lf, _, _ in own}))
+            group = f"{walk.conv_layer[g]}.own"
+            splits.append((group, names[root], layers))
+        gates.append(GatePoint(group, var, axis, walk.conv_input[g], walk.groups[root].size))
+    return tuple(gates), tuple(splits)
 
 
 def _leaf_axes(items: set, program: Program) -> tuple[LeafAxis, ...]:
@@ -783,13 +859,11 @@ def _leaf_axes(items: set, program: Program) -> tuple[LeafAxis, ...]:
 
 
 def _group_names(walk: _Walk, roots: list[int], program: Program) -> dict[int, str]:
-    """A group is named after the layer of its first producing weight (``'block1/conv2'``)."""
+    """A group is named after the layer whose weight made it (the first, for tied groups): ``'block1/conv2'``."""
     names: dict[int, str] = {}
     used: set[str] = set()
     for g in roots:
-        group = walk.groups[g]
-        kernels = [program.leaf_keys[lf][1] for lf, _, _ in sorted(group.producers)]
-        base = "/".join(kernels[0][:-1]) if kernels and len(kernels[0]) > 1 else (group.origin or f"sum{g}")
+        base = walk.kernel_layer.get(g) or walk.groups[g].origin or f"sum{g}"
         name, k = base, 1
         while name in used:
             k += 1

@@ -17,6 +17,7 @@ from flax import nnx
 from helpers import user_models
 
 import jaxmod
+from jaxmod.approaches import create_approach
 from jaxmod.metrics import count_flops
 from jaxmod.taps import ACTIVATIONS
 from jaxmod.topology import count_parameters, resolve_topology, unit_mask_variables
@@ -29,7 +30,7 @@ def _linen(name, shape, dtype=jnp.float32, **kwargs):
     return model, user_models.init_linen(model, (1, *shape), dtype)
 
 
-def _samples(shape, n=120, seed=0, integer=None):
+def _samples(shape, n=80, seed=0, integer=None):
     rng = np.random.default_rng(seed)
     if integer:
         x = rng.integers(0, integer, size=(n, *shape)).astype(np.int32)
@@ -67,18 +68,11 @@ def adapted(request):
     return (request.param, *_adapted(request.param))
 
 
-def test_the_adapted_model_computes_the_users_forward_pass(adapted):
-    kind, net, x, _ = adapted
-    graph = net.graph
-    assert graph.spec.groups, kind
-    logits = net(x[:4])
-    assert logits.shape == (4, 10)
-    sown = jax.jit(lambda v, xb: net.model.apply(v, xb, mutable=[ACTIVATIONS]))(net.variables, x[:4])[1]
-    assert len(jax.tree.leaves(sown)) == len(graph.spec.groups)
-
-
 def test_moda_modules_compose_into_a_smaller_model_equal_to_the_masked_one(adapted):
     kind, net, x, y = adapted
+    assert net.graph.spec.groups, kind
+    sown = jax.jit(lambda v, xb: net.model.apply(v, xb, mutable=[ACTIVATIONS]))(net.variables, x[:4])[1]
+    assert len(jax.tree.leaves(sown)) == len(net.graph.spec.groups)  # one activation per derived group
     modules = jaxmod.decompose("moda", net, x, y, tau=0.6, batch_size=64)
     small = jaxmod.recompose(net, modules, CLASSES)
     topology = resolve_topology(net.model, x.shape[1:])
@@ -103,6 +97,32 @@ def test_supermask_modules_of_a_users_model_vote(kind):
     voter = jaxmod.recompose(net, modules, CLASSES)
     scores = voter(x[:4])
     assert scores.shape == (4, 2) and np.all(np.isfinite(scores))
+
+
+@pytest.mark.parametrize("kind", ["cnn", "resnet", "separable"])
+def test_mwt_generators_attach_to_the_derived_conv_groups(kind):
+    """MwT on a user's CNN: generators at every conv but the first (kernel sets of their own inside residual
+    sums), its loss reads their masks, and the modules compose into a smaller model equal to the masked one."""
+    from jaxmod.approaches.mwt import mwt_topology, strip_generators, with_generators
+
+    net, x, y = _adapted(kind)
+    x, y = x[:60], y[:60]
+    gen = with_generators(net.model)
+    initial = jax.jit(lambda xb: gen.init(jax.random.key(0), xb))(x[:1])
+    variables = {**net.variables, "params": {**initial["params"], **net.variables["params"]}}
+    logits, state = jax.jit(lambda v, xb: gen.apply(v, xb, train=True, mutable=["batch_stats", ACTIVATIONS]))(
+        variables, x[:20])
+    loss, terms = jax.jit(create_approach("mwt").training_loss())(logits, state[ACTIVATIONS], y[:20])
+    assert np.isfinite(loss) and terms["cohesion"] > 0
+    modules = jaxmod.decompose("mwt", jaxmod.adapter.Net(net.model, variables), x, y, tau=0.5)
+    assert sorted(modules.units) == sorted(mwt_topology(net.model, x.shape[1:]).sizes)
+    plain = jaxmod.adapter.Net(net.model, strip_generators(variables))
+    small = jaxmod.recompose(plain, modules, CLASSES)
+    topology = mwt_topology(net.model, x.shape[1:])
+    unit_masks = unit_mask_variables(topology, modules.union(tuple(CLASSES)))
+    masked = jax.jit(net.model.apply)({**plain.variables, **unit_masks}, x[:8])
+    chex.assert_trees_all_close(small(x[:8]), masked[:, CLASSES], atol=1e-5)
+    assert count_parameters(small.variables) < count_parameters(plain.variables)
 
 
 def test_vit_units_are_the_mlp_neurons_and_the_residual_stream_is_kept_whole():

@@ -127,3 +127,41 @@ def test_flatten_of_channels_first_maps_units_with_an_inner_factor():
     masked = jax.jit(net.model.apply)({**net.variables, **unit_mask_variables(topology, keep)}, x)
     chex.assert_trees_all_close(small(x), masked[:, [0, 2, 3]], atol=1e-5)
     assert small.variables["params"]["Dense_0"]["kernel"].shape == (50, 3)
+
+
+@pytest.mark.parametrize("name,shape", [("lenet5", (28, 28, 1)), ("vgg_narrow", (32, 32, 3)),
+                                        ("resnet20", (32, 32, 3)), ("mobilenet", (32, 32, 3))])
+def test_derived_mwt_gates_are_the_zoo_gates(name, shape):
+    """MwT's gates (every conv but the first) and its kernel sets inside residual sums, derived, are the
+    zoo's hand-placed ``gate`` calls and ``residual_splits``."""
+    from jaxmod.approaches.mwt import gate_names
+    from jaxmod.taps import gate_group
+
+    model = create_model(name, 10)
+    hand = resolve_topology(model, shape)
+    graph = derived_graph(model, shape)
+    derived, _ = _by_producers(graph.spec, hand.variable_shapes)
+    _, declared_names = _by_producers(hand.spec, hand.variable_shapes)
+    rename = {d: declared_names[derived[d][0]] for d in derived}
+    zoo_gates = [gate_group(n) for n in gate_names(model, shape)]
+    zoo_splits = {s[0]: (s[1], tuple(sorted(s[2]))) for s in getattr(model, "residual_splits", tuple)()}
+    derived_splits = {s[0]: (rename[s[1]], tuple(sorted(s[2]))) for s in graph.residual_splits}
+    assert sorted(derived_splits.values()) == sorted(zoo_splits[g] for g in zoo_gates if g in zoo_splits)
+    plain = sorted(rename[g.group] for g in graph.gates if g.group in rename)
+    assert plain == sorted(g for g in zoo_gates if g not in zoo_splits)
+
+
+def test_training_mode_derives_the_same_groups_reads_and_gates():
+    """Batch norm's training-mode statistics are reductions of the data: they must not move a read point,
+    break a residual tie or move an MwT gate (the loss and the generators see what evaluation sees)."""
+    model = create_model("resnet20", 10, stage_sizes=(2, 1), stage_widths=(8, 16), stem_width=8)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((4, 16, 16, 3)), train=False))
+    x = jax.ShapeDtypeStruct((4, 16, 16, 3), jnp.float32)
+    with fastconv.reference_convs():
+        evaluation = derive_graph(trace_program(lambda v, xb: model.apply(v, xb), variables, x))
+        training = derive_graph(trace_program(
+            lambda v, xb: model.apply(v, xb, train=True, mutable=["batch_stats"]), variables, x))
+    assert training.spec == evaluation.spec
+    assert training.residual_splits == evaluation.residual_splits
+    assert [g.group for g in training.gates] == [g.group for g in evaluation.gates]
+    assert not training.whole

@@ -7,6 +7,7 @@ NHWC ``(B, 28, 28, 1)``; the text model takes token ids ``(B, T)``.
 from __future__ import annotations
 
 import inspect
+from functools import partial
 
 import flax.linen as nn
 import jax
@@ -40,11 +41,13 @@ class ResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        norm = lambda: nn.BatchNorm(use_running_average=not train)  # noqa: E731
-        h = nn.relu(norm()(nn.Conv(self.features, (3, 3), self.strides, use_bias=False)(x)))
-        h = norm()(nn.Conv(self.features, (3, 3), use_bias=False)(h))
+        conv = partial(nn.Conv, self.features, use_bias=False)
+        norm = partial(nn.BatchNorm, use_running_average=not train)
+        strides = (self.strides, self.strides)
+        h = nn.relu(norm()(conv((3, 3), strides)(x)))
+        h = norm()(conv((3, 3))(h))
         if x.shape[-1] != self.features or self.strides != 1:
-            x = norm()(nn.Conv(self.features, (1, 1), self.strides, use_bias=False)(x))
+            x = norm()(conv((1, 1), strides)(x))
         return nn.relu(h + x)
 
 
@@ -164,7 +167,26 @@ class TinyTextTransformer(nn.Module):
         return nn.Dense(self.num_classes)(jnp.mean(x, axis=1))
 
 
+def _init(model: nn.Module, key: jax.Array, x: jax.Array, takes_train: bool) -> dict:
+    return model.init(key, x, **({"train": False} if takes_train else {}))
+
+
+# The init programs are tiny and run once: ask XLA for a quick compile rather than fast code.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+# One compile per model configuration and input shape.
+_cached_init = jax.jit(_init, static_argnums=(0, 3), compiler_options=FAST_COMPILE)
+
+
 def init_linen(model: nn.Module, input_shape: tuple[int, ...], dtype=jnp.float32, seed: int = 0) -> dict:
-    """A linen model's variables (``train=False`` when its ``__call__`` takes it)."""
-    kwargs = {"train": False} if "train" in inspect.signature(type(model).__call__).parameters else {}
-    return jax.jit(lambda x: model.init(jax.random.key(seed), x, **kwargs))(jnp.zeros(input_shape, dtype))
+    """A linen model's variables for inputs of ``input_shape`` (``train=False`` when ``__call__`` takes it).
+
+    The key uses the ``rbg`` generator: on CPU, XLA compiles it up to several times faster than the
+    default threefry one, whose compile dominates the cost of initialising these small models in tests.
+    """
+    takes_train = "train" in inspect.signature(type(model).__call__).parameters
+    key, x = jax.random.key(seed, impl="rbg"), jnp.zeros(input_shape, dtype)
+    try:
+        hash(model)
+    except TypeError:  # an unhashable field (a list, say): compile for this call only
+        return jax.jit(lambda key, x: _init(model, key, x, takes_train), compiler_options=FAST_COMPILE)(key, x)
+    return _cached_init(model, key, x, takes_train)
