@@ -205,3 +205,24 @@ def test_not_a_flax_module_is_a_type_error():
         jaxmod.adapt(lambda x: x, {"params": {}}, jnp.ones((1, 3)))
     with pytest.raises(TypeError, match="Net"):
         jaxmod.decompose("moda", object(), np.zeros((2, 3)), np.zeros(2))
+
+
+def test_pan_and_rajan_decompose_a_users_nnx_mlp_on_real_mnist():
+    """The dense variants read the user's dense chain from the derived topology (a short real-data run:
+    the method needs correctly classified samples, which a random model does not have)."""
+    from jaxmod import data, train
+    from jaxmod.losses import cross_entropy_loss
+
+    ds = data.load_dataset("mnist", train_limit=3000, test_limit=500)
+    net = jaxmod.adapt(user_models.NNXMLP(rngs=nnx.Rngs(0)), None, ds.train.x[:1])
+    config = train.TrainConfig(epochs=2, optimizer="adam", learning_rate=1e-3)
+    state, _ = train.fit(net.model, ds, cross_entropy_loss(), config, None, progress=False, validate=False)
+    net = jaxmod.adapter.Net(net.model, state.variables())
+    for variant in ("ti_i", "cm_rie"):
+        modules = jaxmod.decompose("concern", net, ds.train.x, ds.train.y, variant=variant, positives=50,
+                                   confidence=0.0)
+        assert sorted(modules.positions) == sorted(net.graph.sizes)
+        kept = np.mean([np.mean(m) for m in modules.positions.values()])
+        assert 0 < kept < 1, variant  # the rule removed some hidden units and kept others
+        voter = jaxmod.recompose(net, modules, CLASSES)
+        assert voter.evaluate(ds.test.x, ds.test.y)["top1"] > 0.55, variant  # two classes: chance is 0.5

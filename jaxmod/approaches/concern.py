@@ -92,10 +92,36 @@ class Plan:
     flatten: tuple[str, str, tuple[str, ...]] | None
     conv_edges: tuple[ConvEdge, ...]
     groups: tuple[str, ...]
+    output: tuple[str, ...] = ("logits", "kernel")  # the output layer's kernel
+
+
+def dense_chain_plan(model: nn.Module) -> Plan | None:
+    """The plan of a user's adapted model (:mod:`jaxmod.adapter`) that is a chain of dense layers, read from its
+    derived topology: each hidden group consumed by exactly one 2-D kernel, which makes the next group (the
+    last one's makes the logits). ``None`` for any other model."""
+    if not hasattr(model, "graph") or not hasattr(model, "source"):
+        return None
+    spec = model.graph().spec
+    if spec.index_maps or not spec.groups:
+        return None
+    chain = []
+    for i, group in enumerate(spec.groups):
+        if len(group.consumers) != 1:
+            return None
+        consumer = group.consumers[0]
+        following = spec.groups[i + 1].producers if i + 1 < len(spec.groups) else spec.output
+        kernels = [a for a in following if a.path[-1:] == ("kernel",) and a.axis in (1, -1)]
+        if consumer.axis != 0 or consumer.inner != 1 or not kernels or kernels[0].path != consumer.path:
+            return None
+        chain.append((group.name, consumer.path))
+    return Plan(tuple(chain), None, (), tuple(name for name, _ in chain), chain[-1][1])
 
 
 def model_plan(model: nn.Module) -> Plan:
-    """The plan for FC1-FC4, LeNet-5 and batch-norm-free ResNets; ``ValueError`` for other models."""
+    """The plan for FC1-FC4, LeNet-5, batch-norm-free ResNets and a user's dense chain; ``ValueError`` otherwise."""
+    plan = dense_chain_plan(model)
+    if plan is not None:
+        return plan
     if isinstance(model, MLP):
         names = [f"fc{i}_relu" for i in range(1, model.num_hidden + 1)]
         consumers = [(f"fc{i}", "kernel") for i in range(2, model.num_hidden + 1)] + [("logits", "kernel")]
@@ -119,7 +145,7 @@ def model_plan(model: nn.Module) -> Plan:
             previous = r2
         return Plan((), (previous, "gap", ("logits", "kernel")), tuple(edges), tuple(groups))
     raise ValueError(f"the concern approach does not support {type(model).__name__}: it handles FC1-FC4 (MLP), "
-                     "LeNet5 and ResNets without batch norm")
+                     "LeNet5, ResNets without batch norm and users' chains of dense layers")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +275,7 @@ def backtrack_dense(masks: Masks, params: Mapping[str, Any], plan: Plan, delta: 
     ``classes[i]`` is the class of mask row ``i`` (default: row i is class i).
     """
     masks = dict(masks)
-    logits = _leaf(params, ("logits", "kernel"))
+    logits = _leaf(params, plan.output)
     rows = np.arange(logits.shape[1]) if classes is None else np.asarray(classes)
     if plan.dense:
         last = plan.dense[-1][0]
@@ -324,7 +350,7 @@ def remove_irrelevant_edges(masks: Masks, params: Mapping[str, Any], plan: Plan,
     if not plan.dense:
         return dict(masks)
     last = plan.dense[-1][0]
-    weak = np.abs(_leaf(params, ("logits", "kernel")).T) < threshold  # (C, U)
+    weak = np.abs(_leaf(params, plan.output).T) < threshold  # (C, U)
     weak = weak if classes is None else weak[np.asarray(classes)]
     return {**masks, last: masks[last] & ~weak}
 
@@ -368,9 +394,9 @@ def edge_strength(params: Mapping[str, Any], plan: Plan, delta: float) -> list[d
     """How many edges MC-BLN's rule can act on: per kernel it reads, the largest |w| and the fraction of
     edges with |w| >= ``delta``; for the output layer also the largest |unconcerned edge| (the mean of the
     other classes' edges) and how many (node, module) pairs meet the output rule."""
-    logits = _leaf(params, ("logits", "kernel"))
+    logits = _leaf(params, plan.output)
     unconcerned = (logits.sum(axis=1)[None, :] - logits.T) / (logits.shape[1] - 1)
-    rows = [{"kernel": "logits", "max_abs": float(np.abs(logits).max()),
+    rows = [{"kernel": "/".join(plan.output[:-1]), "max_abs": float(np.abs(logits).max()),
              "strong_fraction": float(np.mean(np.abs(logits) >= delta)),
              "max_abs_unconcerned": float(np.abs(unconcerned).max()),
              "output_rule_pairs": int(output_removal(logits, delta).sum())}]
@@ -441,7 +467,7 @@ class Concern:
         check_labels(np.asarray(y), num_classes)
         check_every_class_present(y, num_classes, "samples to decompose from")
         plan = model_plan(model)
-        if self.variant in DENSE_VARIANTS and not isinstance(model, MLP):
+        if self.variant in DENSE_VARIANTS and not (isinstance(model, MLP) or dense_chain_plan(model)):
             raise ValueError(f"variant {self.variant!r} is the dense (FSE 2020) method; for {type(model).__name__} "
                              f"use one of {CNN_VARIANTS}")
         check_inputs(model, variables, np.asarray(x))
@@ -527,7 +553,7 @@ def jaccard_figures(model: nn.Module, variables: Mapping[str, Any], modules: Mod
     node = module_statistics(modules, variables)
     out = {"node_module_model": node["sizes"].tolist(), "node_mean_module_model": node["mean_size"],
            "node_mean_pairwise": node["mean_jaccard"]}
-    if isinstance(model, MLP):
+    if isinstance(model, MLP) or dense_chain_plan(model) is not None:
         weights = unit_statistics(resolve_topology(model, modules.meta.input_shape), modules.positions,
                                   variables["params"])
         out.update({"weight_mean_pairwise": weights["mean_jaccard"], "weight_mean_size": weights["mean_size"],
