@@ -21,7 +21,6 @@ import dataclasses
 import functools
 import hashlib
 import inspect
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -32,7 +31,7 @@ import numpy as np
 from flax import nnx, traverse_util
 
 from jaxmod import fastconv
-from jaxmod.graph import Const, GatePoint, ModelGraph, Op, derive_graph, trace_program
+from jaxmod.graph import Const, GatePoint, ModelGraph, Op, derive_graph, reshape_blocks, trace_program
 from jaxmod.mask_generators import MaskGenerator
 from jaxmod.taps import ACTIVATIONS, INDEX_MAPS, POSITION_MASKS, UNIT_MASKS
 from jaxmod.topology import TopologySpec
@@ -149,10 +148,8 @@ def model_graph(source: Source, variable_shapes: tuple, x_shape: tuple[int, ...]
 
 
 def _resized_reshape(old_in: tuple, old_out: tuple, new_in: tuple, out_labels: Mapping[int, Any]) -> tuple:
-    from jaxmod.graph import _reshape_blocks
-
     new_out = list(old_out)
-    for ins, outs in _reshape_blocks(old_in, old_out):
+    for ins, outs in reshape_blocks(old_in, old_out):
         old_total = int(np.prod([old_in[a] for a in ins]))
         new_total = int(np.prod([new_in[a] for a in ins]))
         if old_total == new_total:
@@ -316,7 +313,7 @@ class Adapted(nn.Module):
         graph = model_graph(self.source, self.variable_shapes, tuple(x.shape), str(jnp.dtype(x.dtype)), train)
         unit_masks = _flat_names(self.variables.get(UNIT_MASKS))
         position_masks = _flat_names(self.variables.get(POSITION_MASKS))
-        index_maps = {k: v for k, v in _flat_names(self.variables.get(INDEX_MAPS)).items()}
+        index_maps = _flat_names(self.variables.get(INDEX_MAPS))
 
         def on_read(name: str, value: jax.Array, axis: int) -> jax.Array:
             if name in unit_masks:
@@ -444,4 +441,4 @@ def describe(net: Net) -> str:
         lines.append(f"index map {m.name}")
     for w in graph.whole:
         lines.append(f"kept whole: {w.name} ({w.size}): {w.reason}")
-    return "\n".join(lines) + "\n" + json.dumps({"classes": graph.num_classes})
+    return "\n".join([*lines, f"classes: {graph.num_classes}"])

@@ -475,7 +475,7 @@ class _Walk:
     def elementwise(self, index: int, op: Op, data_in: list) -> None:
         out = op.outputs[0]
         out_shape = tuple(self.p.avals[out].shape)
-        full = [v for v in op.inputs if self.shape(v) == out_shape or len(self.shape(v)) == len(out_shape)]
+        full = [v for v in op.inputs if len(self.shape(v)) == len(out_shape)]
         if not data_in:  # weights only: carry their axes
             labels: dict[int, frozenset] = {}
             for v in full:
@@ -691,7 +691,7 @@ class _Walk:
 def _reshape_mapping(src: tuple[int, ...], dst: tuple[int, ...]) -> dict[int, Any]:
     """In-axis -> out-axis (or ``(out-axis, inner factor)`` for a merge, ``None`` when split apart)."""
     mapping: dict[int, Any] = {}
-    for ins, outs in _reshape_blocks(src, dst):
+    for ins, outs in reshape_blocks(src, dst):
         real_in = [a for a in ins if src[a] != 1]
         real_out = [a for a in outs if dst[a] != 1]
         if len(real_in) <= 1 and len(real_out) <= 1:
@@ -707,7 +707,7 @@ def _reshape_mapping(src: tuple[int, ...], dst: tuple[int, ...]) -> dict[int, An
     return mapping
 
 
-def _reshape_blocks(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
+def reshape_blocks(src: tuple[int, ...], dst: tuple[int, ...]) -> list[tuple[list[int], list[int]]]:
     """Minimal runs of consecutive axes with equal products on both sides of a reshape."""
     blocks, i, j = [], 0, 0
     while i < len(src) or j < len(dst):
