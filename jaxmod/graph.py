@@ -49,7 +49,7 @@ LeafKey = tuple[str, Path]
 _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
           "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "custom_vjp_call_jaxpr": "fun_jaxpr",
           "remat": "jaxpr", "checkpoint": "jaxpr"}
-_ELEMENTWISE = frozenset(
+ELEMENTWISE = frozenset(
     "add sub mul div rem max min neg abs sign exp exp2 log log1p expm1 tanh logistic erf erfc erf_inv sqrt rsqrt "
     "cbrt pow integer_pow square sin cos tan asin acos atan atan2 sinh cosh asinh acosh atanh floor ceil round "
     "is_finite nextafter select_n clamp eq ne lt le gt ge and or not xor convert_element_type copy copy_p "
@@ -59,7 +59,7 @@ _ELEMENTWISE = frozenset(
 _AFFINE = frozenset("add sub mul div neg convert_element_type copy copy_p reduce_precision stop_gradient".split())
 _REDUCE = frozenset("reduce_sum reduce_max reduce_min reduce_prod reduce_and reduce_or argmax argmin".split())
 _CUMULATIVE = frozenset("cumsum cumprod cummax cummin cumlogsumexp".split())
-_WINDOW = frozenset("reduce_window_sum reduce_window_max reduce_window_min reduce_window".split())
+WINDOW = frozenset("reduce_window_sum reduce_window_max reduce_window_min reduce_window".split())
 _NO_UNITS = frozenset("iota random_bits random_seed random_wrap random_unwrap random_fold_in random_split "
                       "threefry2x32 rng_bit_generator rng_uniform shift_left shift_right_logical "
                       "shift_right_arithmetic".split())
@@ -352,7 +352,7 @@ class _Walk:
         weight_in = [v for v in op.inputs if isinstance(v, int) and v in self.leaves]
         if not data_in and not weight_in:
             return  # constants, random keys, iotas: no units
-        if name in _ELEMENTWISE:
+        if name in ELEMENTWISE:
             return self.elementwise(index, op, data_in)
         if name == "dot_general":
             return self.dot_general(op)
@@ -439,7 +439,7 @@ class _Walk:
             return [{a: (kept.index(a) if a in kept else None) for a in range(len(shape))}]
         if name in _CUMULATIVE:
             return [{a: (None if a == params["axis"] else a) for a in range(len(shape))}]
-        if name in _WINDOW:
+        if name in WINDOW:
             dims, strides = params["window_dimensions"], params["window_strides"]
             pads = params.get("padding", ((0, 0),) * len(shape))
             return [{a: (a if dims[a] == 1 and strides[a] == 1 and tuple(pads[a]) == (0, 0) else None)

@@ -125,6 +125,62 @@ def test_mwt_generators_attach_to_the_derived_conv_groups(kind):
     assert count_parameters(small.variables) < count_parameters(plain.variables)
 
 
+@pytest.mark.parametrize("kind", ["cnn", "resnet", "separable", "vit"])
+def test_pan_and_rajan_cnn_variants_on_a_users_model(kind):
+    """ICSE 2022's variants on a user's model: MC-BLN and MC-BI read the derived plan (conv edges, pooling,
+    shortcuts, the flatten or global average); CI+TI+MC, which backtracks nothing, also runs on the ViT's MLP
+    neurons (one node per token and unit). Each backtracking step only removes nodes, and the voter gives each
+    module's confidence from the full model with that module's node masks."""
+    from jaxmod.approaches import concern
+    from jaxmod.running import one_module_output
+
+    net, x, y = _adapted(kind)
+    variant = "ci_ti_mc" if kind == "vit" else "ci_ti_mc_bln_bi"
+    modules = jaxmod.decompose("concern", net, x, y, variant=variant, positives=8, delta=0.05)
+    shapes = concern.node_shapes(net.model, net.variables, x.shape[1:])
+    assert {k: v.shape[1:] for k, v in modules.positions.items()} == shapes
+    if variant != "ci_ti_mc":
+        plan = concern.model_plan(net.model)
+        pc, nc, n_pos, _ = concern.node_counts(net.model, net.variables, x, y, *concern.select_samples(y, 10, 8, 1), 10)
+        steps = concern.step_masks(pc, nc, n_pos, net.variables["params"], plan, 0.05)
+        for group in shapes:  # each step keeps a subset of the previous one's nodes
+            assert not np.any(steps["bln"][group] & ~steps["ti"][group])
+            assert not np.any(steps["bi"][group] & ~steps["bln"][group])
+        removed = sum(int(np.sum(steps["ti"][g] & ~steps["bi"][g])) for g in shapes)
+        assert removed > 0, kind  # backtracking acted
+    voter = jaxmod.recompose(net, modules, CLASSES)
+    scores = np.asarray(voter(x[:8]))
+    row = {"positions": {k: jnp.asarray(v[CLASSES[1]]) for k, v in modules.positions.items()},
+           "head": jax.tree.map(lambda h: jnp.asarray(h[CLASSES[1]]), modules.head)}
+    own = one_module_output(net.model, net.variables, row, jnp.asarray(CLASSES[1]), jnp.asarray(x[:8]))
+    chex.assert_trees_all_close(scores[:, 1], np.asarray(own), atol=1e-6)
+    masked = jax.jit(net.model.apply)({**net.variables, "position_masks": jax.tree.map(
+        lambda v: jnp.asarray(v[CLASSES[1]]), dict(modules.positions))}, x[:8])
+    assert not np.allclose(np.asarray(masked), np.asarray(net(x[:8])), atol=1e-6) or kind == "vit"
+
+
+@pytest.mark.parametrize("name,config", [("lenet5", {}), ("resnet20", {"use_bn": False, "stage_sizes": (1, 1),
+                                                                         "stage_widths": (8, 16), "stem_width": 8})],
+                         ids=["lenet5", "resnet-nobn"])
+def test_pan_and_rajan_on_an_adapted_zoo_model_equal_the_hand_written_path(name, config):
+    """The same model decomposed twice, once through its hand-written plan and taps, once adapted as a user's
+    model (derived plan, read points): every module's node masks are the same, group by group."""
+    from jaxmod.models import create_model
+
+    model = create_model(name, 10, **config)
+    x, y = _samples((28, 28, 1), n=60, seed=1)
+    variables = jax.jit(lambda xb: model.init(jax.random.key(0), xb, train=False))(x[:1])
+    variables = {"params": variables["params"]}
+    options = dict(variant="ci_ti_mc_bln_bi", positives=6, delta=0.05)
+    hand = create_approach("concern", **options).decompose(model, variables, x, y, 10).modules
+    net = jaxmod.adapt(model, variables, x[:1])
+    derived = jaxmod.decompose("concern", net, x, y, **options)
+    by_shape = lambda m: sorted((v.shape, np.asarray(v).tobytes()) for v in m.positions.values())  # noqa: E731
+    assert len(derived.positions) == len(hand.positions)
+    assert by_shape(derived) == by_shape(hand)
+    assert sum(int(np.sum(~np.asarray(v))) for v in hand.positions.values()) > 0
+
+
 def test_vit_units_are_the_mlp_neurons_and_the_residual_stream_is_kept_whole():
     net, _, _ = _adapted("vit")
     graph = net.graph

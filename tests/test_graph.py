@@ -7,6 +7,7 @@ read each group exactly where the zoo taps it.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import chex
@@ -165,3 +166,49 @@ def test_training_mode_derives_the_same_groups_reads_and_gates():
     assert training.residual_splits == evaluation.residual_splits
     assert [g.group for g in training.gates] == [g.group for g in evaluation.gates]
     assert not training.whole
+
+
+PLAN_ZOO = [("fc2", {}, (28, 28, 1)), ("lenet5", {}, (28, 28, 1)), ("resnet20", {"use_bn": False}, (28, 28, 1))]
+
+
+@pytest.mark.parametrize("name,config,shape", PLAN_ZOO, ids=["fc2", "lenet5", "resnet20-nobn"])
+def test_derived_pan_and_rajan_plan_equals_the_hand_written_one(name, config, shape):
+    """Pan and Rajan's layer facts (conv edges with kernel, stride, padding and pooling; identity shortcuts; the
+    flatten and its reduction; the dense chain), read from the traced program, equal the zoo's hand-written plan."""
+    from jaxmod.approaches import concern
+
+    model = create_model(name, 10, **config)
+    hand, graph = concern.model_plan(model), derived_graph(model, shape)
+    derived = concern.derived_plan(graph)
+    shapes = resolve_topology(model, shape).variable_shapes
+    table, declared_names = _by_producers(resolve_topology(model, shape).spec, shapes)
+    found, _ = _by_producers(graph.spec, shapes)
+    rename = {d: declared_names[found[d][0]] for d in found}
+    assert tuple(rename[g] for g in derived.groups) == hand.groups
+    assert tuple((rename[g], path) for g, path in derived.dense) == hand.dense
+    assert (None if derived.flatten is None else (rename[derived.flatten[0]], *derived.flatten[1:])) == hand.flatten
+    assert sorted(map(str, (dataclasses.replace(e, src=rename[e.src], dst=rename[e.dst]) for e in derived.conv_edges))
+                  ) == sorted(map(str, hand.conv_edges))
+    assert derived.output == hand.output
+
+
+def test_derived_plan_names_what_it_cannot_follow():
+    """Overlapping pooling between two convolutions: MC-BI's position mapping is not defined; the error names it."""
+    import flax.linen as nn
+
+    from jaxmod.approaches import concern
+
+    class OverlappingPool(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.relu(nn.Conv(4, (3, 3))(x))
+            x = nn.max_pool(x, (3, 3), (2, 2))
+            x = nn.relu(nn.Conv(4, (3, 3))(x))
+            return nn.Dense(10)(jnp.mean(x, axis=(1, 2)))
+
+    from helpers.user_models import init_linen
+
+    model = OverlappingPool()
+    net = adapt(model, init_linen(model, (1, 12, 12, 1)), jnp.zeros((1, 12, 12, 1)))
+    with pytest.raises(ValueError, match="pooling window .* 'reduce_window_max'"):
+        concern.model_plan(net.model)

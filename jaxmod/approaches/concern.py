@@ -46,6 +46,7 @@ from flax import traverse_util
 from jaxmod.activations import forward, predict_logits, scan_dataset
 from jaxmod.checks import check_choice
 from jaxmod.data import check_every_class_present, check_labels
+from jaxmod.graph import ELEMENTWISE, OUTPUT_LABEL, WINDOW, Const, ModelGraph, Op
 from jaxmod.losses import LossFn
 from jaxmod.metrics.modules import module_statistics, unit_statistics
 from jaxmod.models import MLP, LeNet5, ResNet, check_inputs
@@ -84,7 +85,8 @@ class Plan:
 
     ``dense``: the hidden dense groups in forward order, each with the kernel that consumes it (the
     last one's is the output layer). ``flatten``: the conv group feeding the first dense layer (or
-    the output), how it is reduced (``"pool2"`` then flatten, or ``"gap"``) and the consuming kernel.
+    the output), how it is reduced (``"pool<p>"``: a p x p pooling, then an NHWC flatten; or ``"gap"``) and
+    the consuming kernel.
     ``conv_edges``: every conv-to-conv consumer, for MC-BI. ``groups``: all groups in forward order.
     """
 
@@ -95,33 +97,159 @@ class Plan:
     output: tuple[str, ...] = ("logits", "kernel")  # the output layer's kernel
 
 
-def dense_chain_plan(model: nn.Module) -> Plan | None:
-    """The plan of a user's adapted model (:mod:`jaxmod.adapter`) that is a chain of dense layers, read from its
-    derived topology: each hidden group consumed by exactly one 2-D kernel, which makes the next group (the
-    last one's makes the logits). ``None`` for any other model."""
-    if not hasattr(model, "graph") or not hasattr(model, "source"):
-        return None
-    spec = model.graph().spec
-    if spec.index_maps or not spec.groups:
-        return None
-    chain = []
-    for i, group in enumerate(spec.groups):
-        if len(group.consumers) != 1:
-            return None
-        consumer = group.consumers[0]
-        following = spec.groups[i + 1].producers if i + 1 < len(spec.groups) else spec.output
-        kernels = [a for a in following if a.path[-1:] == ("kernel",) and a.axis in (1, -1)]
-        if consumer.axis != 0 or consumer.inner != 1 or not kernels or kernels[0].path != consumer.path:
-            return None
-        chain.append((group.name, consumer.path))
-    return Plan(tuple(chain), None, (), tuple(name for name, _ in chain), chain[-1][1])
+def _plan_error(op: Op | None, what: str) -> ValueError:
+    where = f" (primitive {op.name!r} in layer {op.path or 'top level'!r})" if op is not None else ""
+    return ValueError(f"Pan and Rajan's backtracking cannot follow this model: {what}{where}")
+
+
+def _pool_factor(op: Op) -> int:
+    """The factor ``p`` of a ``p x p``, stride ``p``, unpadded pooling over the two spatial axes."""
+    dims, strides = op.params["window_dimensions"], op.params["window_strides"]
+    pads = op.params.get("padding", ((0, 0),) * len(dims))
+    p = dims[1]
+    if tuple(dims) != (1, p, p, 1) or tuple(strides) != tuple(dims) or any(tuple(q) != (0, 0) for q in pads):
+        raise _plan_error(op, f"a pooling window {tuple(dims)} with strides {tuple(strides)}; MC-BI maps positions "
+                              "through non-overlapping p x p pooling only")
+    return p
+
+
+def derived_plan(graph: ModelGraph) -> Plan:
+    """The plan of a user's adapted model (:mod:`jaxmod.adapter`), read from its derived graph.
+
+    Every convolution between two groups becomes a :class:`ConvEdge` (kernel, stride, padding from the
+    traced op; a non-overlapping pooling between the source's read point and the conv becomes ``pool``);
+    every identity shortcut (an index map at an add) an identity edge. The dense part is the chain of 2-D
+    kernels from the last conv map (flattened in NHWC order, after an optional pooling, or globally
+    averaged) to the logits. ``ValueError`` naming the operation for anything else (attention, NCHW
+    flattening, overlapping pooling, a dense layer over tokens).
+    """
+    program = graph.program
+    producer = {o: i for i, op in enumerate(program.ops) for o in op.outputs}
+    reader = {rp.var: name for name, rp in graph.read_points.items()}
+    leaf_index = {vid: i for i, vid in enumerate(program.leaf_ids)}
+    order = {name: i for i, name in enumerate(graph.group_names)}
+
+    def source(v: int) -> tuple[str | None, list[Op]]:
+        """The group whose read value ``v`` carries (``None``: the sample) and the ops on the way, last first."""
+        steps: list[Op] = []
+        while v not in reader:
+            if v == program.input_id:
+                return None, steps
+            op = program.ops[producer[v]]
+            data = [u for u in op.inputs if isinstance(u, int) and (u in graph.labels or u == program.input_id)]
+            if len(data) != 1 or not (op.name in ELEMENTWISE or op.name in WINDOW
+                                      or op.name in ("reshape", "reduce_sum")):
+                raise _plan_error(op, "a layer's input is not one group's activation reached through elementwise "
+                                      "ops, pooling or flattening")
+            steps.append(op)
+            v = data[0]
+        return reader[v], steps
+
+    def label(v: int, axis: int) -> str:
+        found = graph.labels.get(v, {}).get(axis)
+        if found is None:
+            raise _plan_error(program.ops[producer[v]], "a layer's output is not a group of units (kept whole)")
+        return found[0]
+
+    def kernel_path(v: int | Const, op: Op) -> tuple[str, ...]:
+        if not isinstance(v, int) or v not in leaf_index or program.leaf_keys[leaf_index[v]][0] != "params":
+            raise _plan_error(op, "a layer's kernel is not a parameter used as it is")
+        return program.leaf_keys[leaf_index[v]][1]
+
+    edges, dense, flatten = [], {}, None
+    for op in program.ops:
+        if op.name == "conv_general_dilated":
+            lhs, rhs = op.inputs
+            dn = op.params["dimension_numbers"]
+            dst = label(op.outputs[0], dn.out_spec[1])
+            src, steps = source(lhs)
+            if src is None:
+                continue
+            if dst == OUTPUT_LABEL:
+                raise _plan_error(op, "a convolution makes the logits")
+            if any(d != 1 for d in (*op.params["lhs_dilation"], *op.params["rhs_dilation"])):
+                raise _plan_error(op, "a dilated convolution")
+            strides = tuple(op.params["window_strides"])
+            if len(strides) != 2 or strides[0] != strides[1]:
+                raise _plan_error(op, f"a convolution with strides {strides}")
+            pool = 1
+            for step in steps:
+                if step.name in WINDOW:
+                    pool *= _pool_factor(step)
+                elif step.name not in ELEMENTWISE:
+                    raise _plan_error(step, "a convolution reads a reshaped or reduced map")
+            shape = program.avals[rhs].shape
+            kernel = tuple(int(shape[d]) for d in dn.rhs_spec[2:])
+            edges.append(ConvEdge(src, dst, kernel, strides[0], tuple(tuple(p) for p in op.params["padding"]), pool))
+        elif op.name == "dot_general" and any(isinstance(v, int) and v in leaf_index for v in op.inputs):
+            lhs, rhs = op.inputs
+            (contract_l, contract_r), (batch_l, _) = op.params["dimension_numbers"]
+            rank = len(program.avals[lhs].shape) if isinstance(lhs, int) else 0
+            if rank != 2 or tuple(contract_l) != (1,) or tuple(contract_r) != (0,) or batch_l:
+                raise _plan_error(op, "a dense layer that is not (batch, features) @ (features, units), e.g. over "
+                                      "tokens or heads")
+            path = kernel_path(rhs, op)
+            src, steps = source(lhs)
+            dst = label(op.outputs[0], 1)
+            if src is None:
+                continue
+            if src in dense:
+                raise _plan_error(op, f"group {src!r} feeds two dense layers")
+            dense[src] = (path, dst)
+            if len(program.avals[graph.read_points[src].var].shape) > 2:
+                if flatten is not None:
+                    raise _plan_error(op, "two conv maps feed dense layers")
+                flatten = (src, _flatten_kind(steps, graph.labels[lhs][1][1]), path)
+            elif any(step.name not in ELEMENTWISE for step in steps):
+                raise _plan_error(op, f"group {src!r} reaches a dense layer through a reshape or reduction")
+    # the dense chain: from the flattened map (or the first dense group) to the logits
+    chain, current = [], (flatten[0] if flatten else min(dense, key=order.get, default=None))
+    while current is not None:
+        if current not in dense:
+            raise _plan_error(None, f"group {current!r} is not consumed by a dense layer")
+        path, nxt = dense[current]
+        if flatten is None or current != flatten[0]:
+            chain.append((current, path))
+        current = None if nxt == OUTPUT_LABEL else nxt
+        output = path
+    if not dense:
+        raise _plan_error(None, "no dense layer makes the logits")
+    if len(chain) + (flatten is not None) != len(dense):
+        raise _plan_error(None, "dense layers that are not one chain to the logits")
+    identity = []
+    for m in graph.index_maps:
+        op = program.ops[m.op]
+        if op.name == "add":
+            src, steps = source(op.inputs[m.operand])
+            if src != m.source or steps:
+                raise _plan_error(op, "a shortcut that is not an identity of a group's activation")
+            identity.append(ConvEdge(m.source, m.target))
+    return Plan(tuple(chain), flatten, tuple(edges + identity), graph.group_names, output)
+
+
+def _flatten_kind(steps: Sequence[Op], inner: int) -> str:
+    """How a conv map reaches its first dense kernel: ``"gap"`` (mean over positions), ``"pool<p>"`` (a
+    non-overlapping p x p pooling, then an NHWC flatten) or ``"pool1"`` (flattened as it is)."""
+    names = [s.name for s in steps]
+    if "reduce_sum" in names:
+        reduce = steps[names.index("reduce_sum")]
+        if tuple(reduce.params["axes"]) != (1, 2) or any(n in WINDOW or n == "reshape" for n in names):
+            raise _plan_error(reduce, "a reduction over other axes than the two spatial ones")
+        return "gap"
+    if "reshape" not in names or inner != 1:
+        raise _plan_error(steps[0] if steps else None, "a conv map flattened in another order than NHWC")
+    pool = 1
+    for step in steps:
+        if step.name in WINDOW:
+            pool *= _pool_factor(step)
+    return f"pool{pool}"
 
 
 def model_plan(model: nn.Module) -> Plan:
-    """The plan for FC1-FC4, LeNet-5, batch-norm-free ResNets and a user's dense chain; ``ValueError`` otherwise."""
-    plan = dense_chain_plan(model)
-    if plan is not None:
-        return plan
+    """The plan for FC1-FC4, LeNet-5, batch-norm-free ResNets (hand-written) and for a user's adapted model
+    (:func:`derived_plan`); ``ValueError`` otherwise."""
+    if hasattr(model, "graph") and hasattr(model, "source"):
+        return derived_plan(model.graph())
     if isinstance(model, MLP):
         names = [f"fc{i}_relu" for i in range(1, model.num_hidden + 1)]
         consumers = [(f"fc{i}", "kernel") for i in range(2, model.num_hidden + 1)] + [("logits", "kernel")]
@@ -145,7 +273,7 @@ def model_plan(model: nn.Module) -> Plan:
             previous = r2
         return Plan((), (previous, "gap", ("logits", "kernel")), tuple(edges), tuple(groups))
     raise ValueError(f"the concern approach does not support {type(model).__name__}: it handles FC1-FC4 (MLP), "
-                     "LeNet5, ResNets without batch norm and users' chains of dense layers")
+                     "LeNet5, ResNets without batch norm and users' models (jaxmod.adapt)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,7 +399,7 @@ def backtrack_dense(masks: Masks, params: Mapping[str, Any], plan: Plan, delta: 
     At the output a node goes when its edge to the unconcerned node is strong (|w| >= delta) and its
     edge to the concerned node is not; further back a node goes when it has strong edges and all of
     them reach removed (or cut) nodes. Through flatten the removal maps one-to-one onto the pooled
-    map and each pooled node onto its 2x2 window; through global average pooling onto every position.
+    map and each pooled node onto its p x p window; through global average pooling onto every position.
     ``classes[i]`` is the class of mask row ``i`` (default: row i is class i).
     """
     masks = dict(masks)
@@ -287,13 +415,17 @@ def backtrack_dense(masks: Masks, params: Mapping[str, Any], plan: Plan, delta: 
         return masks
     group, reduce, consumer = plan.flatten
     shape = masks[group].shape  # (C, H, W, Ch)
-    if reduce == "gap":
-        removed = output_removal(logits, delta)[rows][:, None, None, :]
-    else:
+    if plan.dense:  # the flattened (or averaged) map's nodes that feed only removed first-dense nodes
         removed_flat = _strong_removal(masks[plan.dense[0][0]], _leaf(params, consumer), delta)
-        pooled = removed_flat.reshape(shape[0], shape[1] // 2, shape[2] // 2, shape[3])
+    else:  # the map feeds the output layer itself
+        removed_flat = output_removal(_leaf(params, consumer), delta)[rows]
+    if reduce == "gap":
+        removed = np.broadcast_to(removed_flat[:, None, None, :], shape)
+    else:
+        p = int(reduce.removeprefix("pool"))
+        pooled = removed_flat.reshape(shape[0], shape[1] // p, shape[2] // p, shape[3])
         removed = np.zeros(shape, bool)
-        up = pooled.repeat(2, axis=1).repeat(2, axis=2)
+        up = pooled.repeat(p, axis=1).repeat(p, axis=2)
         removed[:, : up.shape[1], : up.shape[2]] = up
     masks[group] = masks[group] & ~removed
     return masks
@@ -454,6 +586,13 @@ class Concern:
     def training_loss(self) -> LossFn | None:
         return None
 
+    def plan(self, model: nn.Module) -> Plan:
+        """The model's layer facts; CI+TI+MC backtracks nothing, so on a user's model it needs none (a ViT's
+        MLP neurons, say, are modularized by CI, TI and channeling alone)."""
+        if self.variant == "ci_ti_mc" and hasattr(model, "graph") and hasattr(model, "source"):
+            return Plan((), None, (), tuple(model.graph().group_names))
+        return model_plan(model)
+
     def negatives_per_class(self, num_classes: int) -> int:
         if self.negatives is not None:
             return self.negatives
@@ -466,8 +605,8 @@ class Concern:
             raise ValueError(f"num_classes is {num_classes} but the model has {model.num_classes} classes")
         check_labels(np.asarray(y), num_classes)
         check_every_class_present(y, num_classes, "samples to decompose from")
-        plan = model_plan(model)
-        if self.variant in DENSE_VARIANTS and not (isinstance(model, MLP) or dense_chain_plan(model)):
+        plan = self.plan(model)
+        if self.variant in DENSE_VARIANTS and (plan.flatten is not None or plan.conv_edges):
             raise ValueError(f"variant {self.variant!r} is the dense (FSE 2020) method; for {type(model).__name__} "
                              f"use one of {CNN_VARIANTS}")
         check_inputs(model, variables, np.asarray(x))
@@ -517,7 +656,7 @@ class Concern:
         classes of another dataset. Nodes of the module's model active on any of ``x_negative`` are
         restored, then the variant's backtracking runs again. ``rows`` picks the modules to update
         (default all). Returns the updated module set."""
-        plan = model_plan(model)
+        plan = self.plan(model)
         x_negative = np.asarray(x_negative)
         check_inputs(model, variables, x_negative)
         flat = {k: np.asarray(v) for k, v in modules.positions.items()}
@@ -543,6 +682,19 @@ class Concern:
 # Measuring modules.
 
 
+def _is_dense(model: nn.Module) -> bool:
+    """A chain of dense layers (the zoo's MLP or a user's), whose nodes are units with weights of their own."""
+    if isinstance(model, MLP):
+        return True
+    if not (hasattr(model, "graph") and hasattr(model, "source")):
+        return False
+    try:
+        plan = derived_plan(model.graph())
+    except ValueError:
+        return False
+    return plan.flatten is None and not plan.conv_edges
+
+
 def jaccard_figures(model: nn.Module, variables: Mapping[str, Any], modules: ModuleSet) -> dict[str, Any]:
     """Module-model and pairwise Jaccard indices and sizes.
 
@@ -553,7 +705,7 @@ def jaccard_figures(model: nn.Module, variables: Mapping[str, Any], modules: Mod
     node = module_statistics(modules, variables)
     out = {"node_module_model": node["sizes"].tolist(), "node_mean_module_model": node["mean_size"],
            "node_mean_pairwise": node["mean_jaccard"]}
-    if isinstance(model, MLP) or dense_chain_plan(model) is not None:
+    if _is_dense(model):
         weights = unit_statistics(resolve_topology(model, modules.meta.input_shape), modules.positions,
                                   variables["params"])
         out.update({"weight_mean_pairwise": weights["mean_jaccard"], "weight_mean_size": weights["mean_size"],
