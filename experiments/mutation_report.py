@@ -1,11 +1,14 @@
 r"""The mutation report: mutmut's results per module, every survivor with its diff and why it survives.
 
-    make mutation    # runs mutmut over [tool.mutmut] in pyproject.toml, then this program
+    make mutation    # one `mutmut run` per module of [tool.mutmut] in pyproject.toml, then this program
 
-Reads the finished ``mutmut run`` in ``mutants/`` (``mutmut results --all true``, ``mutmut show``), and
+Reads the finished ``mutmut run`` in ``mutants/`` (``mutmut results --all true``, ``mutmut show``), the measured
+wall time of each module's run (``--times``: lines ``module seconds``, as ``make mutation`` writes them), and
 ``experiments/results/mutation/equivalent.json`` (mutant name -> why it cannot change behaviour: reviewed by
 hand). Score per module: killed / (mutants - equivalent), where a mutant no selected test reaches counts as
-surviving. Writes ``README.md`` and ``mutation.json`` in ``--out``.
+surviving. A module of the scope that ``mutants/`` holds no results for (it was measured in an earlier run) keeps
+its row, survivors and time from the previous ``mutation.json``. Writes ``README.md`` and ``mutation.json`` in
+``--out``. ``--list``: print the scope's modules (dotted names, from ``only_mutate``) and stop.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -23,17 +27,28 @@ from jaxmod import report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", "experiments/results/mutation", "Output directory (README.md, mutation.json).")
-flags.DEFINE_integer("seconds", 0, "Wall time of the mutmut run, for the report (0: not stated).")
+flags.DEFINE_string("times", "", "File of `module seconds` lines: each module's measured mutmut run time.")
 flags.DEFINE_string("mutmut", os.path.join(os.path.dirname(sys.executable), "mutmut"), "The mutmut executable.")
+flags.DEFINE_string("pyproject", "pyproject.toml", "Where [tool.mutmut] is.")
+flags.DEFINE_bool("list", False, "Print the modules of the scope, one a line, and stop.")
 
 KILLED = {"killed", "segfault"}  # a test run that fails detects the mutant
 # not scored: mutants the run did not check, and timeouts (on this shared machine a slow or paused test run, not
 # an infinite loop, is what times out; they are listed apart)
 UNSCORED = {"not checked", "timeout"}
+COMMAND = 'mutmut run --max-children 1 "{module}.*"'  # how make mutation runs one module
 
 
 def mutmut(*args: str) -> str:
     return subprocess.run([FLAGS.mutmut, *args], capture_output=True, text=True, check=True).stdout
+
+
+def scope(path: str) -> list[str]:
+    """The dotted module names of ``only_mutate`` (``jaxmod/approaches/rnn.py`` -> ``jaxmod.approaches.rnn``)."""
+    text = open(path).read()
+    section = text[text.index("[tool.mutmut]"):]
+    files = re.findall(r'"([^"]+)"', re.search(r"^only_mutate\s*=\s*\[(.*?)\]", section, re.S | re.M).group(1))
+    return [f.removesuffix(".py").removesuffix("/__init__").replace("/", ".") for f in files]
 
 
 def statuses() -> dict[str, str]:
@@ -50,46 +65,86 @@ def module_of(mutant: str) -> str:
     return mutant.split("__mutmut_")[0].rsplit(".", 1)[0]
 
 
+def read_times(path: str) -> dict[str, float]:
+    """``module seconds`` lines; a module run twice (resumed) adds up."""
+    times: dict[str, float] = collections.defaultdict(float)
+    if path:
+        for line in open(path):
+            if line.strip():
+                module, seconds = line.split()
+                times[module] += float(seconds)
+    return dict(times)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    found = statuses()
-    if not found:
+    modules = scope(FLAGS.pyproject)
+    if FLAGS.list:
+        print("\n".join(modules))
+        return
+    found = {n: s for n, s in statuses().items() if module_of(n) in modules}
+    previous_path = os.path.join(FLAGS.out, "mutation.json")
+    previous = json.load(open(previous_path)) if os.path.exists(previous_path) else {"modules": [], "survivors": []}
+    earlier = {r["module"]: r for r in previous["modules"] if r["module"] in modules and r["module"] != "all"}
+    if not found and not earlier:
         raise app.UsageError("no mutmut results: run `make mutation` (or `mutmut run`) first")
     pending = sorted(n for n, s in found.items() if s == "not checked")  # a run cut short: reported, not scored
     timeouts = sorted(n for n, s in found.items() if s == "timeout")
     found = {n: s for n, s in found.items() if s not in UNSCORED}
     path = os.path.join(FLAGS.out, "equivalent.json")
     equivalent = json.load(open(path)) if os.path.exists(path) else {}
+    times = read_times(FLAGS.times)
     rows, survivors = [], []
     by_module = collections.defaultdict(list)
     for name, status in found.items():
         by_module[module_of(name)].append((name, status))
-    for module, mutants in sorted(by_module.items()):
+    for module in modules:
+        mutants = by_module.get(module)
+        if not mutants:  # measured in an earlier run: its row and survivors as they were
+            if module in earlier:
+                row = {"not checked": 0, "seconds": None, **earlier[module]}
+                row.setdefault("command", f"mutmut run --max-children 2 (with {len(earlier)} modules in one run of "
+                                          f"{previous.get('seconds', 0) / 60:.0f} minutes)")
+                rows.append(row)
+                survivors += [s for s in previous["survivors"] if module_of(s["mutant"]) == module]
+            continue
         killed = sum(s in KILLED for _, s in mutants)
         eq = sum(n in equivalent and s not in KILLED for n, s in mutants)
         alive = [(n, s) for n, s in mutants if s not in KILLED]
-        rows.append({"module": module, "mutants": len(mutants), "killed": killed, "equivalent": eq,
-                     "surviving, not equivalent": len(alive) - eq,
-                     "score": killed / max(len(mutants) - eq, 1)})
-        for name, status in alive:
+        not_checked = sum(module_of(n) == module for n in pending + timeouts)
+        seconds = times.get(module, (earlier.get(module) or {}).get("seconds"))
+        rows.append({"module": module, "mutants": len(mutants) + not_checked, "killed": killed, "equivalent": eq,
+                     "surviving, not equivalent": len(alive) - eq, "not checked": not_checked,
+                     "score": killed / max(len(mutants) - eq, 1), "seconds": seconds,
+                     "command": COMMAND.format(module=module)})
+        for name, status in sorted(alive, key=lambda a: a[0]):
             diff = [line for line in mutmut("show", name).splitlines()
                     if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
             survivors.append({"mutant": name, "status": status, "diff": "\n".join(diff),
                               "why": equivalent.get(name, "NOT EXPLAINED: needs a test")})
-    total = {"module": "all", "mutants": sum(r["mutants"] for r in rows), "killed": sum(r["killed"] for r in rows),
-             "equivalent": sum(r["equivalent"] for r in rows),
-             "surviving, not equivalent": sum(r["surviving, not equivalent"] for r in rows)}
-    total["score"] = total["killed"] / max(total["mutants"] - total["equivalent"], 1)
+    total = {"module": "all"}
+    for key in ("mutants", "killed", "equivalent", "surviving, not equivalent", "not checked"):
+        total[key] = sum(r.get(key) or 0 for r in rows)
+    total["score"] = total["killed"] / max(total["mutants"] - total["not checked"] - total["equivalent"], 1)
+    total["seconds"] = sum(r.get("seconds") or 0 for r in rows) or None
+    total["command"] = "make mutation"
     rows.append(total)
     os.makedirs(FLAGS.out, exist_ok=True)
     write_json_atomic(os.path.join(FLAGS.out, "mutation.json"), {"modules": rows, "survivors": survivors,
-                                                                  "seconds": FLAGS.seconds, "not_checked": pending,
-                                                                  "timeouts": timeouts})
-    timing = f" The mutmut run took {FLAGS.seconds / 60:.0f} minutes on this machine." if FLAGS.seconds else ""
-    lines = ["# Mutation testing", "", "Made by `make mutation` (mutmut; the modules and the fast unit tests they run "
-             f"against are `[tool.mutmut]` in pyproject.toml).{timing} Score: killed / (mutants - equivalent).", "",
-             report.markdown_table(rows, floatfmt=".3f"), ""]
+                                                                  "not_checked": pending, "timeouts": timeouts})
+    table = [{**r, "minutes": None if r.get("seconds") is None else round(r["seconds"] / 60, 1)} for r in rows]
+    columns = ["module", "mutants", "killed", "equivalent", "surviving, not equivalent", "not checked", "score",
+               "minutes"]
+    lines = ["# Mutation testing", "",
+             "Made by `make mutation` (mutmut; the modules and the fast unit tests they run against are "
+             "`[tool.mutmut]` in pyproject.toml): one `mutmut run` per module, each timed (wall minutes on one "
+             "core of this 2-core machine; the first module's time includes mutmut's one pass over every selected "
+             "test that maps tests to functions). Score: killed / (mutants - not checked - equivalent).", "",
+             report.markdown_table(table, columns, floatfmt=".3f"), "",
+             "Commands (from the repository root, after `make data`):", ""]
+    lines += [f"- `{r['module']}`: `{r['command']}`" for r in rows if r["module"] != "all" and r.get("command")]
+    lines += [""]
     if pending:
         lines += [f"**{len(pending)} mutants were not checked** (the run was cut short; they are not in the "
                   "scores): " + ", ".join(sorted({module_of(n) for n in pending})) + ".", ""]
@@ -100,7 +155,7 @@ def main(argv: list[str]) -> None:
     for s in survivors:
         lines += [f"### `{s['mutant']}` ({s['status']})", "", s["why"], "", "```diff", s["diff"], "```", ""]
     write_text(os.path.join(FLAGS.out, "README.md"), "\n".join(lines))
-    print(report.summary_table(rows, floatfmt=".3f"))
+    print(report.summary_table(table, columns, floatfmt=".3f"))
 
 
 if __name__ == "__main__":

@@ -90,13 +90,22 @@ def test_moda_modules_compose_into_a_smaller_model_equal_to_the_masked_one(adapt
     assert jaxmod.recompose(net, control, CLASSES)(x[:2]).shape == (2, 2)
 
 
-@pytest.mark.parametrize("kind", ["cnn", "nnx_mlp"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_supermask_modules_of_a_users_model_vote(kind):
+    """Kingetsu et al.'s supermasks over every kernel of a user's model (the ViT's attention and MLP too): a
+    2-class voter whose scores are each module's own masked full model's confidence in its class."""
+    from jaxmod.running import module_rows, one_module_output
+
     net, x, y = _adapted(kind)
     modules = jaxmod.decompose("supermask", net, x[:40], y[:40], epochs=1, batch_size=40, k=0.5)
+    kept = [float(np.mean(w)) for w in jax.tree.leaves(modules.weights)]
+    assert 0 < min(kept) and max(kept) < 1, kind  # top-k of the scores: about half of each masked kernel
     voter = jaxmod.recompose(net, modules, CLASSES)
-    scores = voter(x[:4])
+    scores = np.asarray(voter(x[:4]))
     assert scores.shape == (4, 2) and np.all(np.isfinite(scores))
+    row = jax.tree.map(lambda w: w[CLASSES[0]], module_rows(modules))
+    own = one_module_output(net.model, net.variables, row, jnp.asarray(CLASSES[0]), jnp.asarray(x[:4]))
+    chex.assert_trees_all_close(scores[:, 0], np.asarray(own), atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["cnn", "resnet", "separable"])
@@ -132,7 +141,7 @@ def test_pan_and_rajan_cnn_variants_on_a_users_model(kind):
     neurons (one node per token and unit). Each backtracking step only removes nodes, and the voter gives each
     module's confidence from the full model with that module's node masks."""
     from jaxmod.approaches import concern
-    from jaxmod.running import one_module_output
+    from jaxmod.running import module_rows, one_module_output
 
     net, x, y = _adapted(kind)
     variant = "ci_ti_mc" if kind == "vit" else "ci_ti_mc_bln_bi"
@@ -150,8 +159,7 @@ def test_pan_and_rajan_cnn_variants_on_a_users_model(kind):
         assert removed > 0, kind  # backtracking acted
     voter = jaxmod.recompose(net, modules, CLASSES)
     scores = np.asarray(voter(x[:8]))
-    row = {"positions": {k: jnp.asarray(v[CLASSES[1]]) for k, v in modules.positions.items()},
-           "head": jax.tree.map(lambda h: jnp.asarray(h[CLASSES[1]]), modules.head)}
+    row = jax.tree.map(lambda w: w[CLASSES[1]], module_rows(modules))
     own = one_module_output(net.model, net.variables, row, jnp.asarray(CLASSES[1]), jnp.asarray(x[:8]))
     chex.assert_trees_all_close(scores[:, 1], np.asarray(own), atol=1e-6)
     masked = jax.jit(net.model.apply)({**net.variables, "position_masks": jax.tree.map(
