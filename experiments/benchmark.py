@@ -21,12 +21,13 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import pipeline
 from experiments.common import start_program, to_csv, write_json_atomic, write_text
-from jaxmod import models, report
+from jaxmod import report
 from jaxmod.approaches import create_approach
 from jaxmod.data.registry import get_spec
 
@@ -193,7 +194,7 @@ def write_tables(cells: Sequence[Mapping[str, Any]], output: str) -> dict[str, s
     for model, dataset in dict.fromkeys((c["model"], c["dataset"]) for c in cells):
         mine = [c for c in cells if (c["model"], c["dataset"]) == (model, dataset)]
         rows = aggregate(mine, list(COLUMNS))
-        stem = os.path.join(output, f"{model}_{dataset}")
+        stem = os.path.join(output, f"{model.rpartition(':')[2]}_{dataset}")  # a user's model: its class name
         write_text(stem + ".md", f"# {model} / {dataset}\n\nmean ± std over seeds; command in README.md beside\n\n"
                    + report.markdown_table(rows) + "\n")
         write_text(stem + ".csv", to_csv(rows))
@@ -236,8 +237,9 @@ def run_grid(config: Any, workdir: str) -> list[dict[str, Any]]:
         record: dict[str, Any] = {"model": model, "dataset": dataset, "seed": seed, "method": method}
         try:
             spec = get_spec(dataset)
-            pipeline.check_model(create_approach(method, **pipeline.approach_options(run.options)),
-                                 models.create_model(model, spec.num_classes), model, spec.input_shape)
+            built = pipeline.create_model(model, spec.num_classes, np.zeros((1, *spec.input_shape), np.float32))
+            pipeline.check_model(create_approach(method, **pipeline.approach_options(run.options)), built, model,
+                                 spec.input_shape)
         except ValueError as err:  # e.g. MwT on a model without convolutions: the row says why
             record["skipped"] = str(err)
             out.append(record)
@@ -253,6 +255,18 @@ def run_grid(config: Any, workdir: str) -> list[dict[str, Any]]:
     return out
 
 
+def kept_cells(cells: Sequence[Mapping[str, Any]], output: str) -> list[dict[str, Any]]:
+    """The records of ``output/cells.json`` for (model, dataset, seed, method) cells that ``cells`` does not have."""
+    path = os.path.join(output, "cells.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        earlier = json.load(f)
+    key = lambda c: (c["model"], c["dataset"], c["seed"], c["method"])  # noqa: E731
+    have = {key(c) for c in cells}
+    return [c for c in earlier if key(c) not in have]
+
+
 def main(argv: list[str]) -> None:
     start_program(argv, FLAGS.workdir)
     try:
@@ -260,6 +274,8 @@ def main(argv: list[str]) -> None:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    if FLAGS.config.keep_cells:
+        cells = kept_cells(cells, FLAGS.config.output) + cells
     written = write_tables(cells, FLAGS.config.output)
     with open(os.path.join(FLAGS.config.output, "summary.md")) as f:
         print(f.read())

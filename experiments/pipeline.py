@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from experiments.common import write_json_atomic
 from jaxmod import checkpoint, data, metrics, models, report, reuse, sharding, train
 from jaxmod.activations import predict_logits
+from jaxmod.adapter import import_model, model_class
 from jaxmod.approaches import create_approach
 from jaxmod.approaches import mwt as mwt_lib
 from jaxmod.approaches import supermask as sm
@@ -144,11 +145,14 @@ def setup(config: Any) -> Setup:
     if config.timing_repeats < 0:
         raise ValueError(f"config.timing_repeats must be >= 0, got {config.timing_repeats}")
     model_kwargs = model_config_of(config)
-    models.create_model(config.model, 2, **model_kwargs)  # a bad model or configuration fails before data loads
+    if is_user_model(config.model):
+        model_class(config.model)  # a user's model that does not import fails before data loads
+    else:
+        models.create_model(config.model, 2, **model_kwargs)  # a bad model or configuration fails before data loads
     dataset = data.load_dataset(config.dataset, val_fraction=config.val_fraction, seed=config.seed,
                                 data_dir=config.data_dir, source=config.data_source,
                                 train_limit=config.train_limit, test_limit=config.test_limit)
-    model = models.create_model(config.model, dataset.num_classes, **model_kwargs)
+    model = create_model(config.model, dataset.num_classes, dataset.train.x[:1], config.seed, **model_kwargs)
     models.check_input_shape(model, dataset.input_shape)
     check_model(reference, model, config.model, dataset.input_shape)
     # decomposition and reuse need every class: find out before training rather than after
@@ -180,12 +184,30 @@ def draw_subtasks(config: Any, num_classes: int) -> list[tuple[int, ...]]:
                                               min_size=size, max_size=size, seed=config.seed + size)]
 
 
+def is_user_model(name: str) -> bool:
+    """``config.model`` names a user's model class (``"package.module:ClassName"``), not a zoo model."""
+    return ":" in str(name)
+
+
+def create_model(name: str, num_classes: int, sample_x: np.ndarray, seed: int = 0, **config: Any) -> Any:
+    """A zoo model by name, or a user's model class adapted (:func:`jaxmod.adapter.import_model`)."""
+    if is_user_model(name):
+        return import_model(name, num_classes, sample_x, seed, **config).model
+    return models.create_model(name, num_classes, **config)
+
+
+def composing_model(s: Setup, model: Any) -> Any:
+    """What :func:`jaxmod.compose.compose` takes as ``model=``: a user's model (the zoo's rebuild themselves)."""
+    return model if is_user_model(s.config.model) else None
+
+
 def check_model(approach: Any, model: Any, model_name: str, input_shape: Sequence[int]) -> None:
     """``ValueError`` for a model the approach cannot modularize (before any training)."""
     if approach.name == "concern":
-        model_plan(model)
-        if approach.variant in DENSE_VARIANTS and not isinstance(model, models.MLP):
-            raise ValueError(f"variant {approach.variant!r} is for dense models (fc1..fc4), not {model_name}")
+        plan = model_plan(model)
+        if approach.variant in DENSE_VARIANTS and (plan.flatten is not None or plan.conv_edges):
+            raise ValueError(f"variant {approach.variant!r} is for dense models (fc1..fc4 or a user's chain of dense "
+                             f"layers), not {model_name}")
     if approach.name == "mwt":
         mwt_lib.gate_names(mwt_lib.with_generators(model, False), tuple(input_shape))
 
@@ -305,7 +327,7 @@ def compose_and_reuse(s: Setup, d: Mapping[str, Any], source_model: Any, std: tu
     full_params = count_parameters(variables)
     full_flops = metrics.forward_flops(plain, variables, s.dataset.input_shape)
     every = tuple(range(s.dataset.num_classes))
-    composed_all = compose(modules, variables, every)
+    composed_all = compose(modules, variables, every, model=composing_model(s, plain))
     confidences = None
     if isinstance(composed_all, VotingModel):  # modules are independent: one scan serves every sub-task
         confidences = composed_all.confidences(test.x, batch)
@@ -313,7 +335,7 @@ def compose_and_reuse(s: Setup, d: Mapping[str, Any], source_model: Any, std: tu
     std_logits = predict_logits(std[0], std[1], test.x, batch)
     rows = []
     for classes in tqdm(s.subtasks, desc="reuse sub-tasks", disable=None if s.config.progress else True, leave=False):
-        composed = compose(modules, variables, classes)
+        composed = compose(modules, variables, classes, model=composing_model(s, plain))
         row = {"classes": list(classes),
                "accuracy": composed_accuracy(composed, test.x, test.y, batch, confidences)["top1"],
                "standard_accuracy": reuse.restricted_accuracy(std_logits, test.y, classes)}
@@ -357,7 +379,7 @@ def composed_latency(s: Setup, d: Mapping[str, Any], plain: Any, measured: Mappi
                      repeats: int) -> dict[str, Any]:
     """Measured forward latency of the 2-class composed model against the full model (batch 1 and 256), beside
     its FLOPs and parameter ratios where it is merged (a voting model runs the full model once per module)."""
-    composed = compose(d["modules"], d["variables"], LATENCY_CLASSES)
+    composed = compose(d["modules"], d["variables"], LATENCY_CLASSES, model=composing_model(s, plain))
     variables = d["variables"]
     out: dict[str, Any] = {"classes": list(LATENCY_CLASSES), "method": type(composed).__name__,
                            **latency.latency_comparison(lambda x: plain.apply(variables, x), composed.scores,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -429,6 +430,43 @@ def adapt(model: Any, variables: Mapping[str, Any] | None = None, sample_x: Any 
                       num_classes=int(out.shape[-1]))
     adapted.graph()  # derive now: an operation the walk cannot follow fails here, before any work
     return Net(adapted, variables)
+
+
+def model_class(ref: str) -> type:
+    """The Flax module class ``"package.module:ClassName"`` names; ``ValueError`` naming what is wrong."""
+    module_name, _, class_name = str(ref).partition(":")
+    if not module_name or not class_name:
+        raise ValueError(f"a user's model is named 'package.module:ClassName', got {ref!r}")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"cannot import the model {ref!r}: {err}") from err
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module | nnx.Module)):
+        raise ValueError(f"{ref} is not a flax.linen or flax.nnx module class")
+    return cls
+
+
+def import_model(ref: str, num_classes: int, sample_x: Any, seed: int = 0, **config: Any) -> Net:
+    """A user's model class named by ``"package.module:ClassName"``, built with ``num_classes`` and ``config``,
+    initialised from ``seed`` on ``sample_x`` and adapted: how experiment programs take a model that is not in
+    the zoo (e.g. ``--config.model=my_models:SmallCNN``). A linen class is initialised with its own ``init``
+    (``train=False`` when its ``__call__`` takes it); an NNX class is built with ``rngs=nnx.Rngs(seed)``.
+    ``ValueError`` naming the problem for a reference that does not import or a class that is not a Flax module.
+    """
+    cls = model_class(ref)
+    x = jnp.asarray(sample_x)[:1]
+    is_nnx = issubclass(cls, nnx.Module)
+    try:
+        model = cls(num_classes=num_classes, rngs=nnx.Rngs(seed), **config) if is_nnx else cls(
+            num_classes=num_classes, **config)
+    except TypeError as err:
+        raise ValueError(f"cannot build {ref} with num_classes={num_classes} and {config}: {err}") from err
+    if is_nnx:
+        return adapt(model, None, x)
+    extra = {"train": False} if _takes_train(model) else {}
+    # the rbg generator: XLA:CPU compiles a model's initialisers several times faster with it than with threefry
+    variables = jax.jit(lambda key, xb: model.init(key, xb, **extra))(jax.random.key(seed, impl="rbg"), x)
+    return adapt(model, variables, x)
 
 
 def describe(net: Net) -> str:

@@ -290,3 +290,25 @@ def test_pan_and_rajan_decompose_a_users_nnx_mlp_on_real_mnist():
         assert 0 < kept < 1, variant  # the rule removed some hidden units and kept others
         voter = jaxmod.recompose(net, modules, CLASSES)
         assert voter.evaluate(ds.test.x, ds.test.y)["top1"] > 0.55, variant  # two classes: chance is 0.5
+
+
+def test_a_users_model_class_is_imported_by_its_path_and_checked_for_every_method():
+    """Experiment programs take ``--config.model=package.module:ClassName`` (linen or NNX); each method's
+    pre-training check runs on it, and a bad reference is refused by name before any work."""
+    from experiments import pipeline
+
+    x = np.zeros((1, 28, 28, 1), np.float32)
+    mlp = pipeline.create_model("helpers.user_models:NNXMLP", 5, x, seed=1)
+    cnn = pipeline.create_model("helpers.user_models:FlaxExampleCNN", 10, x)
+    assert isinstance(mlp, jaxmod.adapter.Adapted) and mlp.num_classes == 5 and cnn.num_classes == 10
+    for name in ("moda", "mwt", "concern", "supermask"):
+        pipeline.check_model(create_approach(name), cnn, "user cnn", (28, 28, 1))
+    with pytest.raises(ValueError, match="for dense models"):
+        pipeline.check_model(create_approach("concern", variant="ti_i"), cnn, "user cnn", (28, 28, 1))
+    for ref, message in (("helpers.user_models:Missing", "cannot import"), ("no_such_module:Net", "cannot import"),
+                         ("helpers.user_models:init_linen", "not a flax.linen or flax.nnx module class"),
+                         ("FlaxExampleCNN", "package.module:ClassName"), (":Net", "package.module:ClassName")):
+        with pytest.raises(ValueError, match=message):
+            pipeline.create_model(ref, 10, x)
+    with pytest.raises(ValueError, match="cannot build .*widths"):
+        pipeline.create_model("helpers.user_models:FlaxExampleCNN", 10, x, widths=3)

@@ -104,3 +104,13 @@ def test_a_method_that_cannot_run_on_a_model_is_a_row_saying_why():
               "skipped": "MwT needs convolutional layers"}]
     rows = benchmark.aggregate(cells, list(benchmark.COLUMNS))
     assert rows[0]["note"] == "MwT needs convolutional layers" and rows[0]["module size"] == "n/a"
+
+
+def test_kept_cells_are_the_earlier_records_of_cells_outside_this_grid(tmp_path):
+    """keep_cells: rows of earlier invocations stay in the tables; a cell rerun here replaces its earlier record."""
+    earlier = [{"model": "lenet5", "dataset": "mnist", "seed": 0, "method": "moda", "figures": {"x": 1}},
+               {"model": "fc4", "dataset": "mnist", "seed": 0, "method": "moda", "figures": {"x": 2}}]
+    (tmp_path / "cells.json").write_text(json.dumps(earlier))
+    now = [{"model": "fc4", "dataset": "mnist", "seed": 0, "method": "moda", "figures": {"x": 3}}]
+    assert benchmark.kept_cells(now, str(tmp_path)) == earlier[:1]
+    assert benchmark.kept_cells(now, str(tmp_path / "nothing_here")) == []

@@ -31,6 +31,9 @@ def get_config(preset: str = "") -> ml_collections.ConfigDict:
     config.timing_repeats = 0  # train-step timing is the speed benchmark's job; training time comes from history
     config.progress = True
     config.tables_only = False  # write the tables from the finished runs on disk; unfinished runs are rows saying so
+    # keep the records already in output/cells.json for cells outside this grid (rows of earlier invocations, e.g.
+    # whose work directory is gone) and write the tables from both
+    config.keep_cells = False
     if preset == "tiny":
         config.models, config.datasets, config.seeds, config.methods = "fc4", "mnist", "0", "moda,concern"
         config.epochs, config.train_limit, config.test_limit, config.module_epochs = 1, 1000, 500, 1

@@ -56,7 +56,8 @@ def available_models() -> tuple[str, ...]:
 def create_model(name: str, num_classes: int, **config: Any) -> nn.Module:
     """Build a zoo model by name; ``ValueError`` for an unknown name or a bad configuration."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(available_models())} (a model of your own: "
+                         "'package.module:ClassName' where an experiment program takes a model name)")
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
     try:
