@@ -204,7 +204,7 @@ def composing_model(s: Setup, model: Any) -> Any:
 def check_model(approach: Any, model: Any, model_name: str, input_shape: Sequence[int]) -> None:
     """``ValueError`` for a model the approach cannot modularize (before any training)."""
     if approach.name == "concern":
-        plan = model_plan(model)
+        plan = model_plan(model, input_shape)
         if approach.variant in DENSE_VARIANTS and (plan.flatten is not None or plan.conv_edges):
             raise ValueError(f"variant {approach.variant!r} is for dense models (fc1..fc4 or a user's chain of dense "
                              f"layers), not {model_name}")

@@ -149,7 +149,7 @@ def test_pan_and_rajan_cnn_variants_on_a_users_model(kind):
     shapes = concern.node_shapes(net.model, net.variables, x.shape[1:])
     assert {k: v.shape[1:] for k, v in modules.positions.items()} == shapes
     if variant != "ci_ti_mc":
-        plan = concern.model_plan(net.model)
+        plan = concern.model_plan(net.model, x.shape[1:])
         pc, nc, n_pos, _ = concern.node_counts(net.model, net.variables, x, y, *concern.select_samples(y, 10, 8, 1), 10)
         steps = concern.step_masks(pc, nc, n_pos, net.variables["params"], plan, 0.05)
         for group in shapes:  # each step keeps a subset of the previous one's nodes

@@ -155,7 +155,7 @@ def test_mc_bi_shrinks_modules_without_changing_predictions(lenet):
     dec = concern.Concern(variant="ci_ti_mc_bln", positives=3, negatives=1).decompose(model, variables, x, y, 10)
     masks = {k: np.array(v) for k, v in dec.modules.positions.items()}
     masks["conv2_relu"][:, :5] = False  # rows 0-4 of conv2's 10x10 map removed in every module
-    bi = concern.backtrack_conv(masks, concern.model_plan(model))
+    bi = concern.backtrack_conv(masks, concern.model_plan(model, x.shape[1:]))
     # pooled rows 0-4 feed only conv2 rows 0-4 (5x5 valid windows), so conv1 rows 0-9 go; row 10 on stays
     assert not bi["conv1_relu"][:, :10].any()
     chex.assert_trees_all_equal(bi["conv1_relu"][:, 10:], masks["conv1_relu"][:, 10:])
@@ -219,10 +219,8 @@ def test_bad_inputs_fail_before_any_work(lenet):
     approach = concern.Concern()
     with pytest.raises(ValueError, match=r"classes \[9\] have no samples"):
         approach.decompose(model, variables, x[y != 9], y[y != 9], 10)
-    with pytest.raises(ValueError, match="does not support VGG"):
-        concern.model_plan(models.create_model("vgg_narrow", 10))
-    with pytest.raises(ValueError, match="without batch norm"):
-        concern.model_plan(models.create_model("resnet20", 10))
+    with pytest.raises(ValueError, match="cannot derive the unit topology.*scan"):  # a recurrent model
+        concern.model_plan(models.create_model("rnn_lstm", 10, vocab_size=20, input_len=5), (5,))
     with pytest.raises(ValueError, match="dense"):
         concern.Concern(variant="ti_sne").decompose(model, variables, x, y, 10)
     metas = [ModuleMeta(approach="concern", model_name=name, model_config={}, input_shape=shape, num_classes=10,
@@ -238,7 +236,7 @@ def test_resnet_without_bn_plan_and_decomposition_run():
     variables = model.init(jax.random.key(1), jnp.zeros((1, 8, 8, 1)))
     x = np.random.default_rng(2).normal(size=(12, 8, 8, 1)).astype(np.float32)
     y = np.arange(12) % 3
-    plan = concern.model_plan(model)
+    plan = concern.model_plan(model, x.shape[1:])
     assert plan.flatten[1] == "gap" and len(plan.conv_edges) == 9
     dec = concern.Concern(variant="ci_ti_mc_bln_bi", positives=4, delta=0.05).decompose(model, variables, x, y, 3)
     flat = {k: np.asarray(v) for k, v in dec.modules.positions.items()}

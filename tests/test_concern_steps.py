@@ -28,7 +28,7 @@ def test_step_masks_and_removals_by_hand():
     y = np.array([0, 0, 1, 1, 2])
     pos, neg = concern.select_samples(y, 3, positives=5, negatives=1)
     pc, nc, n_pos, _ = concern.node_counts(model, variables, x, y, pos, neg, 3)
-    plan = concern.model_plan(model)
+    plan = concern.model_plan(model, x.shape[1:])
     steps = concern.step_masks(pc, nc, n_pos, variables["params"], plan, 0.5)
     # CI ("any"): class 0 fires units 0, 1; class 1 unit 1; class 2 both. TI (first sample of every other
     # class: [1, 0], [0, 1], [1, 1]) gives every module units 0 and 1.
@@ -64,7 +64,7 @@ def test_step_masks_match_the_variants_decompositions():
     kw = {"positives": 4, "negatives": 1}
     pos, neg = concern.select_samples(y, 10, 4, 1)
     pc, nc, n_pos, _ = concern.node_counts(model, variables, x, y, pos, neg, 10)
-    steps = concern.step_masks(pc, nc, n_pos, params, concern.model_plan(model), 0.5)
+    steps = concern.step_masks(pc, nc, n_pos, params, concern.model_plan(model, x.shape[1:]), 0.5)
     for step, variant in (("ti", "ci_ti_mc"), ("bln", "ci_ti_mc_bln"), ("bi", "ci_ti_mc_bln_bi")):
         dec = concern.Concern(variant=variant, **kw).decompose(model, variables, x, y, 10)
         chex.assert_trees_all_equal({k: np.asarray(v) for k, v in dec.modules.positions.items()}, steps[step])

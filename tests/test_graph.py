@@ -7,7 +7,6 @@ read each group exactly where the zoo taps it.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import chex
@@ -168,28 +167,60 @@ def test_training_mode_derives_the_same_groups_reads_and_gates():
     assert not training.whole
 
 
+def hand_written_plan(name, model):
+    """The Pan and Rajan plans the zoo used to declare by hand (before they were derived), in the zoo's tap names."""
+    from jaxmod.approaches.concern import ConvEdge, Plan
+
+    if name == "fc2":
+        names = ("fc1_relu", "fc2_relu")
+        return Plan(tuple(zip(names, (("fc2", "kernel"), ("logits", "kernel")), strict=True)), None, (), names)
+    if name == "lenet5":
+        dense = (("fc1_relu", ("fc2", "kernel")), ("fc2_relu", ("logits", "kernel")))
+        edges = (ConvEdge("conv1_relu", "conv2_relu", (5, 5), 1, ((0, 0), (0, 0)), pool=2),)
+        return Plan(dense, ("conv2_relu", "pool2", ("fc1", "kernel")), edges,
+                    ("conv1_relu", "conv2_relu", "fc1_relu", "fc2_relu"))
+    edges, groups, previous = [], ["stem_relu"], "stem_relu"  # a ResNet
+    for block, _, _, stride, project in model._plan():
+        r1, r2 = f"{block}/relu1", f"{block}/relu2"
+        edges.append(ConvEdge(previous, r1, (3, 3), stride, ((1, 1), (1, 1))))
+        edges.append(ConvEdge(r1, r2, (3, 3), 1, ((1, 1), (1, 1))))
+        edges.append(ConvEdge(previous, r2, (1, 1), stride) if project else ConvEdge(previous, r2))
+        groups += [r1, r2]
+        previous = r2
+    return Plan((), (previous, "gap", ("logits", "kernel")), tuple(edges), tuple(groups))
+
+
 PLAN_ZOO = [("fc2", {}, (28, 28, 1)), ("lenet5", {}, (28, 28, 1)), ("resnet20", {"use_bn": False}, (28, 28, 1))]
 
 
 @pytest.mark.parametrize("name,config,shape", PLAN_ZOO, ids=["fc2", "lenet5", "resnet20-nobn"])
 def test_derived_pan_and_rajan_plan_equals_the_hand_written_one(name, config, shape):
     """Pan and Rajan's layer facts (conv edges with kernel, stride, padding and pooling; identity shortcuts; the
-    flatten and its reduction; the dense chain), read from the traced program, equal the zoo's hand-written plan."""
+    flatten and its reduction; the dense chain), read from the traced program and named after the zoo's taps, equal
+    the plans the zoo used to declare by hand."""
     from jaxmod.approaches import concern
 
     model = create_model(name, 10, **config)
-    hand, graph = concern.model_plan(model), derived_graph(model, shape)
-    derived = concern.derived_plan(graph)
-    shapes = resolve_topology(model, shape).variable_shapes
-    table, declared_names = _by_producers(resolve_topology(model, shape).spec, shapes)
-    found, _ = _by_producers(graph.spec, shapes)
-    rename = {d: declared_names[found[d][0]] for d in found}
-    assert tuple(rename[g] for g in derived.groups) == hand.groups
-    assert tuple((rename[g], path) for g, path in derived.dense) == hand.dense
-    assert (None if derived.flatten is None else (rename[derived.flatten[0]], *derived.flatten[1:])) == hand.flatten
-    assert sorted(map(str, (dataclasses.replace(e, src=rename[e.src], dst=rename[e.dst]) for e in derived.conv_edges))
-                  ) == sorted(map(str, hand.conv_edges))
-    assert derived.output == hand.output
+    hand, derived = hand_written_plan(name, model), concern.model_plan(model, shape)
+    assert (derived.groups, derived.dense, derived.flatten, derived.output) == (
+        hand.groups, hand.dense, hand.flatten, hand.output)
+    assert sorted(map(str, derived.conv_edges)) == sorted(map(str, hand.conv_edges))
+
+
+@pytest.mark.parametrize("name,shape", [("vgg_narrow", (32, 32, 3)), ("resnet20", (32, 32, 3)),
+                                        ("mobilenet", (32, 32, 3))])
+def test_pan_and_rajan_plans_of_the_other_zoo_models_derive(name, shape):
+    """VGG (pooling between conv pairs, a dense classifier), ResNet with batch norm, MobileNet (depthwise edges)."""
+    from jaxmod.approaches import concern
+
+    model = create_model(name, 10)
+    plan = concern.model_plan(model, shape)
+    assert set(plan.groups) == set(resolve_topology(model, shape).sizes)
+    assert plan.flatten is not None and plan.conv_edges and plan.output == ("logits", "kernel")
+    if name == "vgg_narrow":
+        assert [e.pool for e in plan.conv_edges] == [1, 2, 1, 2, 1] and plan.flatten[1] == "pool2"
+    else:
+        assert plan.flatten[1] == "gap"
 
 
 def test_derived_plan_names_what_it_cannot_follow():
@@ -211,4 +242,4 @@ def test_derived_plan_names_what_it_cannot_follow():
     model = OverlappingPool()
     net = adapt(model, init_linen(model, (1, 12, 12, 1)), jnp.zeros((1, 12, 12, 1)))
     with pytest.raises(ValueError, match="pooling window .* 'reduce_window_max'"):
-        concern.model_plan(net.model)
+        concern.model_plan(net.model, (12, 12, 1))

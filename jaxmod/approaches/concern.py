@@ -43,16 +43,18 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from jaxmod import fastconv
 from jaxmod.activations import forward, predict_logits, scan_dataset
 from jaxmod.checks import check_choice
 from jaxmod.data import check_every_class_present, check_labels
-from jaxmod.graph import ELEMENTWISE, OUTPUT_LABEL, WINDOW, Const, ModelGraph, Op
+from jaxmod.graph import ELEMENTWISE, OUTPUT_LABEL, WINDOW, Const, ModelGraph, Op, derive_graph, trace_program
 from jaxmod.losses import LossFn
 from jaxmod.metrics.modules import module_statistics, unit_statistics
-from jaxmod.models import MLP, LeNet5, ResNet, check_inputs
+from jaxmod.models import MLP, check_inputs
 from jaxmod.modules import Decomposition, ModuleSet, module_set
 from jaxmod.running import channel_head
-from jaxmod.topology import resolve_topology
+from jaxmod.taps import ACTIVATIONS
+from jaxmod.topology import flat_activations, resolve_topology
 
 DENSE_VARIANTS = ("ti_i", "ti_sne", "cm_rie")
 CNN_VARIANTS = ("ci_ti_mc", "ci_ti_mc_bln", "ci_ti_mc_bln_bi")
@@ -245,35 +247,43 @@ def _flatten_kind(steps: Sequence[Op], inner: int) -> str:
     return f"pool{pool}"
 
 
-def model_plan(model: nn.Module) -> Plan:
-    """The plan for FC1-FC4, LeNet-5, batch-norm-free ResNets (hand-written) and for a user's adapted model
-    (:func:`derived_plan`); ``ValueError`` otherwise."""
+def model_plan(model: nn.Module, input_shape: Sequence[int]) -> Plan:
+    """The plan of any model whose layers the derivation follows (:func:`derived_plan`): a user's adapted model
+    with its own graph, a zoo model with its groups named after its taps (:func:`tapped_graph`). ``ValueError``
+    naming the operation it cannot follow."""
     if hasattr(model, "graph") and hasattr(model, "source"):
         return derived_plan(model.graph())
-    if isinstance(model, MLP):
-        names = [f"fc{i}_relu" for i in range(1, model.num_hidden + 1)]
-        consumers = [(f"fc{i}", "kernel") for i in range(2, model.num_hidden + 1)] + [("logits", "kernel")]
-        return Plan(tuple(zip(names, consumers, strict=True)), None, (), tuple(names))
-    if isinstance(model, LeNet5):
-        dense = (("fc1_relu", ("fc2", "kernel")), ("fc2_relu", ("logits", "kernel")))
-        edges = (ConvEdge("conv1_relu", "conv2_relu", (5, 5), 1, ((0, 0), (0, 0)), pool=2),)
-        groups = ("conv1_relu", "conv2_relu", "fc1_relu", "fc2_relu")
-        return Plan(dense, ("conv2_relu", "pool2", ("fc1", "kernel")), edges, groups)
-    if isinstance(model, ResNet):
-        if model.use_bn:
-            raise ValueError("the concern approach supports ResNets without batch norm (Pan & Rajan's models); "
-                             "build it with model_config {'use_bn': false}")
-        edges, groups, previous = [], ["stem_relu"], "stem_relu"
-        for name, _, _, stride, project in model._plan():
-            r1, r2 = f"{name}/relu1", f"{name}/relu2"
-            edges.append(ConvEdge(previous, r1, (3, 3), stride, ((1, 1), (1, 1))))
-            edges.append(ConvEdge(r1, r2, (3, 3), 1, ((1, 1), (1, 1))))
-            edges.append(ConvEdge(previous, r2, (1, 1), stride) if project else ConvEdge(previous, r2))
-            groups += [r1, r2]
-            previous = r2
-        return Plan((), (previous, "gap", ("logits", "kernel")), tuple(edges), tuple(groups))
-    raise ValueError(f"the concern approach does not support {type(model).__name__}: it handles FC1-FC4 (MLP), "
-                     "LeNet5, ResNets without batch norm and users' models (jaxmod.adapt)")
+    return _zoo_plan(model, tuple(int(d) for d in input_shape))
+
+
+@functools.lru_cache(maxsize=64)
+def _zoo_plan(model: nn.Module, input_shape: tuple[int, ...]) -> Plan:
+    graph, names = tapped_graph(model, input_shape)
+    plan = derived_plan(graph)
+    rename = names.__getitem__
+    return Plan(tuple((rename(g), path) for g, path in plan.dense),
+                None if plan.flatten is None else (rename(plan.flatten[0]), *plan.flatten[1:]),
+                tuple(dataclasses.replace(e, src=rename(e.src), dst=rename(e.dst)) for e in plan.conv_edges),
+                tuple(map(rename, plan.groups)), plan.output)
+
+
+def tapped_graph(model: nn.Module, input_shape: Sequence[int]) -> tuple[ModelGraph, dict[str, str]]:
+    """The derived graph of a model that taps its activations (the zoo's) and, per derived group, the name of the
+    tap that reads it; ``ValueError`` when a group has no tap at its read point."""
+    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype)))
+    variables = {c: t for c, t in variables.items() if c != ACTIVATIONS}
+    with fastconv.reference_convs():  # the plain conv primitive, which the walk follows
+        program = trace_program(lambda v, xb: model.apply(v, xb, mutable=[ACTIVATIONS]), variables, x)
+    graph = derive_graph(program)
+    _, state = jax.tree_util.tree_unflatten(program.out_tree, program.output_ids)
+    tapped = {v: k for k, v in flat_activations(state[ACTIVATIONS]).items()}
+    names = {}
+    for group, point in graph.read_points.items():
+        if point.var not in tapped:
+            raise ValueError(f"{type(model).__name__}: group {group!r} is read where the model has no tap")
+        names[group] = tapped[point.var]
+    return graph, names
 
 
 # ---------------------------------------------------------------------------------------------
@@ -586,12 +596,12 @@ class Concern:
     def training_loss(self) -> LossFn | None:
         return None
 
-    def plan(self, model: nn.Module) -> Plan:
+    def plan(self, model: nn.Module, input_shape: Sequence[int]) -> Plan:
         """The model's layer facts; CI+TI+MC backtracks nothing, so on a user's model it needs none (a ViT's
         MLP neurons, say, are modularized by CI, TI and channeling alone)."""
         if self.variant == "ci_ti_mc" and hasattr(model, "graph") and hasattr(model, "source"):
             return Plan((), None, (), tuple(model.graph().group_names))
-        return model_plan(model)
+        return model_plan(model, input_shape)
 
     def negatives_per_class(self, num_classes: int) -> int:
         if self.negatives is not None:
@@ -605,7 +615,7 @@ class Concern:
             raise ValueError(f"num_classes is {num_classes} but the model has {model.num_classes} classes")
         check_labels(np.asarray(y), num_classes)
         check_every_class_present(y, num_classes, "samples to decompose from")
-        plan = self.plan(model)
+        plan = self.plan(model, np.shape(x)[1:])
         if self.variant in DENSE_VARIANTS and (plan.flatten is not None or plan.conv_edges):
             raise ValueError(f"variant {self.variant!r} is the dense (FSE 2020) method; for {type(model).__name__} "
                              f"use one of {CNN_VARIANTS}")
@@ -656,8 +666,8 @@ class Concern:
         classes of another dataset. Nodes of the module's model active on any of ``x_negative`` are
         restored, then the variant's backtracking runs again. ``rows`` picks the modules to update
         (default all). Returns the updated module set."""
-        plan = self.plan(model)
         x_negative = np.asarray(x_negative)
+        plan = self.plan(model, x_negative.shape[1:])
         check_inputs(model, variables, x_negative)
         flat = {k: np.asarray(v) for k, v in modules.positions.items()}
         n = modules.num_modules
