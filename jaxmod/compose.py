@@ -32,7 +32,14 @@ from jaxmod.composed import ComposedModel, Provenance
 from jaxmod.models import create_model, model_config
 from jaxmod.modules import ModuleSet, as_hashable, check_class_list, check_compatible, check_source
 from jaxmod.running import apply_weight_mask, module_outputs, module_rows, one_module_output
-from jaxmod.topology import SlicedModel, Topology, slice_model, topology_for_groups
+from jaxmod.topology import (
+    SlicedModel,
+    Topology,
+    resolve_topology,
+    slice_model,
+    slice_variables,
+    topology_for_groups,
+)
 
 HOW = ("merge", "vote")
 
@@ -154,7 +161,72 @@ def compose(modules: ModuleSet, variables: Mapping[str, Any], classes: Sequence[
     deployed = dict(variables)
     if chosen.weights is not None:
         deployed["params"] = apply_weight_mask(variables["params"], modules.union(classes))
-    return VotingModel(full, deployed, chosen, classes, Provenance(chosen, variables, how))
+    voter, deployed, voting = _sliced_for_voting(full, chosen, deployed)
+    return VotingModel(voter, deployed, voting, classes, Provenance(chosen, variables, how))
+
+
+def used_units(modules: ModuleSet, topology: Topology) -> dict[str, np.ndarray]:
+    """Per group, ``bool[units]``: whether some module of the set uses the unit. With node masks (Pan and Rajan), a
+    unit is used when a module keeps one of its positions; with weight masks (supermasks), when a module keeps one
+    of the weights that read it (a unit none of whose outgoing weights is kept reaches nothing). A group that an
+    identity shortcut carries (an index map) is used whole: its units reach the sum without a kernel."""
+    if modules.positions is not None:
+        return {g: np.asarray(m).reshape(-1, np.shape(m)[-1]).any(axis=0) for g, m in modules.positions.items()}
+    if modules.weights is None:
+        raise ValueError(f"used_units reads node or weight masks; these modules have {modules.granularity}")
+    weights = {k: np.asarray(v).any(axis=0)  # over modules; a leaf the method does not mask is None
+               for k, v in traverse_util.flatten_dict(dict(modules.weights)).items() if v is not None}
+    shortcut = {name for m in topology.spec.index_maps for name in (m.source, m.target)}
+    out = {}
+    for group in topology.spec.groups:
+        size = topology.sizes[group.name]
+        used = np.full(size, group.name in shortcut or not group.consumers)
+        for axis in group.consumers:
+            mask = weights.get(axis.path) if axis.collection == "params" else None
+            if mask is None:  # a consumer left unmasked reads every unit
+                used[:] = True
+                continue
+            along = np.moveaxis(mask, axis.axis, 0).reshape(mask.shape[axis.axis], -1).any(axis=1)
+            used |= along.reshape(-1, size, axis.inner).any(axis=(0, 2))
+        out[group.name] = used
+    return out
+
+
+def _sliced_for_voting(full: nn.Module, chosen: ModuleSet, deployed: dict) -> tuple[nn.Module, dict, ModuleSet]:
+    """The voters' network without the units no chosen module uses (:func:`used_units`), every class kept (the
+    heads read them all), and the modules' masks cut to match: each module's output is unchanged, since a dropped
+    unit reaches nothing in any of them. The full network where nothing can go (or the masks have a time axis)."""
+    if chosen.granularity not in ("positions", "weights") or chosen.time_axis:
+        return full, deployed, chosen
+    topology = resolve_topology(full, chosen.meta.input_shape)
+    used = used_units(chosen, topology)
+    if set(used) != set(topology.sizes) or all(u.all() for u in used.values()):
+        return full, deployed, chosen
+    keep = {g: u if u.any() else np.arange(len(u)) == 0 for g, u in used.items()}  # a layer keeps one unit at least
+    every = tuple(range(topology.num_classes))
+    sliced = slice_model(full, topology, deployed, keep, every)
+    changes: dict[str, Any] = {}
+    if chosen.positions is not None:
+        changes["positions"] = {g: np.asarray(m)[..., keep[g]] for g, m in chosen.positions.items()}
+    if chosen.weights is not None:  # weight masks are cut like the parameters they mask
+        flat = traverse_util.flatten_dict(dict(chosen.weights))
+        cut = _cut_rows({("params", *k): v for k, v in flat.items() if v is not None}, topology, keep, every)
+        changes["weights"] = traverse_util.unflatten_dict({k: cut.get(("params", *k), v) for k, v in flat.items()})
+    if chosen.state is not None:  # per-module variable collections, e.g. batch statistics
+        changes["state"] = traverse_util.unflatten_dict(
+            _cut_rows(traverse_util.flatten_dict(dict(chosen.state)), topology, keep, every))
+    return sliced.model, sliced.variables, chosen.replace(**changes)
+
+
+def _cut_rows(stacked: Mapping[tuple, Any], topology: Topology, keep: Mapping[str, np.ndarray],
+              classes: Sequence[int]) -> dict[tuple, np.ndarray]:
+    """Leaves stacked over modules (flat keys ``(collection, *path)``), each module's row cut to the kept units as
+    :func:`jaxmod.topology.slice_variables` cuts variables, and stacked again."""
+    num = len(next(iter(stacked.values()))) if stacked else 0
+    rows = [traverse_util.flatten_dict(slice_variables(
+        topology, traverse_util.unflatten_dict({k: np.asarray(v)[i] for k, v in stacked.items()}), keep, classes)[0])
+        for i in range(num)]
+    return {k: np.stack([np.asarray(r[k]) for r in rows]) for k in stacked}
 
 
 def module_topology(model: nn.Module, modules: ModuleSet) -> Topology:

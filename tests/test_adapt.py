@@ -97,15 +97,17 @@ def test_supermask_modules_of_a_users_model_vote(kind):
     from jaxmod.running import module_rows, one_module_output
 
     net, x, y = _adapted(kind)
-    modules = jaxmod.decompose("supermask", net, x[:40], y[:40], epochs=1, batch_size=40, k=0.5)
+    modules = jaxmod.decompose("supermask", net, x[:40], y[:40], epochs=1, batch_size=40, k=0.1)
     kept = [float(np.mean(w)) for w in jax.tree.leaves(modules.weights)]
-    assert 0 < min(kept) and max(kept) < 1, kind  # top-k of the scores: about half of each masked kernel
+    assert 0 < min(kept) and max(kept) < 0.2, kind  # top-k of the scores: about a tenth of each masked kernel
     voter = jaxmod.recompose(net, modules, CLASSES)
     scores = np.asarray(voter(x[:4]))
     assert scores.shape == (4, 2) and np.all(np.isfinite(scores))
     row = jax.tree.map(lambda w: w[CLASSES[0]], module_rows(modules))
     own = one_module_output(net.model, net.variables, row, jnp.asarray(CLASSES[0]), jnp.asarray(x[:4]))
-    chex.assert_trees_all_close(scores[:, 0], np.asarray(own), atol=1e-6)
+    chex.assert_trees_all_close(scores[:, 0], np.asarray(own), atol=1e-5)  # the full network with module 3's masks
+    # units whose every outgoing weight both modules mask reach nothing: the voters' network drops them
+    assert count_parameters(voter.variables) < count_parameters(net.variables), kind
 
 
 @pytest.mark.parametrize("kind", ["cnn", "resnet", "separable"])
@@ -157,11 +159,17 @@ def test_pan_and_rajan_cnn_variants_on_a_users_model(kind):
             assert not np.any(steps["bi"][group] & ~steps["bln"][group])
         removed = sum(int(np.sum(steps["ti"][g] & ~steps["bi"][g])) for g in shapes)
         assert removed > 0, kind  # backtracking acted
+    # a unit neither chosen module keeps leaves the voters' network (here forced: the last group's first unit)
+    last = list(modules.positions)[-1]
+    emptied = np.asarray(modules.positions[last]).copy()
+    emptied[CLASSES, ..., 0] = False
+    modules = modules.replace(positions={**modules.positions, last: emptied})
     voter = jaxmod.recompose(net, modules, CLASSES)
+    assert count_parameters(voter.variables) < count_parameters(net.variables), kind
     scores = np.asarray(voter(x[:8]))
     row = jax.tree.map(lambda w: w[CLASSES[1]], module_rows(modules))
     own = one_module_output(net.model, net.variables, row, jnp.asarray(CLASSES[1]), jnp.asarray(x[:8]))
-    chex.assert_trees_all_close(scores[:, 1], np.asarray(own), atol=1e-6)
+    chex.assert_trees_all_close(scores[:, 1], np.asarray(own), atol=1e-5)  # the full network with module 5's masks
     masked = jax.jit(net.model.apply)({**net.variables, "position_masks": jax.tree.map(
         lambda v: jnp.asarray(v[CLASSES[1]]), dict(modules.positions))}, x[:8])
     assert not np.allclose(np.asarray(masked), np.asarray(net(x[:8])), atol=1e-6) or kind == "vit"
