@@ -5,9 +5,10 @@ Two ways, one call (:func:`compose`):
 * **merge** (MODA's reuse without fine-tuning, and any unit-mask modules without a time axis): the
   chosen classes' unit masks are OR-ed layer by layer and the parameter tree is sliced, giving a
   physically smaller model (:class:`SlicedModel`) whose logits are the chosen classes', in order.
-* **vote** (modules with a head, or masks that cannot be sliced: positions, weights, unrolled recurrent
+* **vote** (modules with a head, or masks that cannot be merged: positions, weights, unrolled recurrent
   units): each module runs with its own masks and head and scores "my class"; the composed prediction
-  is the most confident module's class (:class:`VotingModel`).
+  is the most confident module's class (:class:`VotingModel`). The voters' network drops the units no chosen
+  module uses (:func:`used_units`), so it is physically smaller too where the modules leave units unused.
 
 Both return a callable ``composed(x) -> float[B, ..., k]`` over the chosen classes (logits, or the
 modules' confidences), whose argmax is the composed prediction.
