@@ -188,3 +188,58 @@ def test_predict_logits_matches_apply_across_a_partial_batch():
     x = np.asarray(jax.random.normal(jax.random.key(4), (7, *SHAPE)))
     chex.assert_trees_all_close(predict_logits(model, variables, x, batch_size=3), model.apply(variables, x),
                                 atol=1e-5)
+
+
+def _fc2_meta(model, variables, approach):
+    return ModuleMeta(approach=approach, model_name="fc2", model_config=models.model_config(model), dataset="none",
+                      input_shape=SHAPE, num_classes=10, classes=tuple(range(10)), source=fingerprint(variables))
+
+
+def test_used_units_by_hand():
+    """fc2 with 3 and 2 hidden units: a unit is used when a module keeps one of its nodes (node masks) or one of
+    the weights that read it (weight masks; the output layer reads the last hidden layer)."""
+    model = models.create_model("fc2", 10, units=3)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, *SHAPE)))
+    topo = resolve_topology(model, SHAPE)
+    meta = _fc2_meta(model, variables, "concern")
+    nodes = {"fc1_relu": np.array([[1, 0, 0], [0, 0, 1]], bool), "fc2_relu": np.array([[0, 0, 0], [0, 1, 0]], bool)}
+    chosen = ModuleSet(positions=nodes, meta=meta.replace(classes=(0, 1)))
+    used = compose.used_units(chosen, topo)
+    chex.assert_trees_all_equal(used, {"fc1_relu": np.array([1, 0, 1], bool), "fc2_relu": np.array([0, 1, 0], bool)})
+    kernels = {"fc1": {"kernel": np.ones((2, 784, 3), bool), "bias": None},
+               "fc2": {"kernel": np.zeros((2, 3, 3), bool), "bias": None},
+               "logits": {"kernel": np.zeros((2, 3, 10), bool), "bias": None}}
+    kernels["fc2"]["kernel"][0, 2, 1] = True  # module 0 keeps fc1 unit 2 -> fc2 unit 1
+    kernels["logits"]["kernel"][1, 0, 7] = True  # module 1 keeps fc2 unit 0 -> class 7
+    chosen = ModuleSet(weights=kernels, meta=meta.replace(approach="supermask", classes=(0, 1)))
+    used = compose.used_units(chosen, topo)
+    chex.assert_trees_all_equal(used, {"fc1_relu": np.array([0, 0, 1], bool), "fc2_relu": np.array([1, 0, 0], bool)})
+
+
+def test_a_voter_drops_the_units_no_chosen_module_uses():
+    """Node-mask modules of a zoo LeNet-5 voting: units used by neither chosen module leave the network, which
+    gives every module's own confidence (the full network with its masks) and has fewer parameters and FLOPs."""
+    from jaxmod.running import channel_head, module_rows, one_module_output
+
+    model = models.create_model("lenet5", 10)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, *SHAPE)))
+    topo = resolve_topology(model, SHAPE)
+    shapes = {k: v.shape[1:] for k, v in jax.eval_shape(
+        lambda v: model.apply(v, jnp.zeros((1, *SHAPE)), mutable=["activations"])[1]["activations"],
+        variables).items()}
+    rng = np.random.default_rng(0)
+    nodes = {g: rng.random((10, *shapes[g])) < 0.7 for g in topo.sizes}
+    nodes["fc1_relu"][:, :40] = False  # the first 40 fc1 units: no module keeps them
+    nodes["conv2_relu"][:, ..., 3] = False  # nor conv2's channel 3
+    modules = ModuleSet(positions=nodes, head=channel_head(10, range(10)), meta=_fc2_meta(model, variables, "concern")
+                        .replace(model_name="lenet5", model_config=models.model_config(model)))
+    voter = compose.compose(modules, variables, (2, 6))
+    x = jax.random.normal(jax.random.key(1), (4, *SHAPE))
+    for i, c in enumerate((2, 6)):
+        row = jax.tree.map(lambda m, c=c: m[c], module_rows(modules))
+        own = one_module_output(model, variables, row, jnp.asarray(c), x)
+        chex.assert_trees_all_close(voter(x)[:, i], own, atol=1e-5)
+    expected = {g: int(m[[2, 6]].reshape(-1, m.shape[-1]).any(axis=0).sum()) for g, m in nodes.items()}
+    assert dict(voter.model.widths) == expected and expected["fc1_relu"] <= 80 and expected["conv2_relu"] <= 15
+    assert count_parameters(voter.variables) < count_parameters(variables)
+    assert metrics.forward_flops(voter.model, voter.variables, SHAPE) < metrics.forward_flops(model, variables, SHAPE)
