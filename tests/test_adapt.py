@@ -108,6 +108,8 @@ def test_supermask_modules_of_a_users_model_vote(kind):
     chex.assert_trees_all_close(scores[:, 0], np.asarray(own), atol=1e-5)  # the full network with module 3's masks
     # units whose every outgoing weight both modules mask reach nothing: the voters' network drops them
     assert count_parameters(voter.variables) < count_parameters(net.variables), kind
+    full_flops = count_flops(lambda xb: net.model.apply(net.variables, xb), x[:1])
+    assert count_flops(lambda xb: voter.model.apply(voter.variables, xb), x[:1]) < full_flops, kind  # per module
 
 
 @pytest.mark.parametrize("kind", ["cnn", "resnet", "separable"])
@@ -166,6 +168,8 @@ def test_pan_and_rajan_cnn_variants_on_a_users_model(kind):
     modules = modules.replace(positions={**modules.positions, last: emptied})
     voter = jaxmod.recompose(net, modules, CLASSES)
     assert count_parameters(voter.variables) < count_parameters(net.variables), kind
+    full_flops = count_flops(lambda xb: net.model.apply(net.variables, xb), x[:1])
+    assert count_flops(lambda xb: voter.model.apply(voter.variables, xb), x[:1]) < full_flops, kind  # per module
     scores = np.asarray(voter(x[:8]))
     row = jax.tree.map(lambda w: w[CLASSES[1]], module_rows(modules))
     own = one_module_output(net.model, net.variables, row, jnp.asarray(CLASSES[1]), jnp.asarray(x[:8]))
