@@ -331,7 +331,7 @@ class Adapted(nn.Module):
 
         def on_gate(gate: GatePoint, value: jax.Array, conv_input: jax.Array) -> jax.Array:
             if self.mask_generators:  # MwT: a per-sample channel mask from the conv's input
-                name = gate.group.replace("/", ".") + "_generator"
+                name = gate.group.replace("/", ":") + "_generator"  # no "." or "/": checkpoint keys
                 mask = MaskGenerator(value.shape[gate.axis], name=name)(conv_input)
                 self.sow(ACTIVATIONS, gate.sown_name, mask, init_fn=lambda: None, reduce_fn=lambda _, v: v)
                 value = value * _along(mask, value.ndim, gate.axis, batch=True).astype(value.dtype)

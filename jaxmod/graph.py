@@ -802,7 +802,7 @@ def derive_graph(program: Program) -> ModelGraph:
     for s, t, op, operand, axis in maps:
         if walk.groups[s].whole or walk.groups[t].whole:
             continue
-        index_maps.append(IndexMapPoint(f"{names[t]}<-{names[s]}".replace("/", "."), op, operand, axis,
+        index_maps.append(IndexMapPoint(f"{names[t]}<-{names[s]}".replace("/", ":"), op, operand, axis,
                                         names[s], names[t]))
     spec = TopologySpec(tuple(groups), _leaf_axes(out_group.producers, program),
                         tuple(IndexMapSpec(m.name, m.source, m.target) for m in index_maps))
@@ -826,7 +826,7 @@ def _gates(walk: _Walk, names: Mapping[int, str], sizes: Mapping[str, int], outp
            program: Program) -> tuple[tuple[GatePoint, ...], tuple]:
     """MwT's gates: every conv but the first (its rule for VGG), on a group that is sliceable. A conv whose
     group is a residual sum (tied with another conv, or fed an identity shortcut) gets a split group of its
-    own kernels (``<layer>.own``), padded into the sum, as MwT does inside residual sums."""
+    own kernels (``<layer>:own``), padded into the sum, as MwT does inside residual sums."""
     convs = sorted(walk.conv_input, key=lambda g: walk.groups[g].order)
     per_root: dict[int, list[int]] = {}
     for g in convs:
@@ -844,7 +844,7 @@ def _gates(walk: _Walk, names: Mapping[int, str], sizes: Mapping[str, int], outp
         if root in walk.tie_targets or len(per_root[root]) > 1:
             own = walk.own.get(g, walk.groups[g].producers)
             layers = tuple(sorted({"/".join(program.leaf_keys[lf][1][:-1]) for lf, _, _ in own}))
-            group = f"{walk.conv_layer[g]}.own"
+            group = f"{walk.conv_layer[g]}:own"
             splits.append((group, names[root], layers))
         gates.append(GatePoint(group, var, axis, walk.conv_input[g], walk.groups[root].size))
     return tuple(gates), tuple(splits)

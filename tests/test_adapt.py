@@ -113,7 +113,7 @@ def test_supermask_modules_of_a_users_model_vote(kind):
 
 
 @pytest.mark.parametrize("kind", ["cnn", "resnet", "separable"])
-def test_mwt_generators_attach_to_the_derived_conv_groups(kind):
+def test_mwt_generators_attach_to_the_derived_conv_groups(kind, tmp_path):
     """MwT on a user's CNN: generators at every conv but the first (kernel sets of their own inside residual
     sums), its loss reads their masks, and the modules compose into a smaller model equal to the masked one."""
     from jaxmod.approaches.mwt import mwt_topology, strip_generators, with_generators
@@ -136,6 +136,14 @@ def test_mwt_generators_attach_to_the_derived_conv_groups(kind):
     masked = jax.jit(net.model.apply)({**plain.variables, **unit_masks}, x[:8])
     chex.assert_trees_all_close(small(x[:8]), masked[:, CLASSES], atol=1e-5)
     assert count_parameters(small.variables) < count_parameters(plain.variables)
+    if kind == "resnet":  # the names the derivation makes (generators, split groups) are valid checkpoint keys
+        from jaxmod import checkpoint
+
+        checkpoint.save_tree(tmp_path / "trained", variables, {"kind": "test"})
+        chex.assert_trees_all_equal(checkpoint.restore_tree(tmp_path / "trained")[0], jax.device_get(variables))
+        checkpoint.save_modules(tmp_path / "modules", modules, plain.variables)
+        restored, _ = checkpoint.restore_modules(tmp_path / "modules")
+        chex.assert_trees_all_equal(dict(restored.units), dict(modules.units))
 
 
 @pytest.mark.parametrize("kind", ["cnn", "resnet", "separable", "vit"])
