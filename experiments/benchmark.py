@@ -48,6 +48,8 @@ COLUMNS: dict[str, str] = {
     "standard acc, same 5-class tasks": "reuse_by_size.5.standard_accuracy",
     "module size": "modules.mean_size",
     "module Jaccard": "modules.mean_jaccard",
+    "module size (weights)": "modules.weights.mean_size",
+    "module Jaccard (weights)": "modules.weights.mean_jaccard",
     "composed FLOPs, 2 classes": "reuse_by_size.2.composed_flops",
     "composed latency ratio, batch 1": "latency_ratio.batch_1",
     "composed latency ratio, batch 256": "latency_ratio.batch_256",
@@ -56,10 +58,12 @@ COLUMNS: dict[str, str] = {
     "random control: composed acc": "random_control.composed.test_accuracy",
     "random control: reuse acc, 2 classes": "random_control.reuse_by_size.2.accuracy",
     "random control: module size": "random_control.modules.mean_size",
+    "random control: module size (weights)": "random_control.modules.weights.mean_size",
     "margin over random: composed acc": "margin.composed",
     "margin over random: reuse acc, 2 classes": "margin.reuse_2",
 }
 SUMMARY_COLUMNS = ("composed acc (all classes)", "reuse acc, 2 classes", "reuse acc, 5 classes", "module size",
+                   "module size (weights)",
                    "margin over random: composed acc", "margin over random: reuse acc, 2 classes")
 
 

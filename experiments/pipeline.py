@@ -369,7 +369,17 @@ def random_control(s: Setup, d: Mapping[str, Any], source_model: Any, std: tuple
     measured = compose_and_reuse(s, {**d, "modules": drawn}, source_model, std)
     return {"composed": measured["composed"], "reuse": measured["reuse"],
             "modules": {"mean_size": sizes["mean_size"], "mean_overlap": sizes["mean_overlap"],
-                        "mean_jaccard": sizes["mean_jaccard"], "counted": sizes["counted"]}}
+                        "mean_jaccard": sizes["mean_jaccard"], "counted": sizes["counted"],
+                        "weights": in_weights(drawn, d["variables"], plain)}}
+
+
+def in_weights(modules: Any, variables: Any, model: Any) -> dict[str, float] | None:
+    """Mean module size and Jaccard index counted in the model's weights, the unit every method shares
+    (:func:`jaxmod.metrics.weight_statistics`); ``None`` for masks with a time axis (no single weight count)."""
+    if modules.time_axis:
+        return None
+    stats = metrics.weight_statistics(modules, variables, model)
+    return {"mean_size": stats["mean_size"], "mean_jaccard": stats["mean_jaccard"]}
 
 
 LATENCY_CLASSES = (0, 1)  # the 2-class composed model every run times (the same pair for every approach)
@@ -581,7 +591,8 @@ def run_setup(s: Setup, config: Any, workdir: str) -> dict[str, Any]:
     measured = compose_and_reuse(s, d, src_model, trained["standard"])
     measured.update(
         modules={"mean_size": sizes["mean_size"], "mean_overlap": sizes["mean_overlap"],
-                 "mean_jaccard": sizes["mean_jaccard"], "sizes": sizes["sizes"].tolist(), "counted": sizes["counted"]},
+                 "mean_jaccard": sizes["mean_jaccard"], "sizes": sizes["sizes"].tolist(), "counted": sizes["counted"],
+                 "weights": in_weights(modules, d["variables"], plain)},
         modules_raw=sizes,
         timing={**times, "decompose_seconds": d["decompose_seconds"], "inference_seconds": d["inference_seconds"]},
         config={"train": {"epochs": s.train_config.epochs, "batch_size": s.train_config.batch_size,

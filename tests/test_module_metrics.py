@@ -98,3 +98,27 @@ def test_one_module_has_no_pairs():
     np.testing.assert_allclose(stats["sizes"], [0.5])
     for key in ("mean_overlap", "mean_jaccard", "two_class_union_mean", "two_class_union_min", "two_class_union_max"):
         assert isinstance(stats[key], float) and np.isnan(stats[key]), key
+
+
+def test_every_granularity_counted_in_weights_by_hand():
+    """One unit for every method: node masks count the weights of the units they use (fc1's hidden nodes are its
+    units: the unit statistics above), weight masks count weight by weight with unmasked biases kept whole."""
+    model, variables, units = _fc1_modules()
+    (group,) = units.units
+    nodes = units.replace(units=None, positions={group: units.units[group]},
+                          meta=units.meta.replace(approach="concern"))
+    by_nodes = metrics.weight_statistics(nodes, variables, model)
+    np.testing.assert_allclose(by_nodes["sizes"], np.array([13, 13, 7]) / 27)
+    assert by_nodes["counted"] == "weights"
+    np.testing.assert_allclose(metrics.weight_statistics(units, variables, model)["sizes"], by_nodes["sizes"])
+    hidden, logits = np.zeros((2, 4, 3), bool), np.zeros((2, 3, 3), bool)
+    hidden[0, [0, 1], 0] = True  # module 0: two input weights of unit 0
+    hidden[1, [0, 3, 2, 1], [0, 1, 1, 2]] = True  # module 1: four, one of them shared
+    logits[0, 0, 0] = True
+    logits[1, [0, 1], [0, 1]] = True  # one shared
+    weights = {"fc1": {"kernel": hidden, "bias": None}, "logits": {"kernel": logits, "bias": None}}
+    masked = ModuleSet(weights=weights, meta=units.meta.replace(approach="supermask", classes=(0, 1)))
+    stats = metrics.weight_statistics(masked, variables, model)
+    # 6 unmasked biases in every module: sizes (2 + 1 + 6) and (4 + 2 + 6), shared 1 + 1 + 6, union 13
+    np.testing.assert_allclose(stats["sizes"], np.array([9, 12]) / 27)
+    np.testing.assert_allclose(stats["jaccard"][0, 1], 8 / 13)

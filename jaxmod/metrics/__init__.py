@@ -14,6 +14,7 @@ from jaxmod.metrics.modules import (
     summarize,
     union_size,
     unit_statistics,
+    weight_statistics,
 )
 from jaxmod.metrics.text import bleu_by_group, bleu_points, bleu_statistics, corpus_bleu, token_lists
 
@@ -40,6 +41,7 @@ __all__ = [
     "summarize",
     "union_size",
     "unit_statistics",
+    "weight_statistics",
     "token_lists",
     "top_k_accuracy",
     "top_k_hits",

@@ -19,6 +19,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from jaxmod import masks as mask_algebra
 from jaxmod.modules import ModuleSet
@@ -78,6 +79,26 @@ def module_statistics(modules: ModuleSet, variables: Mapping[str, Any], model: A
     else:
         stats = element_statistics(modules.masks)
     return {**stats, "counted": UNITS[kind]}
+
+
+def weight_statistics(modules: ModuleSet, variables: Mapping[str, Any], model: Any) -> dict[str, Any]:
+    """Sizes, overlaps and Jaccard indices of any module set counted in the model's weights, the one unit in
+    which methods compare: unit masks as :func:`module_statistics` counts them; node masks through the units they
+    use (a unit with a kept node keeps its weights, as a kept unit does); weight masks weight by weight, the
+    parameters they do not mask (biases, norms) kept whole."""
+    kind = modules.granularity
+    if kind == "units":
+        return module_statistics(modules, variables, model)
+    if kind == "positions":
+        units = {g: np.asarray(m).reshape(np.shape(m)[0], -1, np.shape(m)[-1]).any(axis=1)
+                 for g, m in modules.positions.items()}
+        topology = topology_for_groups(model, modules.meta.input_shape, tuple(units))
+        return {**unit_statistics(topology, units, variables["params"]), "counted": "weights"}
+    masks = traverse_util.flatten_dict(dict(modules.weights))
+    stacked = {k: np.asarray(masks[k]) if masks.get(k) is not None else np.ones((modules.num_modules, *np.shape(v)),
+                                                                                 bool)
+               for k, v in traverse_util.flatten_dict(dict(variables["params"])).items()}
+    return {**element_statistics(traverse_util.unflatten_dict(stacked)), "counted": "weights"}
 
 
 def union_size(modules: ModuleSet, classes: Sequence[int]) -> float:
