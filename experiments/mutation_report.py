@@ -133,7 +133,7 @@ def main(argv: list[str]) -> None:
     os.makedirs(FLAGS.out, exist_ok=True)
     write_json_atomic(os.path.join(FLAGS.out, "mutation.json"), {"modules": rows, "survivors": survivors,
                                                                   "not_checked": pending, "timeouts": timeouts})
-    table = [{**r, "minutes": None if r.get("seconds") is None else round(r["seconds"] / 60, 1)} for r in rows]
+    table = [{**r, "minutes": "" if r.get("seconds") is None else f"{r['seconds'] / 60:.0f}"} for r in rows]
     columns = ["module", "mutants", "killed", "equivalent", "surviving, not equivalent", "not checked", "score",
                "minutes"]
     lines = ["# Mutation testing", "",
