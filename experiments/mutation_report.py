@@ -31,6 +31,7 @@ flags.DEFINE_string("times", "", "File of `module seconds` lines: each module's 
 flags.DEFINE_string("mutmut", os.path.join(os.path.dirname(sys.executable), "mutmut"), "The mutmut executable.")
 flags.DEFINE_string("pyproject", "pyproject.toml", "Where [tool.mutmut] is.")
 flags.DEFINE_bool("list", False, "Print the modules of the scope, one a line, and stop.")
+flags.DEFINE_string("note", "", "A paragraph printed under the table (how the times were measured, what is left).")
 
 KILLED = {"killed", "segfault"}  # a test run that fails detects the mutant
 # not scored: mutants the run did not check, and timeouts (on this shared machine a slow or paused test run, not
@@ -141,7 +142,7 @@ def main(argv: list[str]) -> None:
              "`[tool.mutmut]` in pyproject.toml): one `mutmut run` per module, each timed (wall minutes on one "
              "core of this 2-core machine; the first module's time includes mutmut's one pass over every selected "
              "test that maps tests to functions). Score: killed / (mutants - not checked - equivalent).", "",
-             report.markdown_table(table, columns, floatfmt=".3f"), "",
+             report.markdown_table(table, columns, floatfmt=".3f"), ""] + ([FLAGS.note, ""] if FLAGS.note else []) + [
              "Commands (from the repository root, after `make data`):", ""]
     lines += [f"- `{r['module']}`: `{r['command']}`" for r in rows if r["module"] != "all" and r.get("command")]
     lines += [""]
