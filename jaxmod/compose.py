@@ -194,10 +194,11 @@ def used_units(modules: ModuleSet, topology: Topology) -> dict[str, np.ndarray]:
 
 
 def _sliced_for_voting(full: nn.Module, chosen: ModuleSet, deployed: dict) -> tuple[nn.Module, dict, ModuleSet]:
-    """The voters' network without the units no chosen module uses (:func:`used_units`), every class kept (the
-    heads read them all), and the modules' masks cut to match: each module's output is unchanged, since a dropped
-    unit reaches nothing in any of them. The full network where nothing can go (or the masks have a time axis)."""
-    if chosen.granularity not in ("positions", "weights") or chosen.time_axis:
+    """For node-mask modules, the voters' network without the units no chosen module uses (:func:`used_units`),
+    every class kept (the heads read them all), and the masks cut to match: each module's output is unchanged, since
+    a dropped unit is zero in every one of them. The full network where nothing can go, for weight masks and for
+    masks with a time axis."""
+    if chosen.granularity != "positions" or chosen.time_axis:  # weight masks: see BUILD_NOTES (open point)
         return full, deployed, chosen
     topology = resolve_topology(full, chosen.meta.input_shape)
     used = used_units(chosen, topology)

@@ -106,10 +106,6 @@ def test_supermask_modules_of_a_users_model_vote(kind):
     row = jax.tree.map(lambda w: w[CLASSES[0]], module_rows(modules))
     own = one_module_output(net.model, net.variables, row, jnp.asarray(CLASSES[0]), jnp.asarray(x[:4]))
     chex.assert_trees_all_close(scores[:, 0], np.asarray(own), atol=1e-5)  # the full network with module 3's masks
-    # units whose every outgoing weight both modules mask reach nothing: the voters' network drops them
-    assert count_parameters(voter.variables) < count_parameters(net.variables), kind
-    full_flops = count_flops(lambda xb: net.model.apply(net.variables, xb), x[:1])
-    assert count_flops(lambda xb: voter.model.apply(voter.variables, xb), x[:1]) < full_flops, kind  # per module
 
 
 @pytest.mark.parametrize("kind", ["cnn", "resnet", "separable"])
