@@ -54,8 +54,8 @@ def decompose(approach: str, net: Net, x: Any, y: Any, **options: Any) -> Module
 
 def recompose(net: Net, modules: ModuleSet, classes: Sequence[int], how: str | None = None) -> Any:
     """A model for ``classes`` from ``modules`` of ``net``: physically smaller when the modules merge (unit
-    masks); otherwise a vote of the modules on the network without the units none of them uses. ``small(x)``
-    gives the classes' scores in order."""
+    masks); otherwise a vote of the modules (node masks: on the network without the units none of them uses).
+    ``small(x)`` gives the classes' scores in order."""
     from jaxmod.adapter import Net as _Net
     from jaxmod.compose import compose as _compose
 

@@ -7,8 +7,8 @@ Two ways, one call (:func:`compose`):
   physically smaller model (:class:`SlicedModel`) whose logits are the chosen classes', in order.
 * **vote** (modules with a head, or masks that cannot be merged: positions, weights, unrolled recurrent
   units): each module runs with its own masks and head and scores "my class"; the composed prediction
-  is the most confident module's class (:class:`VotingModel`). The voters' network drops the units no chosen
-  module uses (:func:`used_units`), so it is physically smaller too where the modules leave units unused.
+  is the most confident module's class (:class:`VotingModel`). With node masks the voters' network drops the
+  units no chosen module uses (:func:`used_units`), so it is physically smaller too.
 
 Both return a callable ``composed(x) -> float[B, ..., k]`` over the chosen classes (logits, or the
 modules' confidences), whose argmax is the composed prediction.
