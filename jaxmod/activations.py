@@ -19,7 +19,7 @@ from jaxmod import fastconv, sharding
 from jaxmod.data import check_labels
 from jaxmod.models import check_inputs
 from jaxmod.taps import ACTIVATIONS
-from jaxmod.topology import flat_activations
+from jaxmod.topology import flat_activations, model_label
 
 
 def forward(model: nn.Module, variables: Mapping[str, Any], x: jax.Array,
@@ -27,9 +27,10 @@ def forward(model: nn.Module, variables: Mapping[str, Any], x: jax.Array,
     """Eval-mode logits and every tapped activation ``{group: (B, ..., units)}``."""
     logits, state = model.apply({**variables, **(extra or {})}, x, mutable=[ACTIVATIONS])
     if ACTIVATIONS not in state:
-        raise ValueError(f"{type(model).__name__} records no hidden activations: activation-based methods (MODA, MwT, "
-                         "Pan and Rajan, the RNN method) read each hidden layer through jaxmod.taps.tap(...) calls, "
-                         "as the zoo's models make them; supermask modules need none")
+        raise ValueError(f"{model_label(model)} records no hidden activations: activation-based methods (MODA, MwT, "
+                         "Pan and Rajan, the RNN method) read each hidden layer: adapt the model first "
+                         "(jaxmod.adapt, or jaxmod.models.zoo_model for a plain linen classifier); supermask modules "
+                         "need none")
     return logits, flat_activations(state[ACTIVATIONS])
 
 

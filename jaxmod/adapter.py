@@ -22,7 +22,7 @@ import functools
 import hashlib
 import importlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -38,6 +38,7 @@ from jaxmod.taps import ACTIVATIONS, INDEX_MAPS, POSITION_MASKS, UNIT_MASKS
 from jaxmod.topology import TopologySpec
 
 JAXMOD_COLLECTIONS = (ACTIVATIONS, UNIT_MASKS, POSITION_MASKS, INDEX_MAPS)
+SOWN = "intermediates"  # what a linen model sows there names the groups read at those values
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,12 +57,21 @@ class Source:
     name: str
     init_fn: Callable[[jax.Array, jax.Array], dict]
     apply_fn: Callable[..., tuple[jax.Array, dict]]
+    named_fn: Callable[..., tuple[tuple[jax.Array, dict], dict]] | None = None
+    module: Any = None  # the linen module, for a linen source
 
     def init(self, rng: jax.Array, x: jax.Array) -> dict:
         return self.init_fn(rng, x)
 
     def apply(self, variables: Mapping[str, Any], x: jax.Array, train: bool, rng: jax.Array) -> tuple[jax.Array, dict]:
         return self.apply_fn(variables, x, train, rng)
+
+    def apply_named(self, variables: Mapping[str, Any], x: jax.Array, train: bool,
+                    rng: jax.Array) -> tuple[tuple[jax.Array, dict], dict[str, jax.Array]]:
+        """``apply``'s result and the values the model sows (``intermediates``), by flat name: they name groups."""
+        if self.named_fn is None:
+            return self.apply(variables, x, train, rng), {}
+        return self.named_fn(variables, x, train, rng)
 
 
 def _takes_train(module: nn.Module) -> bool:
@@ -71,22 +81,38 @@ def _takes_train(module: nn.Module) -> bool:
         return False
 
 
+@functools.cache
 def linen_source(module: nn.Module) -> Source:
-    """A linen module as a :class:`Source` (``train=`` passed when its ``__call__`` takes it)."""
+    """A linen module as a :class:`Source` (``train=`` passed when its ``__call__`` takes it). One source per
+    module value (linen modules compare by their fields), so equal models share compiled functions."""
     takes_train = _takes_train(module)
 
     def init(rng, x):
         kwargs = {"train": False} if takes_train else {}
         variables = module.init({"params": rng, "dropout": rng}, x, **kwargs)
-        return {c: t for c, t in variables.items() if c not in JAXMOD_COLLECTIONS}
+        return {c: t for c, t in variables.items() if c not in (*JAXMOD_COLLECTIONS, SOWN)}
+
+    def run(variables, x, train, rng, extra):
+        kwargs = {"train": train} if takes_train else {}
+        mutable = ([c for c in variables if c != "params"] if train else []) + extra
+        out = module.apply(dict(variables), x, rngs={"dropout": rng}, mutable=mutable or False, **kwargs)
+        logits, state = out if mutable else (out, {})
+        state = dict(state)
+        sown = state.pop(SOWN, {})
+        return (logits, state if train else {}), sown
 
     def apply(variables, x, train, rng):
-        kwargs = {"train": train} if takes_train else {}
-        mutable = [c for c in variables if c != "params"] if train else False
-        out = module.apply(dict(variables), x, rngs={"dropout": rng}, mutable=mutable, **kwargs)
-        return (out[0], dict(out[1])) if mutable else (out, {})
+        return run(variables, x, train, rng, [])[0]
 
-    return Source("linen", type(module).__name__, init, apply)
+    def named(variables, x, train, rng):
+        result, sown = run(variables, x, train, rng, [SOWN])
+        names = {}
+        for path, values in traverse_util.flatten_dict(dict(sown), sep="/").items():
+            for k, value in enumerate(values if isinstance(values, tuple) else (values,)):
+                names[path if k == 0 else f"{path}#{k + 1}"] = value
+        return result, names
+
+    return Source("linen", type(module).__name__, init, apply, named, module)
 
 
 def _str_keys(tree: Any) -> Any:
@@ -144,8 +170,21 @@ def model_graph(source: Source, variable_shapes: tuple, x_shape: tuple[int, ...]
     x = jax.ShapeDtypeStruct(x_shape, x_dtype)
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
     with fastconv.reference_convs():  # the plain conv primitive, which the walk follows
-        program = trace_program(lambda v, xb, r: source.apply(v, xb, train, r), variables, x, rng)
+        program = trace_program(lambda v, xb, r: source.apply_named(v, xb, train, r), variables, x, rng, named=True)
     return derive_graph(program)
+
+
+@functools.lru_cache(maxsize=64)
+def source_shapes(source: Source, input_shape: tuple[int, ...], dtype: str) -> tuple:
+    """The (flat key, shape, dtype) table of the variables ``source`` initialises for inputs of ``input_shape``."""
+    x = jax.ShapeDtypeStruct((1, *input_shape), dtype)
+    return _shape_table(jax.eval_shape(lambda xb: source.init(jax.random.key(0), xb), x))
+
+
+def _caller_key(module: nn.Module, name: str) -> jax.Array:
+    """The key the caller gave ``init``/``apply`` for ``name`` (Flax's own, before any per-call folding), so that
+    an adapted model initialises and drops out exactly as the model does without jaxmod."""
+    return module.scope.rngs[name].as_jax_rng()
 
 
 def _resized_reshape(old_in: tuple, old_out: tuple, new_in: tuple, out_labels: Mapping[int, Any]) -> tuple:
@@ -273,28 +312,49 @@ def _along(mask: jax.Array, ndim: int, axis: int, batch: bool = False) -> jax.Ar
 
 
 class Adapted(nn.Module):
-    """A user's model (through its :class:`Source`) as a jaxmod model: ``num_classes``, ``widths`` (a sliced
-    model when set), ``topology_spec()``, and the ``activations``/``unit_masks``/``position_masks``/
-    ``index_maps`` collections the zoo's taps give. ``variable_shapes`` are the full model's (flat key,
-    shape, dtype): the traced program is always the full model's, evaluated on whatever variables come."""
+    """A model (through its :class:`Source`) as a jaxmod model: ``num_classes``, ``widths`` (a sliced model when
+    set), the derived topology (:meth:`graph`), and the ``activations``/``unit_masks``/``position_masks``/
+    ``index_maps`` collections. ``variable_shapes`` are the full model's (flat key, shape, dtype) and
+    ``input_shape`` one sample's; both may be left out (the zoo's models), and are then taken from each call's
+    input: the traced program is always the full model's, evaluated on whatever variables come.
+
+    ``own_keys``: initialise and drop out with the caller's keys exactly as the model does without jaxmod (the
+    zoo's models, whose weights must stay those their recorded results were trained from). Off, the model draws
+    them from Flax's per-call keys, as the users' models adapted for the recorded benchmark rows did."""
 
     source: Source
-    variable_shapes: tuple
-    input_shape: tuple[int, ...]
+    variable_shapes: tuple | None = None
+    input_shape: tuple[int, ...] | None = None
     input_dtype: str = "float32"
     num_classes: int = 2
     widths: tuple[tuple[str, int], ...] = ()
     mask_generators: bool = False
+    own_keys: bool = False
 
-    def residual_splits(self) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
+    def _key(self, name: str) -> jax.Array:
+        return _caller_key(self, name) if self.own_keys else self.make_rng(name)
+
+    def _shapes(self, input_shape: tuple[int, ...], dtype: str) -> tuple:
+        return self.variable_shapes or source_shapes(self.source, tuple(input_shape), dtype)
+
+    def _input_shape(self, input_shape: Sequence[int] | None) -> tuple[int, ...]:
+        shape = self.input_shape if input_shape is None else tuple(int(d) for d in input_shape)
+        if shape is None:
+            raise ValueError(f"{self.source.name}: give the input shape (one sample's) to derive its topology")
+        return shape
+
+    def residual_splits(self, input_shape: Sequence[int] | None = None) -> tuple[tuple[str, str, tuple[str, ...]], ...]:
         """MwT's kernel sets inside residual sums, derived (see :func:`jaxmod.graph.derive_graph`)."""
-        return self.graph().residual_splits
+        return self.graph(input_shape=input_shape).residual_splits
 
-    def graph(self, batch: int = 1, train: bool = False) -> ModelGraph:
-        return model_graph(self.source, self.variable_shapes, (batch, *self.input_shape), self.input_dtype, train)
+    def graph(self, batch: int = 1, train: bool = False, input_shape: Sequence[int] | None = None) -> ModelGraph:
+        """The derived graph on inputs of ``input_shape`` (one sample's; the model's own when it has one)."""
+        shape = self._input_shape(input_shape)
+        return model_graph(self.source, self._shapes(shape, self.input_dtype), (batch, *shape), self.input_dtype,
+                           train)
 
-    def topology_spec(self) -> TopologySpec:
-        return self.graph().spec
+    def topology_spec(self, input_shape: Sequence[int] | None = None) -> TopologySpec:
+        return self.graph(input_shape=input_shape).spec
 
     def jaxmod_config(self) -> dict[str, Any]:
         """What identifies the model in module metadata: its class, input and derived topology's digest."""
@@ -307,11 +367,12 @@ class Adapted(nn.Module):
         if jnp.issubdtype(jnp.dtype(self.input_dtype), jnp.integer) and not jnp.issubdtype(x.dtype, jnp.integer):
             x = x.astype(self.input_dtype)  # token ids: shape probes elsewhere pass float zeros
         if self.is_initializing():
-            for col, tree in self.source.init(self.make_rng("params"), x).items():
+            for col, tree in self.source.init(self._key("params"), x).items():
                 for key, value in dict(tree).items():
                     self.put_variable(col, key, value)
         variables = {c: dict(t) for c, t in self.variables.items() if c not in JAXMOD_COLLECTIONS}
-        graph = model_graph(self.source, self.variable_shapes, tuple(x.shape), str(jnp.dtype(x.dtype)), train)
+        dtype = str(jnp.dtype(x.dtype))
+        graph = model_graph(self.source, self._shapes(tuple(x.shape[1:]), dtype), tuple(x.shape), dtype, train)
         unit_masks = _flat_names(self.variables.get(UNIT_MASKS))
         position_masks = _flat_names(self.variables.get(POSITION_MASKS))
         index_maps = _flat_names(self.variables.get(INDEX_MAPS))
@@ -325,15 +386,17 @@ class Adapted(nn.Module):
                     raise ValueError(f"position mask for {name!r} has shape {position_masks[name].shape}, "
                                      f"activation is {jnp.moveaxis(value, axis, -1).shape[1:]}")
                 value = value * mask.astype(value.dtype)
-            self.sow(ACTIVATIONS, name, jnp.moveaxis(value, axis, -1), init_fn=lambda: None,
-                     reduce_fn=lambda _, v: v)
+            if not self.is_initializing():  # variables hold no activations (their flat names are no keys)
+                self.sow(ACTIVATIONS, name, jnp.moveaxis(value, axis, -1), init_fn=lambda: None,
+                         reduce_fn=lambda _, v: v)
             return value
 
         def on_gate(gate: GatePoint, value: jax.Array, conv_input: jax.Array) -> jax.Array:
             if self.mask_generators:  # MwT: a per-sample channel mask from the conv's input
                 name = gate.group.replace("/", ":") + "_generator"  # no "." or "/": checkpoint keys
                 mask = MaskGenerator(value.shape[gate.axis], name=name)(conv_input)
-                self.sow(ACTIVATIONS, gate.sown_name, mask, init_fn=lambda: None, reduce_fn=lambda _, v: v)
+                if not self.is_initializing():
+                    self.sow(ACTIVATIONS, gate.sown_name, mask, init_fn=lambda: None, reduce_fn=lambda _, v: v)
                 value = value * _along(mask, value.ndim, gate.axis, batch=True).astype(value.dtype)
             if gate.group in unit_masks:  # a split group's own kernels, masked (the masked full model)
                 value = value * _along(unit_masks[gate.group], value.ndim, gate.axis).astype(value.dtype)
@@ -342,7 +405,11 @@ class Adapted(nn.Module):
                 value = gather_axis(value, index_maps[pad], gate.axis)
             return value
 
-        rng = self.make_rng("dropout") if train and self.has_rng("dropout") else jax.random.key(0)
+        if train and not self.has_rng("dropout") and any(v in graph.program.extra_ids for op in graph.program.ops
+                                                        for v in op.inputs):
+            raise ValueError(f"{self.source.name} draws random numbers in training (dropout): pass "
+                             "rngs={'dropout': key}")
+        rng = self._key("dropout") if train and self.has_rng("dropout") else jax.random.key(0)
         outputs = run_graph(graph, variables, x, rng, sliced=bool(self.widths), on_read=on_read, on_gate=on_gate,
                             index_maps=index_maps)
         logits, *updates = outputs

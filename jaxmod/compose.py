@@ -36,6 +36,7 @@ from jaxmod.running import apply_weight_mask, module_outputs, module_rows, one_m
 from jaxmod.topology import (
     SlicedModel,
     Topology,
+    model_label,
     resolve_topology,
     slice_model,
     slice_variables,
@@ -69,7 +70,7 @@ def check_variables_fit(model: nn.Module, variables: Mapping[str, Any], input_sh
     have = {k: np.shape(v) for k, v in traverse_util.flatten_dict(dict(variables["params"])).items()}
     if want != have:
         diff = sorted(set(want.items()) ^ set(have.items()), key=str)[:4]
-        raise ValueError(f"the variables do not fit {type(model).__name__} {model_config(model)}: e.g. {diff}")
+        raise ValueError(f"the variables do not fit {model_label(model)} {model_config(model)}: e.g. {diff}")
 
 
 def source_model(modules: ModuleSet, variables: Mapping[str, Any], model: nn.Module | None = None) -> nn.Module:
@@ -81,7 +82,7 @@ def source_model(modules: ModuleSet, variables: Mapping[str, Any], model: nn.Mod
         check_compatible(meta, model_name=meta.model_name, model_config=model_config(model),
                          input_shape=meta.input_shape, num_classes=int(model.num_classes))
         if meta.model_name is not None and type(model) is not type(build_model(modules)):
-            raise ValueError(f"modules come from a {type(build_model(modules)).__name__}, not a {type(model).__name__}")
+            raise ValueError(f"modules come from a {model_label(build_model(modules))}, not a {model_label(model)}")
     check_variables_fit(full, variables, meta.input_shape, meta.input_dtype)
     check_finite_tree(variables, "the variables")
     check_source(modules, variables)

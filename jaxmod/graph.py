@@ -103,6 +103,7 @@ class Program:
     output_ids: tuple[int | Const, ...]
     avals: Mapping[int, Any]
     out_tree: Any = None  # the pytree structure of apply's result
+    names: Mapping[int, str] = dataclasses.field(default_factory=dict)  # variables the model sows, by sown name
 
 
 def _leaf_key(path: tuple) -> LeafKey:
@@ -110,25 +111,33 @@ def _leaf_key(path: tuple) -> LeafKey:
     return names[0], names[1:]
 
 
-def trace_program(apply: Callable, variables: Mapping[str, Any], x: Any, *extra: Any) -> Program:
+def trace_program(apply: Callable, variables: Mapping[str, Any], x: Any, *extra: Any, named: bool = False) -> Program:
     """Trace ``apply(variables, x, *extra)`` (arrays or ``ShapeDtypeStruct`` s) into a flat :class:`Program`.
 
     ``apply`` may return one array or a tuple whose first element is the logits (the rest, e.g. updated
-    batch statistics, become further outputs).
+    batch statistics, become further outputs). With ``named``, ``apply`` returns ``(result, names)``, ``names``
+    a flat mapping of names to values the model computes (what it sows): they name those variables
+    (:attr:`Program.names`) without becoming outputs.
     """
     flat, treedef = jax.tree_util.tree_flatten_with_path(dict(variables))
     keys = tuple(_leaf_key(p) for p, _ in flat)
 
     def fn(leaves, xb, *rest):
-        return apply(jax.tree_util.tree_unflatten(treedef, leaves), xb, *rest)
+        out = apply(jax.tree_util.tree_unflatten(treedef, leaves), xb, *rest)
+        return out if named else (out, {})
 
-    closed, out_shapes = jax.make_jaxpr(fn, return_shape=True)([leaf for _, leaf in flat], x, *extra)
+    closed, (out_shapes, name_shapes) = jax.make_jaxpr(fn, return_shape=True)([leaf for _, leaf in flat], x, *extra)
     builder = _Builder()
     inputs = [builder.new(v.aval) for v in closed.jaxpr.invars]
     outputs = builder.inline(closed.jaxpr, closed.consts, inputs, "")
-    n = len(flat)
-    return Program(tuple(builder.ops), keys, tuple(inputs[:n]), inputs[n], tuple(inputs[n + 1:]), tuple(outputs),
-                   builder.avals, jax.tree_util.tree_structure(out_shapes))
+    n, n_out = len(flat), len(jax.tree_util.tree_leaves(out_shapes))
+    _, name_tree = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure((out_shapes, name_shapes)), outputs)
+    names: dict[int, str] = {}
+    for name, var in sorted(dict(name_tree).items()):
+        if not isinstance(var, Const):
+            names.setdefault(var, name)
+    return Program(tuple(builder.ops), keys, tuple(inputs[:n]), inputs[n], tuple(inputs[n + 1:]),
+                   tuple(outputs[:n_out]), builder.avals, jax.tree_util.tree_structure(out_shapes), names)
 
 
 class _Builder:
@@ -775,7 +784,7 @@ def derive_graph(program: Program) -> ModelGraph:
                 walk.make_whole(s if wt else t, f"read through an index map together with a whole group ({ws or wt})")
                 changed = True
     roots = sorted({walk.find(g) for g in range(len(walk.groups))}, key=lambda g: walk.groups[g].order)
-    names = _group_names(walk, roots, program)
+    names = _group_names(walk, roots, program, exits)
     read_points, groups, whole, sizes = {}, [], [], {}
     for g in roots:
         group = walk.groups[g]
@@ -826,7 +835,8 @@ def _gates(walk: _Walk, names: Mapping[int, str], sizes: Mapping[str, int], outp
            program: Program) -> tuple[tuple[GatePoint, ...], tuple]:
     """MwT's gates: every conv but the first (its rule for VGG), on a group that is sliceable. A conv whose
     group is a residual sum (tied with another conv, or fed an identity shortcut) gets a split group of its
-    own kernels (``<layer>:own``), padded into the sum, as MwT does inside residual sums."""
+    own kernels (named after its layer, ``<layer>:own`` where a group already has that name), padded into the
+    sum, as MwT does inside residual sums."""
     convs = sorted(walk.conv_input, key=lambda g: walk.groups[g].order)
     per_root: dict[int, list[int]] = {}
     for g in convs:
@@ -844,7 +854,9 @@ def _gates(walk: _Walk, names: Mapping[int, str], sizes: Mapping[str, int], outp
         if root in walk.tie_targets or len(per_root[root]) > 1:
             own = walk.own.get(g, walk.groups[g].producers)
             layers = tuple(sorted({"/".join(program.leaf_keys[lf][1][:-1]) for lf, _, _ in own}))
-            group = f"{walk.conv_layer[g]}:own"
+            group = walk.conv_layer[g]  # named after the conv's layer, or "<layer>:own" where a group has that name
+            if group in sizes or group in (gate.group for gate in gates):
+                group = f"{group}:own"
             splits.append((group, names[root], layers))
         gates.append(GatePoint(group, var, axis, walk.conv_input[g], walk.groups[root].size))
     return tuple(gates), tuple(splits)
@@ -858,11 +870,21 @@ def _leaf_axes(items: set, program: Program) -> tuple[LeafAxis, ...]:
     return tuple(out)
 
 
-def _group_names(walk: _Walk, roots: list[int], program: Program) -> dict[int, str]:
-    """A group is named after the layer whose weight made it (the first, for tied groups): ``'block1/conv2'``."""
+def _group_names(walk: _Walk, roots: list[int], program: Program,
+                 exits: Mapping[int, list[tuple[int, int, bool]]]) -> dict[int, str]:
+    """A group read where the model sows a value (``self.sow("intermediates", "conv1_relu", h)``) is named after
+    it; any other after the layer whose weight made it (the first, for tied groups): ``'block1/conv2'``."""
     names: dict[int, str] = {}
     used: set[str] = set()
     for g in roots:
+        read = {v for v, _, _ in exits.get(g, [])}
+        sown = program.names.get(next(iter(read))) if len(read) == 1 else None
+        if sown is not None and sown not in used:
+            names[g] = sown
+            used.add(sown)
+    for g in roots:
+        if g in names:
+            continue
         base = walk.kernel_layer.get(g) or walk.groups[g].origin or f"sum{g}"
         name, k = base, 1
         while name in used:

@@ -145,6 +145,17 @@ def _as_path(path: Path | str) -> Path:
 # Resolution against shapes.
 
 
+def model_label(model: Any) -> str:
+    """The name messages give a model: its class, or the class of the model an adapted one runs."""
+    source = getattr(model, "source", None)
+    return source.name if source is not None and hasattr(source, "kind") else model_label(model)
+
+
+def is_adapted(model: Any) -> bool:
+    """Whether ``model`` runs through :mod:`jaxmod.adapter` (its topology derived), not a tapped model."""
+    return hasattr(model, "graph") and hasattr(model, "source")
+
+
 def flat_activations(activations: Mapping[str, Any]) -> dict[str, jax.Array]:
     """The sown ``activations`` collection as {'a/b': array}."""
     return {k: v for k, v in traverse_util.flatten_dict(dict(activations), sep="/").items()}
@@ -157,13 +168,15 @@ def resolve_topology(model: nn.Module, input_shape: Sequence[int]) -> Topology:
 
 @functools.lru_cache(maxsize=64)
 def _resolve_topology(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
-    """Check ``model.topology_spec()`` against the model's shapes and size every group.
+    """The model's topology on inputs of ``input_shape``, each group sized: derived from its traced program for an
+    adapted model (the zoo's feed-forward models and users'), else its declared ``topology_spec()`` (the
+    recurrent models), checked against the model's shapes.
 
     ``input_shape`` excludes the batch axis. Raises ``ValueError`` when the declaration does not
     match the model (a missing leaf, an axis whose length is not a multiple of its group's size,
     a tap without a group or a group without a tap).
     """
-    spec = model.topology_spec()
+    spec = model.graph(input_shape=input_shape).spec if is_adapted(model) else model.topology_spec()
     x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype)))
     _, state = jax.eval_shape(
@@ -178,7 +191,7 @@ def _resolve_topology(model: nn.Module, input_shape: tuple[int, ...]) -> Topolog
     names = [g.name for g in spec.groups]
     if sorted(names) != sorted(acts):
         raise ValueError(
-            f"{type(model).__name__}: declared unit groups {sorted(names)} do not match its "
+            f"{model_label(model)}: declared unit groups {sorted(names)} do not match its "
             f"activation taps {sorted(acts)}"
         )
     sizes = {name: int(acts[name].shape[-1]) for name in names}
@@ -188,11 +201,11 @@ def _resolve_topology(model: nn.Module, input_shape: tuple[int, ...]) -> Topolog
     checks += [(la, num_classes, OUTPUT) for la in spec.output]
     for la, size, name in checks:
         if la.key not in flat_vars:
-            raise ValueError(f"{type(model).__name__}: group {name!r} names a missing leaf {la.key}")
+            raise ValueError(f"{model_label(model)}: group {name!r} names a missing leaf {la.key}")
         shape = flat_vars[la.key]
         if shape[la.axis] % size:
             raise ValueError(
-                f"{type(model).__name__}: leaf {la.key} axis {la.axis} has length {shape[la.axis]}, "
+                f"{model_label(model)}: leaf {la.key} axis {la.axis} has length {shape[la.axis]}, "
                 f"not a multiple of group {name!r} size {size}"
             )
         leaf_shapes[la.key] = tuple(shape)
@@ -410,9 +423,9 @@ def split_residual_producers(topology: Topology, splits: Sequence[tuple[str, str
 
 
 def topology_for_groups(model: nn.Module, input_shape: Sequence[int], groups: Sequence[str]) -> Topology:
-    """The model's topology with the residual producer splits (``model.residual_splits()``) that ``groups``
-    name applied: masks keyed by a split group (MwT's ``<block>/conv2``) index the split topology."""
+    """The model's topology with the residual producer splits (derived, :func:`jaxmod.graph.derive_graph`) that
+    ``groups`` name applied: masks keyed by a split group (MwT's ``<block>/conv2:own``) index the split topology."""
     topology = resolve_topology(model, input_shape)
     named = set(groups)
-    splits = [s for s in getattr(model, "residual_splits", lambda: ())() if s[0] in named]
+    splits = [s for s in (model.residual_splits(tuple(input_shape)) if is_adapted(model) else ()) if s[0] in named]
     return split_residual_producers(topology, splits) if splits else topology

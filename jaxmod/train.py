@@ -41,7 +41,7 @@ from jaxmod.losses import LossFn
 from jaxmod.metrics.accuracy import top_k_hits
 from jaxmod.models import ACTIVATIONS
 from jaxmod.modules import data_fingerprint, json_normal
-from jaxmod.topology import flat_activations
+from jaxmod.topology import flat_activations, model_label
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
@@ -475,7 +475,7 @@ def fit(model: nn.Module, data: Any, loss_fn: LossFn, config: TrainConfig, workd
     try:
         probe = jax.eval_shape(lambda: model.init(jax.random.key(0), init_sample, train=False))
     except Exception as err:  # noqa: BLE001 - any failure to trace means the model does not take these inputs
-        raise ValueError(f"{type(model).__name__} does not take samples of shape {x.shape[1:]}: "
+        raise ValueError(f"{model_label(model)} does not take samples of shape {x.shape[1:]}: "
                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}") from err
     check_inputs(model, probe, x[:1])
     local_batch = sharding.local_batch_size(config.batch_size)  # with several processes, x is this one's part

@@ -76,7 +76,7 @@ def test_zero_init_residual_is_off_by_default_and_zeroes_only_conv2():
     kw = {"use_bn": False, "stage_sizes": (1, 1, 1), "stage_widths": (4, 4, 8), "stem_width": 4}
     plain = models.create_model("resnet20", 3, **kw)
     zero = models.create_model("resnet20", 3, zero_init_residual=True, **kw)
-    assert models.create_model("resnet20", 3, **kw).zero_init_residual is False
+    assert models.zoo_module(models.create_model("resnet20", 3, **kw)).zero_init_residual is False
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 1)), jnp.float32)
     a = traverse_util.flatten_dict(plain.init(jax.random.key(0), x)["params"], sep="/")
     b = traverse_util.flatten_dict(zero.init(jax.random.key(0), x)["params"], sep="/")

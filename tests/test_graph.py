@@ -1,8 +1,9 @@
-"""The derived unit topology (jaxmod.graph) against the zoo's hand-written declarations.
+"""The derived unit topology (jaxmod.graph) against the zoo's former hand-written declarations.
 
-Every zoo CNN/MLP declares its topology and taps its activations by hand; the derivation must find the
-same groups (same producing and consuming weight axes), the same output axis, the same index maps and
-read each group exactly where the zoo taps it.
+The zoo's models are plain Flax: their topology is derived from the traced program, their groups named after
+what they sow. The derivation must find the groups (same producing and consuming weight axes), the output
+axis, the index maps and the MwT gates and residual splits that the zoo used to declare by hand
+(tests/helpers/hand_written.py), and read each group where the model sows it.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
+from helpers.hand_written import hand_written_spec, resnet_splits
 
-from jaxmod import fastconv
 from jaxmod.adapter import adapt
-from jaxmod.graph import derive_graph, trace_program
-from jaxmod.models import create_model
+from jaxmod.models import create_model, zoo_module
 from jaxmod.taps import ACTIVATIONS
 from jaxmod.topology import flat_activations, resolve_topology
 
@@ -28,11 +29,7 @@ ZOO = [("fc2", {}, (28, 28, 1)), ("lenet5", {}, (28, 28, 1)), ("vgg_narrow", {},
 
 
 def derived_graph(model, shape):
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape)), train=False))
-    with fastconv.reference_convs():
-        program = trace_program(lambda v, x: model.apply(v, x), variables,
-                                jax.ShapeDtypeStruct((1, *shape), jnp.float32))
-    return derive_graph(program)
+    return model.graph(input_shape=shape)
 
 
 def perturbed(variables):
@@ -47,28 +44,27 @@ def _axes(spec_axes, shapes):
     return tuple(sorted((a.collection, a.path, a.axis % len(shapes[a.key]), a.inner) for a in spec_axes))
 
 
-def _by_producers(spec, shapes):
-    """Group name -> (producer axes, consumer axes), and the producer-axes key -> name, names aside."""
-    table = {g.name: (_axes(g.producers, shapes), _axes(g.consumers, shapes)) for g in spec.groups}
-    return table, {v[0]: k for k, v in table.items()}
+def _table(spec, shapes):
+    """Group name -> (producer axes, consumer axes)."""
+    return {g.name: (_axes(g.producers, shapes), _axes(g.consumers, shapes)) for g in spec.groups}
 
 
 @pytest.mark.parametrize("name,config,shape", ZOO, ids=[f"{n}{'-nobn' if c else ''}" for n, c, _ in ZOO])
 def test_derived_topology_equals_the_hand_written_one(name, config, shape):
+    """Same group names (what the model sows), in the same (forward) order, with the same producing and consuming
+    axes; the same output axis and index maps; no group kept whole."""
     model = create_model(name, 10, **config)
-    hand = resolve_topology(model, shape)
+    topology = resolve_topology(model, shape)
     graph = derived_graph(model, shape)
-    shapes = hand.variable_shapes
-    derived, derived_names = _by_producers(graph.spec, shapes)
-    declared, declared_names = _by_producers(hand.spec, shapes)
-    assert sorted(derived.values()) == sorted(declared.values())
-    assert _axes(graph.spec.output, shapes) == _axes(hand.spec.output, shapes)
+    hand = hand_written_spec(zoo_module(model))
+    shapes = topology.variable_shapes
+    assert graph.group_names == tuple(g.name for g in hand.groups)
+    assert _table(graph.spec, shapes) == _table(hand, shapes)
+    assert _axes(graph.spec.output, shapes) == _axes(hand.output, shapes)
     assert not graph.whole
-    # the same index maps, once derived names are translated into the zoo's
-    rename = {d: declared_names[derived[d][0]] for d in derived}
-    assert sorted((rename[m.source], rename[m.target]) for m in graph.spec.index_maps) == sorted(
-        (m.source, m.target) for m in hand.spec.index_maps)
-    assert {rename[g]: s for g, s in graph.sizes.items()} == dict(hand.sizes)
+    assert sorted((m.source, m.target) for m in graph.spec.index_maps) == sorted(
+        (m.source, m.target) for m in hand.index_maps)
+    assert topology.spec == graph.spec
 
 
 SMALL = [("lenet5", {}, (28, 28, 1)),
@@ -77,22 +73,32 @@ SMALL = [("lenet5", {}, (28, 28, 1)),
 
 
 @pytest.mark.parametrize("name,config,shape", SMALL, ids=["lenet5", "resnet", "mobilenet"])
-def test_read_points_are_the_zoo_taps(name, config, shape):
-    """The adapted zoo model sows, at its derived read points, exactly what the zoo's taps sow."""
+def test_read_points_are_where_the_zoo_sows(name, config, shape):
+    """The zoo model read through jaxmod gives the plain module's logits and, at every derived read point,
+    what the module sows there (its post-ReLU activations)."""
     model = create_model(name, 10, **config)
+    module = zoo_module(model)
     x = jax.random.normal(jax.random.key(1), (3, *shape))
     variables = jax.jit(lambda xb: perturbed(model.init(jax.random.key(0), xb, train=False)))(x)
-    net = adapt(model, variables, x)
-    _, taps = jax.jit(lambda v, xb: model.apply(v, xb, mutable=[ACTIVATIONS]))(variables, x)
-    logits, sown = jax.jit(lambda v, xb: net.model.apply(v, xb, mutable=[ACTIVATIONS]))(net.variables, x)
-    chex.assert_trees_all_close(logits, jax.jit(model.apply)(variables, x), atol=1e-5)
-    taps, sown = flat_activations(taps[ACTIVATIONS]), flat_activations(sown[ACTIVATIONS])
-    hand = resolve_topology(model, shape)
-    derived, _ = _by_producers(net.graph.spec, hand.variable_shapes)
-    _, declared_names = _by_producers(hand.spec, hand.variable_shapes)
-    assert len(sown) == len(taps)
-    for group, value in sown.items():
-        chex.assert_trees_all_close(value, taps[declared_names[derived[group][0]]], atol=1e-5)
+    logits, sown = jax.jit(lambda v, xb: module.apply(v, xb, mutable=["intermediates"]))(variables, x)
+    read, acts = jax.jit(lambda v, xb: model.apply(v, xb, mutable=[ACTIVATIONS]))(variables, x)
+    chex.assert_trees_all_close(read, logits, atol=1e-5)  # jaxmod takes its fast convolutions on small maps
+    sown = {k: v[0] for k, v in traverse_util.flatten_dict(sown["intermediates"], sep="/").items()}
+    acts = flat_activations(acts[ACTIVATIONS])
+    assert set(acts) == set(sown) == set(resolve_topology(model, shape).sizes)
+    chex.assert_trees_all_close(acts, sown, atol=1e-5)
+
+
+def test_zoo_models_initialise_as_the_plain_modules():
+    """A zoo model's ``init`` is its plain module's: the same weights from the same key (the recorded results
+    were trained from them)."""
+    for name, config, shape in SMALL:
+        model = create_model(name, 10, **config)
+        x = jnp.zeros((1, *shape))
+        ours = model.init(jax.random.key(3), x, train=False)
+        theirs = zoo_module(model).init(jax.random.key(3), x, train=False)
+        chex.assert_trees_all_equal({c: ours[c] for c in theirs if c != "intermediates"},
+                                    {c: theirs[c] for c in theirs if c != "intermediates"})
 
 
 def test_deriving_vgg16_and_resnet18_takes_seconds():
@@ -132,35 +138,33 @@ def test_flatten_of_channels_first_maps_units_with_an_inner_factor():
 @pytest.mark.parametrize("name,shape", [("lenet5", (28, 28, 1)), ("vgg_narrow", (32, 32, 3)),
                                         ("resnet20", (32, 32, 3)), ("mobilenet", (32, 32, 3))])
 def test_derived_mwt_gates_are_the_zoo_gates(name, shape):
-    """MwT's gates (every conv but the first) and its kernel sets inside residual sums, derived, are the
-    zoo's hand-placed ``gate`` calls and ``residual_splits``."""
+    """MwT's gates, derived: every conv but the first (its rule for VGG), at the group it produces; inside a
+    residual sum, a split group of the conv's own kernels (named after its layer), as the zoo used to declare
+    ``residual_splits`` by hand."""
     from jaxmod.approaches.mwt import gate_names
     from jaxmod.taps import gate_group
 
     model = create_model(name, 10)
-    hand = resolve_topology(model, shape)
     graph = derived_graph(model, shape)
-    derived, _ = _by_producers(graph.spec, hand.variable_shapes)
-    _, declared_names = _by_producers(hand.spec, hand.variable_shapes)
-    rename = {d: declared_names[derived[d][0]] for d in derived}
-    zoo_gates = [gate_group(n) for n in gate_names(model, shape)]
-    zoo_splits = {s[0]: (s[1], tuple(sorted(s[2]))) for s in getattr(model, "residual_splits", tuple)()}
-    derived_splits = {s[0]: (rename[s[1]], tuple(sorted(s[2]))) for s in graph.residual_splits}
-    assert sorted(derived_splits.values()) == sorted(zoo_splits[g] for g in zoo_gates if g in zoo_splits)
-    plain = sorted(rename[g.group] for g in graph.gates if g.group in rename)
-    assert plain == sorted(g for g in zoo_gates if g not in zoo_splits)
+    module = zoo_module(model)
+    hand_splits = {s[0]: (s[1], tuple(sorted(s[2]))) for s in
+                   (resnet_splits(module) if name == "resnet20" else ())}
+    assert {s[0]: (s[1], tuple(sorted(s[2]))) for s in graph.residual_splits} == hand_splits
+    convs = [g.name for g in hand_written_spec(module).groups if "fc" not in g.name]
+    if name == "resnet20":  # every block conv and projection: relu1's conv and the split groups
+        expected = [g for g in convs if g.endswith("relu1")] + list(hand_splits)
+    else:
+        expected = convs[1:]
+    assert sorted(g.group for g in graph.gates) == sorted(expected)
+    assert sorted(gate_group(n) for n in gate_names(model, shape)) == sorted(expected)
 
 
 def test_training_mode_derives_the_same_groups_reads_and_gates():
     """Batch norm's training-mode statistics are reductions of the data: they must not move a read point,
     break a residual tie or move an MwT gate (the loss and the generators see what evaluation sees)."""
     model = create_model("resnet20", 10, stage_sizes=(2, 1), stage_widths=(8, 16), stem_width=8)
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((4, 16, 16, 3)), train=False))
-    x = jax.ShapeDtypeStruct((4, 16, 16, 3), jnp.float32)
-    with fastconv.reference_convs():
-        evaluation = derive_graph(trace_program(lambda v, xb: model.apply(v, xb), variables, x))
-        training = derive_graph(trace_program(
-            lambda v, xb: model.apply(v, xb, train=True, mutable=["batch_stats"]), variables, x))
+    evaluation = model.graph(4, False, (16, 16, 3))
+    training = model.graph(4, True, (16, 16, 3))
     assert training.spec == evaluation.spec
     assert training.residual_splits == evaluation.residual_splits
     assert [g.group for g in training.gates] == [g.group for g in evaluation.gates]
@@ -180,7 +184,7 @@ def hand_written_plan(name, model):
         return Plan(dense, ("conv2_relu", "pool2", ("fc1", "kernel")), edges,
                     ("conv1_relu", "conv2_relu", "fc1_relu", "fc2_relu"))
     edges, groups, previous = [], ["stem_relu"], "stem_relu"  # a ResNet
-    for block, _, _, stride, project in model._plan():
+    for block, _, _, stride, project in zoo_module(model)._plan():
         r1, r2 = f"{block}/relu1", f"{block}/relu2"
         edges.append(ConvEdge(previous, r1, (3, 3), stride, ((1, 1), (1, 1))))
         edges.append(ConvEdge(r1, r2, (3, 3), 1, ((1, 1), (1, 1))))

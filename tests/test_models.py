@@ -11,6 +11,7 @@ import dataclasses
 import json
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,20 +20,24 @@ from flax import traverse_util
 
 from jaxmod.models import (
     INDEX_MAPS,
-    VGG,
     MobileNet,
     ResNet,
     available_models,
     check_input_shape,
     create_model,
     model_config,
+    zoo_model,
 )
+from jaxmod.taps import tap
 from jaxmod.topology import (
     LeafAxis,
     TopologySpec,
     UnitGroup,
     class_vector,
+    conv_out,
     count_parameters,
+    dense_out,
+    kernel_in,
     parameter_masks,
     resolve_topology,
     slice_model,
@@ -315,7 +320,8 @@ def test_vgg_dropout_runs_in_train_mode():
 
 @pytest.mark.parametrize(
     "model",
-    [ResNet(stage_sizes=(1, 1), stage_widths=(4, 8), stem_width=4), MobileNet(width_multiplier=0.125)],
+    [zoo_model(ResNet(stage_sizes=(1, 1), stage_widths=(4, 8), stem_width=4)),
+     zoo_model(MobileNet(width_multiplier=0.125))],
     ids=["resnet", "mobilenet"],
 )
 def test_batchnorm_models_train_mode(model):
@@ -332,46 +338,36 @@ def test_batchnorm_models_train_mode(model):
 # ---------------------------------------------------------------------------
 
 
-class MissingLeafVGG(VGG):
-    """Declares a bias for conv1, which has none (it is followed by batch norm)."""
+class DeclaredMLP(nn.Module):
+    """A model that taps its units and declares its topology (as the recurrent models do), wrongly on purpose."""
+
+    num_classes: int = 10
+    mistake: str = ""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = x.reshape((x.shape[0], -1))
+        x = tap(self, "fc1_relu", nn.relu(nn.Dense(8, use_bias=False, name="fc1")(x)))
+        x = tap(self, "fc2_relu", nn.relu(nn.Dense(6, name="fc2")(x)))
+        return nn.Dense(self.num_classes, name="logits")(x)
 
     def topology_spec(self) -> TopologySpec:
-        spec = super().topology_spec()
-        first = spec.groups[0]
-        bad = dataclasses.replace(first, producers=first.producers + (LeafAxis(("conv1", "bias"), 0),))
-        return dataclasses.replace(spec, groups=(bad,) + spec.groups[1:])
+        fc1 = UnitGroup("fc1_relu", (LeafAxis(("fc1", "kernel"), -1),), kernel_in("fc2"))
+        fc2 = UnitGroup("fc2_relu", conv_out("fc2"), kernel_in("logits"))
+        if self.mistake == "missing-leaf":  # fc1 has no bias
+            fc1 = dataclasses.replace(fc1, producers=fc1.producers + (LeafAxis(("fc1", "bias"), 0),))
+        if self.mistake == "wrong-axis":  # fc2's kernel input axis (8) is not fc2's 6 units
+            fc2 = UnitGroup("fc2_relu", (LeafAxis(("fc2", "kernel"), 0),), kernel_in("logits"))
+        groups = (fc2,) if self.mistake == "missing-group" else (fc1, fc2)
+        return TopologySpec(groups, dense_out("logits"))
 
 
-class MissingGroupResNet(ResNet):
-    """Forgets the first block's relu1 group."""
-
-    def topology_spec(self) -> TopologySpec:
-        spec = super().topology_spec()
-        return dataclasses.replace(spec, groups=tuple(g for g in spec.groups if g.name != "stage1_block0/relu1"))
-
-
-class WrongAxisMobileNet(MobileNet):
-    """Declares the stem group as consumed by the depthwise kernel's input axis (length 1)."""
-
-    def topology_spec(self) -> TopologySpec:
-        spec = super().topology_spec()
-        stem = spec.groups[0]
-        bad = UnitGroup(stem.name, stem.producers, (LeafAxis(("block1", "dw_conv", "kernel"), -2),))
-        return dataclasses.replace(spec, groups=(bad,) + spec.groups[1:])
-
-
-@pytest.mark.parametrize(
-    "model, match",
-    [
-        (MissingLeafVGG(stages=((4,), (4,)), classifier=(8,)), "missing leaf"),
-        (MissingGroupResNet(stage_sizes=(1, 1), stage_widths=(4, 8), stem_width=4), "do not match"),
-        (WrongAxisMobileNet(width_multiplier=0.125), "not a multiple"),
-    ],
-    ids=["missing-leaf", "missing-group", "wrong-axis"],
-)
-def test_wrong_spec_raises(model, match):
+@pytest.mark.parametrize("mistake, match", [("missing-leaf", "missing leaf"), ("missing-group", "do not match"),
+                                            ("wrong-axis", "not a multiple")])
+def test_wrong_spec_raises(mistake, match):
+    resolve_topology(DeclaredMLP(), MNIST)  # the right declaration resolves
     with pytest.raises(ValueError, match=match):
-        resolve_topology(model, CIFAR)
+        resolve_topology(DeclaredMLP(mistake=mistake), MNIST)
 
 
 def test_position_masks_zero_exactly_the_masked_positions():

@@ -522,7 +522,7 @@ def bench_decomposition(samples: int, rounds: int) -> dict[str, Any]:
     masks = approach.decompose(model, variables, x, y, 10).modules.units
     first = (time.perf_counter() - start) * 1e3
     t_masks = torch_decompose(tmodel, x_nchw, y, 10)
-    forward_order = [group.name for group in model.topology_spec().groups]  # torch lists layers in this order
+    forward_order = [group.name for group in model.topology_spec(shape).groups]  # torch lists layers in this order
     same = all(np.array_equal(np.asarray(masks[k]), t) for k, t in zip(forward_order, t_masks, strict=True))
     timing = interleaved(lambda: approach.decompose(model, variables, x, y, 10).modules.units,
                          lambda: torch_decompose(tmodel, x_nchw, y, 10), rounds)

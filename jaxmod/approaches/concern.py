@@ -2,8 +2,8 @@
 
 A module for class ``c`` is the trained model with some *nodes* removed (a dense unit, or one output
 position of a conv map, since conv weights are shared) plus, where the variant channels, a binary
-output (concerned / unconcerned). Nodes are removed by zeroing them at their tap (the
-``position_masks`` collection of :func:`jaxmod.taps.tap`; a dense layer's "positions" are its units).
+output (concerned / unconcerned). Nodes are removed by zeroing them where their group is read (the
+``position_masks`` collection, applied at each group's read point; a dense layer's "positions" are its units).
 
 Steps, each a pure function over stacked masks ``{group: bool[C, *node_shape]}`` (row c = module c):
 
@@ -43,18 +43,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxmod import fastconv
 from jaxmod.activations import forward, predict_logits, scan_dataset
+from jaxmod.adapter import Adapted, linen_source
 from jaxmod.checks import check_choice
 from jaxmod.data import check_every_class_present, check_labels
-from jaxmod.graph import ELEMENTWISE, OUTPUT_LABEL, WINDOW, Const, ModelGraph, Op, derive_graph, trace_program
+from jaxmod.graph import ELEMENTWISE, OUTPUT_LABEL, WINDOW, Const, ModelGraph, Op
 from jaxmod.losses import LossFn
 from jaxmod.metrics.modules import module_statistics, unit_statistics
-from jaxmod.models import MLP, check_inputs
+from jaxmod.models import check_inputs
 from jaxmod.modules import Decomposition, ModuleSet, module_set
 from jaxmod.running import channel_head
-from jaxmod.taps import ACTIVATIONS
-from jaxmod.topology import flat_activations, resolve_topology
+from jaxmod.topology import is_adapted, model_label, resolve_topology
 
 DENSE_VARIANTS = ("ti_i", "ti_sne", "cm_rie")
 CNN_VARIANTS = ("ci_ti_mc", "ci_ti_mc_bln", "ci_ti_mc_bln_bi")
@@ -248,42 +247,11 @@ def _flatten_kind(steps: Sequence[Op], inner: int) -> str:
 
 
 def model_plan(model: nn.Module, input_shape: Sequence[int]) -> Plan:
-    """The plan of any model whose layers the derivation follows (:func:`derived_plan`): a user's adapted model
-    with its own graph, a zoo model with its groups named after its taps (:func:`tapped_graph`). ``ValueError``
-    naming the operation it cannot follow."""
-    if hasattr(model, "graph") and hasattr(model, "source"):
-        return derived_plan(model.graph())
-    return _zoo_plan(model, tuple(int(d) for d in input_shape))
-
-
-@functools.lru_cache(maxsize=64)
-def _zoo_plan(model: nn.Module, input_shape: tuple[int, ...]) -> Plan:
-    graph, names = tapped_graph(model, input_shape)
-    plan = derived_plan(graph)
-    rename = names.__getitem__
-    return Plan(tuple((rename(g), path) for g, path in plan.dense),
-                None if plan.flatten is None else (rename(plan.flatten[0]), *plan.flatten[1:]),
-                tuple(dataclasses.replace(e, src=rename(e.src), dst=rename(e.dst)) for e in plan.conv_edges),
-                tuple(map(rename, plan.groups)), plan.output)
-
-
-def tapped_graph(model: nn.Module, input_shape: Sequence[int]) -> tuple[ModelGraph, dict[str, str]]:
-    """The derived graph of a model that taps its activations (the zoo's) and, per derived group, the name of the
-    tap that reads it; ``ValueError`` when a group has no tap at its read point."""
-    x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype)))
-    variables = {c: t for c, t in variables.items() if c != ACTIVATIONS}
-    with fastconv.reference_convs():  # the plain conv primitive, which the walk follows
-        program = trace_program(lambda v, xb: model.apply(v, xb, mutable=[ACTIVATIONS]), variables, x)
-    graph = derive_graph(program)
-    _, state = jax.tree_util.tree_unflatten(program.out_tree, program.output_ids)
-    tapped = {v: k for k, v in flat_activations(state[ACTIVATIONS]).items()}
-    names = {}
-    for group, point in graph.read_points.items():
-        if point.var not in tapped:
-            raise ValueError(f"{type(model).__name__}: group {group!r} is read where the model has no tap")
-        names[group] = tapped[point.var]
-    return graph, names
+    """The plan of any model whose layers the derivation follows (:func:`derived_plan`): a user's or a zoo model
+    (groups named after what it sows). ``ValueError`` naming the operation it cannot follow."""
+    if not is_adapted(model):  # a tapped model (the recurrent ones): the derivation names what it cannot follow
+        model = Adapted(linen_source(model), num_classes=int(model.num_classes))
+    return derived_plan(model.graph(input_shape=tuple(int(d) for d in input_shape)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -599,8 +567,8 @@ class Concern:
     def plan(self, model: nn.Module, input_shape: Sequence[int]) -> Plan:
         """The model's layer facts; CI+TI+MC backtracks nothing, so on a user's model it needs none (a ViT's
         MLP neurons, say, are modularized by CI, TI and channeling alone)."""
-        if self.variant == "ci_ti_mc" and hasattr(model, "graph") and hasattr(model, "source"):
-            return Plan((), None, (), tuple(model.graph().group_names))
+        if self.variant == "ci_ti_mc" and is_adapted(model):
+            return Plan((), None, (), tuple(model.graph(input_shape=tuple(input_shape)).group_names))
         return model_plan(model, input_shape)
 
     def negatives_per_class(self, num_classes: int) -> int:
@@ -617,7 +585,7 @@ class Concern:
         check_every_class_present(y, num_classes, "samples to decompose from")
         plan = self.plan(model, np.shape(x)[1:])
         if self.variant in DENSE_VARIANTS and (plan.flatten is not None or plan.conv_edges):
-            raise ValueError(f"variant {self.variant!r} is the dense (FSE 2020) method; for {type(model).__name__} "
+            raise ValueError(f"variant {self.variant!r} is the dense (FSE 2020) method; for {model_label(model)} "
                              f"use one of {CNN_VARIANTS}")
         check_inputs(model, variables, np.asarray(x))
         if len(x) != len(y):
@@ -692,14 +660,12 @@ class Concern:
 # Measuring modules.
 
 
-def _is_dense(model: nn.Module) -> bool:
+def _is_dense(model: nn.Module, input_shape: Sequence[int]) -> bool:
     """A chain of dense layers (the zoo's MLP or a user's), whose nodes are units with weights of their own."""
-    if isinstance(model, MLP):
-        return True
-    if not (hasattr(model, "graph") and hasattr(model, "source")):
+    if not is_adapted(model):
         return False
     try:
-        plan = derived_plan(model.graph())
+        plan = derived_plan(model.graph(input_shape=tuple(input_shape)))
     except ValueError:
         return False
     return plan.flatten is None and not plan.conv_edges
@@ -715,7 +681,7 @@ def jaccard_figures(model: nn.Module, variables: Mapping[str, Any], modules: Mod
     node = module_statistics(modules, variables)
     out = {"node_module_model": node["sizes"].tolist(), "node_mean_module_model": node["mean_size"],
            "node_mean_pairwise": node["mean_jaccard"]}
-    if _is_dense(model):
+    if _is_dense(model, modules.meta.input_shape):
         weights = unit_statistics(resolve_topology(model, modules.meta.input_shape), modules.positions,
                                   variables["params"])
         out.update({"weight_mean_pairwise": weights["mean_jaccard"], "weight_mean_size": weights["mean_size"],

@@ -37,10 +37,11 @@ from jaxmod import train
 from jaxmod.activations import _stack_batches, class_activation_counts, forward
 from jaxmod.data import Dataset, check_every_class_present, check_labels
 from jaxmod.losses import LossFn, cross_entropy_loss, mwt_loss, unit_values
+from jaxmod.models import can_gate
 from jaxmod.modules import Decomposition, ModuleSet, check_class_list, module_set
 from jaxmod.reuse import subtask_samples
 from jaxmod.taps import INDEX_MAPS, gate_group, is_gate_name
-from jaxmod.topology import SlicedModel, Topology, slice_model, topology_for_groups
+from jaxmod.topology import SlicedModel, Topology, model_label, slice_model, topology_for_groups
 
 GENERATOR_SUFFIX = "_generator"
 
@@ -51,8 +52,8 @@ GENERATOR_SUFFIX = "_generator"
 
 def with_generators(model: nn.Module, on: bool = True) -> nn.Module:
     """The same zoo model with MwT's mask generators on (or off); ``ValueError`` if it has none."""
-    if not any(f.name == "mask_generators" for f in dataclasses.fields(model)):
-        raise ValueError(f"{type(model).__name__} has no conv layer MwT can mask (no mask_generators option)")
+    if not can_gate(model):
+        raise ValueError(f"{model_label(model)} has no conv layer MwT can mask (no mask_generators option)")
     return model.clone(mask_generators=on)
 
 
@@ -68,7 +69,7 @@ def gate_names(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[str, ...
     _, acts = jax.eval_shape(lambda v: forward(gen, v, x), variables)
     names = tuple(n for n in acts if is_gate_name(n))
     if not names:
-        raise ValueError(f"{type(model).__name__} has no conv layer for MwT to mask (every conv but the first)")
+        raise ValueError(f"{model_label(model)} has no conv layer for MwT to mask (every conv but the first)")
     return names
 
 
@@ -388,7 +389,7 @@ def kernel_metrics(model: nn.Module, variables: Mapping[str, Any], masks: Mappin
         src_model, read = with_generators(model, False), groups
         missing = [g for g in groups if g not in masks]
         if missing:
-            raise ValueError(f"groups {missing} are not tapped by {type(model).__name__}; read them with generators")
+            raise ValueError(f"groups {missing} are not tapped by {model_label(model)}; read them with generators")
     kernels = gated_kernels(masks, groups)
     sets = sample_kernel_sets(src_model, variables, x, read, batch_size)
     cohesion = kernel_cohesion(sets, y, kernels)

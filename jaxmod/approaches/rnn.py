@@ -62,7 +62,7 @@ from jaxmod.models.recurrent import check_sequences as check_model_sequences
 from jaxmod.modules import Decomposition, ModuleSet, module_set
 from jaxmod.running import channel_head
 from jaxmod.taps import ACTIVATIONS
-from jaxmod.topology import flat_activations
+from jaxmod.topology import flat_activations, model_label
 
 MODES = ("rolled", "unrolled")
 GATE_MODES = ("hidden", "own")
@@ -377,7 +377,7 @@ class RnnDecomposition:
         """One module per label. ``y``: ``(N,)`` one label per sample (Algorithm 1, also the target language
         of a translation pair) or ``(N, T)`` one label per output step (Algorithm 2) with ``y_valid``."""
         if not isinstance(model, RecurrentClassifier):
-            raise TypeError(f"rnn decomposition needs a RecurrentClassifier, got {type(model).__name__}")
+            raise TypeError(f"rnn decomposition needs a RecurrentClassifier, got {model_label(model)}")
         if self.channel and model.num_classes != num_classes:
             raise ValueError(f"channeling needs one module per output class ({model.num_classes}), "
                              f"got num_classes={num_classes}")

@@ -1,7 +1,10 @@
-"""The model zoo: Flax linen classifiers that tap their hidden units and declare their topology.
+"""The model zoo: the papers' classifiers as plain Flax linen modules, run through :mod:`jaxmod.adapter`.
 
-Every model takes ``num_classes`` and ``widths`` (for its sliced form), is called as
-``model.apply(variables, x, train=...)`` on NHWC images and has ``topology_spec()``.
+A zoo model is written as any user would write it (it only sows its hidden activations, which names its
+unit groups); :func:`create_model` returns it adapted (:class:`jaxmod.adapter.Adapted`), so its topology
+is derived from the traced program and its sliced form is the same program on smaller variables. Called
+as ``model.apply(variables, x, train=...)`` on NHWC images. The recurrent models, whose ``lax.scan`` the
+derivation does not follow, still tap their units and declare their topology (:mod:`jaxmod.taps`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmod.adapter import Adapted, linen_source
 from jaxmod.checks import check_finite, check_finite_tree
 from jaxmod.models.dense import MLP
 from jaxmod.models.lenet import LeNet5
@@ -23,7 +27,8 @@ from jaxmod.models.mobilenet import MobileNet
 from jaxmod.models.recurrent import RecurrentClassifier
 from jaxmod.models.resnet import ResNet
 from jaxmod.models.vgg import VGG, VGG16_STAGES, VGG_NARROW_STAGES
-from jaxmod.taps import ACTIVATIONS, INDEX_MAPS, UNIT_MASKS, gather_units, tap, width_of
+from jaxmod.taps import ACTIVATIONS, INDEX_MAPS, UNIT_MASKS
+from jaxmod.topology import model_label
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "fc1": functools.partial(MLP, num_hidden=1),
@@ -44,9 +49,34 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+# the zoo's models that MwT's mask generators apply to (and whose configuration records the option)
+_GATED = (LeNet5, VGG, ResNet, MobileNet)
+
+
 def register_model(name: str, factory: Callable[..., nn.Module]) -> None:
     """Make ``factory(num_classes=..., **config)`` available as ``create_model(name, ...)``."""
     _REGISTRY[name] = factory
+
+
+def zoo_model(module: nn.Module, *, widths: tuple[tuple[str, int], ...] = (), mask_generators: bool = False) -> Adapted:
+    """A plain linen classifier as a jaxmod model, initialised and dropped out with the caller's keys exactly as
+    the module itself is (so its weights are the module's own ``init``'s)."""
+    return Adapted(linen_source(module), num_classes=int(module.num_classes), widths=tuple(widths),
+                   mask_generators=bool(mask_generators), own_keys=True)
+
+
+def can_gate(model: Any) -> bool:
+    """Whether MwT's mask generators may be switched on: a zoo CNN or a user's model (whose gates the derivation
+    finds, if any), not a zoo MLP or recurrent model."""
+    module = zoo_module(model)
+    if module is not model:
+        return isinstance(module, _GATED)
+    return isinstance(model, Adapted) or any(f.name == "mask_generators" for f in dataclasses.fields(model))
+
+
+def zoo_module(model: Any) -> nn.Module:
+    """The plain module behind a zoo model (the model itself for a tapped one)."""
+    return model.source.module if isinstance(model, Adapted) and model.source.module is not None else model
 
 
 def available_models() -> tuple[str, ...]:
@@ -60,10 +90,16 @@ def create_model(name: str, num_classes: int, **config: Any) -> nn.Module:
                          "'package.module:ClassName' where an experiment program takes a model name)")
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    adapted = {k: config.pop(k) for k in ("widths", "mask_generators") if k in config}
     try:
-        return _REGISTRY[name](num_classes=num_classes, **config)
+        module = _REGISTRY[name](num_classes=num_classes, **config)
+        if hasattr(module, "topology_spec"):  # a tapped model (the recurrent ones) slices itself
+            return module.clone(**adapted) if adapted else module
     except TypeError as err:
         raise ValueError(f"bad configuration {config} for model {name!r}: {err}") from err
+    if adapted.get("mask_generators") and not isinstance(module, _GATED):
+        raise ValueError(f"{type(module).__name__} has no conv layer MwT can mask (no mask_generators option)")
+    return zoo_model(module, **adapted)
 
 
 def model_name(model: nn.Module) -> str | None:
@@ -71,6 +107,7 @@ def model_name(model: nn.Module) -> str | None:
     the first registered factory of the model's class whose fixed settings the model has (any of that class
     rebuilds it, since the configuration sets every field); ``None`` for a model the zoo does not build."""
     fallback = None
+    model = zoo_module(model)
     for name, factory in _REGISTRY.items():
         cls = factory.func if isinstance(factory, functools.partial) else factory
         if type(model) is not cls:
@@ -85,10 +122,14 @@ def model_name(model: nn.Module) -> str | None:
 def model_config(model: nn.Module) -> dict[str, Any]:
     """The model's configuration fields (JSON-able), without its sliced widths and class count; an adapted
     user model (:mod:`jaxmod.adapt`) describes itself (its class, input and derived topology's digest)."""
-    if hasattr(model, "jaxmod_config"):
+    module = zoo_module(model)
+    if model_name(model) is None and hasattr(model, "jaxmod_config"):
         return model.jaxmod_config()
     skip = {"parent", "name", "widths", "num_classes"}
-    return {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.name not in skip}
+    config = {f.name: getattr(module, f.name) for f in dataclasses.fields(module) if f.name not in skip}
+    if isinstance(module, _GATED):
+        config["mask_generators"] = bool(getattr(model, "mask_generators", False))
+    return config
 
 
 def check_input_shape(model: nn.Module, input_shape: tuple[int, ...]) -> None:
@@ -99,9 +140,9 @@ def check_input_shape(model: nn.Module, input_shape: tuple[int, ...]) -> None:
     try:
         out = jax.eval_shape(lambda: model.init_with_output(jax.random.key(0), jnp.zeros((1, *shape)))[0])
     except Exception as err:  # noqa: BLE001 - any failure to trace means the shape is not taken
-        raise ValueError(f"{type(model).__name__} does not take inputs of shape {shape}: {err}") from err
+        raise ValueError(f"{model_label(model)} does not take inputs of shape {shape}: {err}") from err
     if out.shape != (1, model.num_classes):
-        raise ValueError(f"{type(model).__name__} maps inputs of shape {shape} to {out.shape}, not logits")
+        raise ValueError(f"{model_label(model)} maps inputs of shape {shape} to {out.shape}, not logits")
 
 
 def check_inputs(model: nn.Module, variables: Any, x: Any) -> None:
@@ -120,11 +161,11 @@ def check_inputs(model: nn.Module, variables: Any, x: Any) -> None:
     try:
         out = jax.eval_shape(lambda v, xb: model.apply(v, xb), variables, sample)
     except Exception as err:  # noqa: BLE001 - any failure to trace means the input does not fit
-        raise ValueError(f"{type(model).__name__} with these variables does not take samples of shape "
+        raise ValueError(f"{model_label(model)} with these variables does not take samples of shape "
                          f"{shape[1:]}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
     out_shape = getattr(out, "shape", ())
     if len(out_shape) < 2 or out_shape[0] != 1 or out_shape[-1] != model.num_classes:
-        raise ValueError(f"{type(model).__name__} maps samples of shape {shape[1:]} to {getattr(out, 'shape', out)}")
+        raise ValueError(f"{model_label(model)} maps samples of shape {shape[1:]} to {getattr(out, 'shape', out)}")
 
 
 __all__ = [
@@ -138,13 +179,13 @@ __all__ = [
     "ResNet",
     "VGG",
     "available_models",
+    "can_gate",
     "check_input_shape",
     "check_inputs",
     "create_model",
-    "gather_units",
     "model_config",
     "model_name",
     "register_model",
-    "tap",
-    "width_of",
+    "zoo_model",
+    "zoo_module",
 ]
