@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import json
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -720,25 +721,30 @@ def test_supermask_cotraining_identity_covers_configuration_classes_model_and_da
 
 
 class _TinyBN(nn.Module):
-    """Dense(2, no bias) then batch norm (PyTorch's momentum 0.1 as flax's 0.9)."""
+    """Dense(2, no bias) then batch norm (PyTorch's momentum 0.1 as flax's 0.9). ``epsilon`` 0 keeps hand-computed
+    values exact; co-training tests need it > 0: a mask that cuts a unit's every weight makes its batch variance 0,
+    and 0 / sqrt(0) would make every score NaN (and NaN equals NaN in assert_allclose, which passes anything)."""
 
     num_classes: int = 2
+    epsilon: float = 0.0
 
     @nn.compact
     def __call__(self, x, train=False):
         h = nn.Dense(2, use_bias=False, name="fc")(x)
-        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=0.0, name="bn")(h)
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=self.epsilon, name="bn")(h)
 
 
 class _TinyDropoutBN(nn.Module):
-    """Dense(2, no bias), dropout at rate 0.5, then batch norm: its train-mode statistics depend on the dropout key."""
+    """Dense(2, no bias), dropout at rate 0.5, then batch norm: its train-mode statistics depend on the dropout key.
+    ``epsilon``: see :class:`_TinyBN`."""
 
     num_classes: int = 2
+    epsilon: float = 0.0
 
     @nn.compact
     def __call__(self, x, train=False):
         h = nn.Dropout(0.5, deterministic=not train)(nn.Dense(2, use_bias=False, name="fc")(x))
-        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=0.0, name="bn")(h)
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=self.epsilon, name="bn")(h)
 
 
 def _tiny_bn_variables():
@@ -1066,6 +1072,7 @@ def _one_cotraining_step(model, variables, classes, epoch_kwargs, train_bn, seed
 
 def _assert_step(state, metrics, want):
     assert int(state.step) == 1 and metrics.shape == (1, 2, 3)
+    chex.assert_tree_all_finite((state, metrics, want))  # NaN == NaN in assert_allclose: finite values or nothing
     for m, (scores, graft, aux, opt) in enumerate(want):
         np.testing.assert_allclose(state.scores["fc"]["kernel"][m], scores["fc"]["kernel"], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(state.graft["kernel"][m], graft["kernel"], rtol=1e-5, atol=1e-6)
@@ -1080,7 +1087,7 @@ def test_supermask_cotraining_step_equals_each_modules_own_gradient_step(train_b
     """Co-training (all modules in one vmap, or one at a time with module_chunk=1) is each module's own step: its
     one-vs-rest targets (classes [1, 0]), its objective's gradient, the optimizers' updates of scores and graft and
     their states; metrics per module."""
-    model, variables = _TinyBN(), _tiny_bn_variables()
+    model, variables = _TinyBN(epsilon=1e-3), _tiny_bn_variables()
     _assert_step(*_one_cotraining_step(model, variables, [1, 0], {"train_bn": train_bn, "module_chunk": chunk},
                                        train_bn, 0, decay))
 
@@ -1088,7 +1095,7 @@ def test_supermask_cotraining_step_equals_each_modules_own_gradient_step(train_b
 def test_supermask_cotraining_defaults_and_dropout_keys():
     """make_epoch_fn's defaults: inference mode (running statistics), and in train mode dropout keys from seed 0
     and the step (a model with dropout and batch norm)."""
-    model, variables = _TinyDropoutBN(), _tiny_bn_variables()
+    model, variables = _TinyDropoutBN(epsilon=1e-3), _tiny_bn_variables()
     _assert_step(*_one_cotraining_step(model, variables, [0, 1], {}, False, 0))
     _assert_step(*_one_cotraining_step(model, variables, [0, 1], {"train_bn": True}, True, 0))
     _assert_step(*_one_cotraining_step(model, variables, [0, 1], {"train_bn": True, "seed": 3}, True, 3))
@@ -1111,10 +1118,12 @@ def test_supermask_cotraining_schedules_run_over_whole_batches_of_every_epoch():
 def test_supermask_task_epochs_are_the_epoch_function_with_stemming_from_epoch_two():
     """A co-training task over a model with dropout and batch norm ("module" batch norm: train mode) runs, epoch by
     epoch, make_epoch_fn with its optimizers, seed and batch order, alpha 0 in epoch 1 and the approach's alpha
-    after, pulled towards the modules' mean scores per weight; it starts at step 0 (int32) with 0 s compiled."""
+    after, pulled towards the modules' mean scores per weight; it starts at step 0 (int32) with 0 s compiled.
+    Every compared value is finite (batch norm's epsilon > 0, see _TinyBN), and the dropout seed and the per-weight
+    average visibly matter here: seed 0, or the average over every axis, ends elsewhere."""
     from types import SimpleNamespace
 
-    model, variables = _TinyDropoutBN(), _tiny_bn_variables()
+    model, variables = _TinyDropoutBN(epsilon=1e-3), _tiny_bn_variables()
     x, y = np.linspace(-1.0, 1.0, 16, dtype=np.float32).reshape(8, 2), np.arange(8) % 2
     a = sm.Supermask(k=0.5, epochs=2, batch_size=4, seed=3, alpha=0.7, share_init=False)
     task = sm.CotrainTask(a, model, variables, x, y, 2, (0, 1))
@@ -1126,13 +1135,23 @@ def test_supermask_task_epochs_are_the_epoch_function_with_stemming_from_epoch_t
     epoch = sm.make_epoch_fn(model, 0.5, 1.0, task.score_opt, task.graft_opt, True, 3, 0)
     steps = []
     bar = SimpleNamespace(update=steps.append)
+    other_seed = sm.make_epoch_fn(model, 0.5, 1.0, task.score_opt, task.graft_opt, True, 0, 0)
+    run = lambda fn, s, order, average, alpha: fn(  # noqa: E731
+        jax.tree.map(jnp.copy, s), jax.tree.map(jnp.asarray, variables), jnp.asarray(x), jnp.asarray(y, jnp.int32),
+        jnp.asarray(order), jnp.array([0, 1], jnp.int32), average, jnp.float32(alpha))
     for e, alpha in ((0, 0.0), (1, 0.7)):
         order = a.batch_order(8, e)
         average = jax.tree.map(lambda s: jnp.mean(s, axis=0), manual.scores)
-        manual, metrics = epoch(manual, jax.tree.map(jnp.asarray, variables), jnp.asarray(x),
-                                jnp.asarray(y, jnp.int32), jnp.asarray(order), jnp.array([0, 1], jnp.int32), average,
-                                jnp.float32(alpha))
+        # what the task must not do: dropout keys from seed 0, or (epoch 2) the pull towards one scalar per layer
+        wrong = [run(other_seed, manual, order, average, alpha)[0].scores["fc"]["kernel"]]
+        if alpha:
+            flat = jax.tree.map(lambda s: jnp.full(s.shape[1:], jnp.mean(s)), manual.scores)
+            wrong.append(run(epoch, manual, order, flat, alpha)[0].scores["fc"]["kernel"])
+        manual, metrics = run(epoch, manual, order, average, alpha)
         state, info = task.run_epoch(state, x, y, order, e, bar)
+        chex.assert_tree_all_finite((state, manual, metrics))
+        for other in wrong:
+            assert np.max(np.abs(np.asarray(other) - np.asarray(manual.scores["fc"]["kernel"]))) > 1e-3
         assert info["alpha"] == alpha
         np.testing.assert_allclose(state.scores["fc"]["kernel"], manual.scores["fc"]["kernel"], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(state.graft["kernel"], manual.graft["kernel"], rtol=1e-5, atol=1e-6)
