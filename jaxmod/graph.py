@@ -49,6 +49,7 @@ LeafKey = tuple[str, Path]
 _CALLS = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr",
           "custom_jvp_call": "call_jaxpr", "custom_vjp_call": "call_jaxpr", "custom_vjp_call_jaxpr": "fun_jaxpr",
           "remat": "jaxpr", "checkpoint": "jaxpr"}
+_CUSTOM = frozenset({"custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr"})  # kept whole when evaluated
 ELEMENTWISE = frozenset(
     "add sub mul div rem max min neg abs sign exp exp2 log log1p expm1 tanh logistic erf erfc erf_inv sqrt rsqrt "
     "cbrt pow integer_pow square sin cos tan asin acos atan atan2 sinh cosh asinh acosh atanh floor ceil round "
@@ -92,6 +93,20 @@ class Op:
 
 
 @dataclasses.dataclass(frozen=True)
+class CustomCall:
+    """A call with a custom derivative (``custom_jvp_call``: ``nn.relu``, ``jax.nn.softmax``; ``custom_vjp_call``),
+    inlined as ops ``start:stop`` for the walk; evaluation binds the call itself so gradients keep its rule (ReLU's
+    derivative is 0 at 0, ``max``'s is 1/2)."""
+
+    primitive: Any
+    params: Mapping[str, Any]
+    inputs: tuple[int | Const, ...]
+    outputs: tuple[int, ...]
+    start: int
+    stop: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Program:
     """A flat list of primitive ops: inputs are the variable leaves (``leaf_keys`` order) then the sample."""
 
@@ -104,6 +119,7 @@ class Program:
     avals: Mapping[int, Any]
     out_tree: Any = None  # the pytree structure of apply's result
     names: Mapping[int, str] = dataclasses.field(default_factory=dict)  # variables the model sows, by sown name
+    custom_calls: tuple[CustomCall, ...] = ()
 
 
 def _leaf_key(path: tuple) -> LeafKey:
@@ -137,13 +153,15 @@ def trace_program(apply: Callable, variables: Mapping[str, Any], x: Any, *extra:
         if not isinstance(var, Const):
             names.setdefault(var, name)
     return Program(tuple(builder.ops), keys, tuple(inputs[:n]), inputs[n], tuple(inputs[n + 1:]),
-                   tuple(outputs[:n_out]), builder.avals, jax.tree_util.tree_structure(out_shapes), names)
+                   tuple(outputs[:n_out]), builder.avals, jax.tree_util.tree_structure(out_shapes), names,
+                   tuple(builder.custom_calls))
 
 
 class _Builder:
     def __init__(self) -> None:
         self.ops: list[Op] = []
         self.avals: dict[int, Any] = {}
+        self.custom_calls: list[CustomCall] = []
 
     def new(self, aval: Any) -> int:
         i = len(self.avals)
@@ -168,9 +186,13 @@ class _Builder:
             body = eqn.params.get(_CALLS.get(eqn.primitive.name, ""), None)
             if body is not None:
                 inner, inner_consts = (body.jaxpr, body.consts) if hasattr(body, "consts") else (body, ())
+                start, first_var = len(self.ops), len(self.avals)
                 outs = self.inline(inner, inner_consts, ins, path)
                 for v, r in zip(eqn.outvars, outs, strict=True):
                     env[v] = r
+                if eqn.primitive.name in _CUSTOM and all(isinstance(o, int) and o >= first_var for o in outs):
+                    self.custom_calls.append(CustomCall(eqn.primitive, dict(eqn.params), tuple(ins), tuple(outs),
+                                                        start, len(self.ops)))
                 continue
             outs = [self.new(v.aval) for v in eqn.outvars]
             for v, i in zip(eqn.outvars, outs, strict=True):

@@ -4,8 +4,9 @@ A generator reads the conv layer's *input*, averages it over space to ``(B, C_in
 through ``Dense(C_in -> h, no bias) - ReLU - Dense(h -> C_out, bias 1.0)`` to a per-sample channel
 mask ``relu(tanh(.))`` in ``[0, 1)`` (``h = C_out`` if ``C_out < 128`` else ``C_out // 2``; Kaiming-normal
 kernels), as the MwT reference code builds it. The model multiplies its conv (+ BN) output by the
-mask before the activation. Models call :func:`jaxmod.taps.gate` at each maskable conv; the hook
-builds a generator only when the model is built with ``mask_generators=True``.
+mask before the activation. The adapter (:class:`jaxmod.adapter.Adapted`) attaches one at each MwT gate the
+derivation finds (every conv but the first, :func:`jaxmod.graph.derive_graph`) when the model has
+``mask_generators=True``; a model needs no edit for it.
 """
 
 from __future__ import annotations

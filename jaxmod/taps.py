@@ -1,7 +1,8 @@
-"""What every zoo model shares: unit taps, width overrides and index maps.
+"""The jaxmod collections, and taps for the models whose topology is declared rather than derived.
 
-A zoo model is a Flax linen module whose hidden layers all pass their post-activation output
-through :func:`tap`. A tap does two things:
+The zoo's feed-forward models are plain Flax (:mod:`jaxmod.models`, run through :mod:`jaxmod.adapter`, which
+applies masks and sows activations at each derived read point). The recurrent models, whose ``lax.scan`` the
+derivation does not follow, pass their hidden outputs through :func:`tap`, which does three things:
 
 * it applies an optional *unit mask* (variable collection ``unit_masks``), which zeroes units as
   if they had been removed from the model: the "masked full model" that physical slicing must
@@ -12,10 +13,9 @@ through :func:`tap`. A tap does two things:
 * it sows the activation into the ``activations`` collection, so that losses and decomposition read
   every hidden layer without side effects outside ``apply``.
 
-A model also takes ``widths`` (unit-group name -> width) so that the same class builds the
-physically sliced model, and reads optional ``index_maps`` (int arrays) where a layer's input
-must be re-indexed after slicing: identity residual adds and depthwise convolutions, whose
-input and output channels are the same units.
+Such a model also takes ``widths`` (unit-group name -> width) so that the same class builds the physically
+sliced model. ``index_maps`` (int arrays) re-index a layer's input after slicing where the producer's units
+are read as another group's (identity residual adds, depthwise convolutions): the adapter applies them.
 """
 
 from __future__ import annotations
@@ -24,9 +24,6 @@ from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
-
-from jaxmod.mask_generators import MaskGenerator
 
 ACTIVATIONS = "activations"
 UNIT_MASKS = "unit_masks"
@@ -54,42 +51,6 @@ def tap(module: nn.Module, name: str, h: jax.Array) -> jax.Array:
             raise ValueError(f"position mask for {name!r} has shape {mask.shape}, activation is {h.shape[1:]}")
         h = h * mask.astype(h.dtype)
     module.sow(ACTIVATIONS, name, h, init_fn=lambda: None, reduce_fn=_overwrite)
-    return h
-
-
-def gather_units(module: nn.Module, name: str, x: jax.Array) -> jax.Array:
-    """Re-index the units on the last axis of ``x`` when the model is sliced.
-
-    The full model has no index map and passes ``x`` through. A sliced model stores, for each
-    unit the consuming layer keeps, its position in ``x`` or ``x.shape[-1]`` for a unit that the
-    producer dropped, which reads as zero (the padding of the MODA and MwT papers).
-    """
-    if not module.has_variable(INDEX_MAPS, name):
-        return x
-    index = module.get_variable(INDEX_MAPS, name)
-    padded = jnp.concatenate([x, jnp.zeros_like(x[..., :1])], axis=-1)
-    return jnp.take(padded, index, axis=-1)
-
-
-def gate(module: nn.Module, name: str, x_in: jax.Array, h: jax.Array) -> jax.Array:
-    """MwT's hook at a maskable conv: ``h`` (the conv [+ BN] output, before the activation) times the
-    per-sample channel mask a generator computes from the layer input ``x_in``.
-
-    Does nothing unless ``module.mask_generators`` is true. Then it builds the generator
-    ``<name>_generator`` (see :mod:`jaxmod.mask_generators`) and sows its mask ``(B, channels)`` into
-    ``activations`` as ``mask@<name>``, ``name`` being the unit group the mask's channels belong to.
-    """
-    if not getattr(module, "mask_generators", False):
-        return h
-    mask = MaskGenerator(h.shape[-1], name=f"{name}_generator")(x_in)
-    module.sow(ACTIVATIONS, f"{GATE_PREFIX}{name}", mask, init_fn=lambda: None, reduce_fn=_overwrite)
-    return h * mask.reshape(mask.shape[:1] + (1,) * (h.ndim - 2) + mask.shape[-1:]).astype(h.dtype)
-
-
-def mask_units(module: nn.Module, name: str, h: jax.Array) -> jax.Array:
-    """``h`` times the unit mask ``name`` of collection ``unit_masks`` if there is one (else ``h``)."""
-    if module.has_variable(UNIT_MASKS, name):
-        h = h * module.get_variable(UNIT_MASKS, name).astype(h.dtype)
     return h
 
 

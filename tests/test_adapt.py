@@ -186,10 +186,10 @@ def test_pan_and_rajan_cnn_variants_on_a_users_model(kind):
 @pytest.mark.parametrize("name,config", [("lenet5", {}), ("resnet20", {"use_bn": False, "stage_sizes": (1, 1),
                                                                          "stage_widths": (8, 16), "stem_width": 8})],
                          ids=["lenet5", "resnet-nobn"])
-def test_pan_and_rajan_on_an_adapted_zoo_model_equal_the_hand_written_path(name, config):
-    """The same model decomposed twice, once through its hand-written plan and taps, once adapted as a user's
-    model (derived plan, read points): every module's node masks are the same, group by group."""
-    from jaxmod.models import create_model
+def test_pan_and_rajan_on_a_zoo_model_equal_its_plain_module_adapted(name, config):
+    """The same model decomposed twice, once as the zoo builds it, once its plain module adapted as a user's model
+    (``jaxmod.adapt``): every module's node masks are the same, group by group."""
+    from jaxmod.models import create_model, zoo_module
 
     model = create_model(name, 10, **config)
     x, y = _samples((28, 28, 1), n=60, seed=1)
@@ -197,7 +197,7 @@ def test_pan_and_rajan_on_an_adapted_zoo_model_equal_the_hand_written_path(name,
     variables = {"params": variables["params"]}
     options = dict(variant="ci_ti_mc_bln_bi", positives=6, delta=0.05)
     hand = create_approach("concern", **options).decompose(model, variables, x, y, 10).modules
-    net = jaxmod.adapt(model, variables, x[:1])
+    net = jaxmod.adapt(zoo_module(model), variables, x[:1])
     derived = jaxmod.decompose("concern", net, x, y, **options)
     by_shape = lambda m: sorted((v.shape, np.asarray(v).tobytes()) for v in m.positions.values())  # noqa: E731
     assert len(derived.positions) == len(hand.positions)
