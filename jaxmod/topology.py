@@ -148,7 +148,7 @@ def _as_path(path: Path | str) -> Path:
 def model_label(model: Any) -> str:
     """The name messages give a model: its class, or the class of the model an adapted one runs."""
     source = getattr(model, "source", None)
-    return source.name if source is not None and hasattr(source, "kind") else model_label(model)
+    return source.name if source is not None and hasattr(source, "kind") else type(model).__name__
 
 
 def is_adapted(model: Any) -> bool:

@@ -68,9 +68,8 @@ def zoo_model(module: nn.Module, *, widths: tuple[tuple[str, int], ...] = (), ma
 def can_gate(model: Any) -> bool:
     """Whether MwT's mask generators may be switched on: a zoo CNN or a user's model (whose gates the derivation
     finds, if any), not a zoo MLP or recurrent model."""
-    module = zoo_module(model)
-    if module is not model:
-        return isinstance(module, _GATED)
+    if model_name(model) is not None and isinstance(model, Adapted):
+        return isinstance(zoo_module(model), _GATED)
     return isinstance(model, Adapted) or any(f.name == "mask_generators" for f in dataclasses.fields(model))
 
 
