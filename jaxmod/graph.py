@@ -786,6 +786,7 @@ def derive_graph(program: Program) -> ModelGraph:
     output_gid = walk.find(output_gid)
     # read points: where a group's elementwise region ends
     exits: dict[int, list[tuple[int, int, bool]]] = {}
+    sown: dict[int, list[tuple[int, int, bool]]] = {}
     for var, states in walk.region.items():
         for gid, activated in states.items():
             g = walk.find(gid)
@@ -795,6 +796,12 @@ def derive_graph(program: Program) -> ModelGraph:
             if leaves_region:
                 axis = next(a for a, (lg, _) in walk.units[var].items() if walk.find(lg) == g)
                 exits.setdefault(g, []).append((var, axis, activated))
+            if activated and var in program.names:  # where the model sows its activation (before a dropout, say)
+                axis = next(a for a, (lg, _) in walk.units[var].items() if walk.find(lg) == g)
+                sown.setdefault(g, []).append((var, axis, activated))
+    for g, found in sown.items():  # read there: training mode's dropout must not move the read point
+        if g in exits:
+            exits[g] = [min(found)]
     maps = [(walk.find(s), walk.find(t), op, operand, axis) for s, t, op, operand, axis in walk.maps]
     maps = [m for m in maps if m[0] != m[1]]
     changed = True

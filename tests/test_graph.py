@@ -159,16 +159,28 @@ def test_derived_mwt_gates_are_the_zoo_gates(name, shape):
     assert sorted(gate_group(n) for n in gate_names(model, shape)) == sorted(expected)
 
 
-def test_training_mode_derives_the_same_groups_reads_and_gates():
+@pytest.mark.parametrize("name,config,shape", [
+    ("resnet20", {"stage_sizes": (2, 1), "stage_widths": (8, 16), "stem_width": 8}, (16, 16, 3)),
+    ("vgg16", {"width_multiplier": 0.125}, (32, 32, 3))], ids=["resnet-bn", "vgg16-dropout"])
+def test_training_mode_derives_the_same_groups_reads_and_gates(name, config, shape):
     """Batch norm's training-mode statistics are reductions of the data: they must not move a read point,
-    break a residual tie or move an MwT gate (the loss and the generators see what evaluation sees)."""
-    model = create_model("resnet20", 10, stage_sizes=(2, 1), stage_widths=(8, 16), stem_width=8)
-    evaluation = model.graph(4, False, (16, 16, 3))
-    training = model.graph(4, True, (16, 16, 3))
+    break a residual tie or move an MwT gate (the loss and the generators see what evaluation sees); nor may
+    dropout after a sown activation (read where the model sows it, as in evaluation)."""
+    model = create_model(name, 10, **config)
+    evaluation = model.graph(4, False, shape)
+    training = model.graph(4, True, shape)
     assert training.spec == evaluation.spec
     assert training.residual_splits == evaluation.residual_splits
     assert [g.group for g in training.gates] == [g.group for g in evaluation.gates]
     assert not training.whole
+    x = jax.random.normal(jax.random.key(0), (4, *shape))
+    variables = model.init(jax.random.key(1), x[:1], train=False)
+    _, state = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)},
+                           mutable=[ACTIVATIONS, "batch_stats"])
+    _, sown = zoo_module(model).apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)},
+                                      mutable=["intermediates", "batch_stats"])
+    sown = {k: v[0] for k, v in traverse_util.flatten_dict(sown["intermediates"], sep="/").items()}
+    chex.assert_trees_all_close(flat_activations(state[ACTIVATIONS]), sown, atol=1e-5)
 
 
 def hand_written_plan(name, model):
