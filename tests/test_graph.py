@@ -92,7 +92,7 @@ def test_read_points_are_where_the_zoo_sows(name, config, shape):
 def test_zoo_models_initialise_as_the_plain_modules():
     """A zoo model's ``init`` is its plain module's: the same weights from the same key (the recorded results
     were trained from them)."""
-    for name, config, shape in SMALL:
+    for name, config, shape in SMALL[:2]:  # a model without and one with nested blocks and batch statistics
         model = create_model(name, 10, **config)
         x = jnp.zeros((1, *shape))
         ours = model.init(jax.random.key(3), x, train=False)
@@ -161,7 +161,7 @@ def test_derived_mwt_gates_are_the_zoo_gates(name, shape):
 
 @pytest.mark.parametrize("name,config,shape", [
     ("resnet20", {"stage_sizes": (2, 1), "stage_widths": (8, 16), "stem_width": 8}, (16, 16, 3)),
-    ("vgg16", {"width_multiplier": 0.125}, (32, 32, 3))], ids=["resnet-bn", "vgg16-dropout"])
+    ("vgg16", {"stages": ((8,), (8,)), "classifier": (16, 16)}, (8, 8, 3))], ids=["resnet-bn", "vgg-dropout"])
 def test_training_mode_derives_the_same_groups_reads_and_gates(name, config, shape):
     """Batch norm's training-mode statistics are reductions of the data: they must not move a read point,
     break a residual tie or move an MwT gate (the loss and the generators see what evaluation sees); nor may
