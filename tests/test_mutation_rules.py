@@ -7,12 +7,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from types import SimpleNamespace
 
 import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxmod import losses
@@ -546,6 +548,7 @@ def test_mwt_settings_their_defaults_and_their_checks():
         with pytest.raises(ValueError, match=message):
             mwt_lib.MwT(**options)
     mwt_lib.MwT(tau=1.0, tau_step=1.0, alpha=0.0, beta=0.0, averaging="pair", finetune_epochs=0, batch_size=1)
+    assert a.training_model(create_model("lenet5", 10)).mask_generators  # MwT trains the model with its generators
     # the loss it trains with carries its weights and averaging (the losses' own tests check the values)
     m = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]])
     y = jnp.array([0, 0, 0, 1, 1])
@@ -599,6 +602,9 @@ def test_mwt_complete_masks_take_the_union_into_residual_sums_only():
     np.testing.assert_array_equal(masks["a"], gated["a"])
     with pytest.raises(ValueError, match=r"^masks for unknown groups \['x', 'y'\]$"):
         mwt_lib.complete_masks(_residual_topology(), {**gated, "y": gated["a"], "x": gated["a"]}, 2)
+    as_ints = mwt_lib.complete_masks(_residual_topology(), {g: m.astype(np.int8) for g, m in gated.items()}, 2)
+    assert all(m.dtype == bool for m in as_ints.values())
+    np.testing.assert_array_equal(as_ints["s"], masks["s"])
     both = np.concatenate([gated["c2"], gated["a"]], axis=1)
     np.testing.assert_array_equal(mwt_lib.gated_kernels(masks, ["c2", "a"]), both)
 
@@ -636,6 +642,7 @@ def test_mwt_decompose_keeps_each_class_kernels_at_or_above_tau(monkeypatch):
 
     def fake_counts(m, v, xs, ys, num_classes, batch_size):
         calls.append((m.mask_generators, len(xs), num_classes, batch_size))
+        assert v is variables and np.array_equal(ys, y)  # the trained variables and the labels, passed on
         return {"mask@conv2_relu": jnp.asarray(counts)}, jnp.full(10, 10, jnp.int32)
 
     monkeypatch.setattr(mwt_lib, "class_activation_counts", fake_counts)
@@ -648,13 +655,238 @@ def test_mwt_decompose_keeps_each_class_kernels_at_or_above_tau(monkeypatch):
     np.testing.assert_allclose(d.statistics["kernel_frequency"]["conv2_relu"], counts / 10)
     assert d.statistics["gated_groups"] == ("conv2_relu",)
     assert not d.modules.meta.model_config.get("mask_generators", False)
+    assert d.modules.meta.input_shape == shape and d.modules.meta.num_classes == 10
     tight = np.asarray(mwt_lib.MwT(tau=0.95).decompose(model, variables, x, y, 10).modules.units["conv2_relu"])
     assert [np.flatnonzero(k).tolist() for k in tight] == [[c] for c in range(10)]
     with pytest.raises(ValueError, match=r"^num_classes is 9 but the model has 10 classes$"):
         mwt_lib.MwT().decompose(model, variables, x, y, 9)
+    with pytest.raises(ValueError, match=r"^classes \[3\] have no samples to decompose from$"):
+        mwt_lib.MwT().decompose(model, variables, x, np.where(y == 3, 4, y), 10)
+    # a class whose best kernel fires on 7 of 10 samples lowers tau 0.9 by its own step: by 0.3 to 0.6, keeping the
+    # kernel at 0.6 too; by the default 0.05 to 0.7, keeping only the best
+    counts[:] = 0
+    for c in range(10):
+        counts[c, [c, c + 1, c + 2]] = [7, 6, 5]
+    coarse = np.asarray(mwt_lib.MwT(tau_step=0.3).decompose(model, variables, x, y, 10).modules.units["conv2_relu"])
+    assert [np.flatnonzero(k).tolist() for k in coarse] == [[c, c + 1] for c in range(10)]
+    fine = np.asarray(mwt_lib.MwT().decompose(model, variables, x, y, 10).modules.units["conv2_relu"])
+    assert [np.flatnonzero(k).tolist() for k in fine] == [[c] for c in range(10)]
     with pytest.raises(ValueError, match=r"^the variables hold no mask-generator parameters: decompose a model "
                                          r"trained with MwT$"):
         mwt_lib.MwT().decompose(model, mwt_lib.strip_generators(variables), x, y, 10)
+
+
+class _LinearBase(nn.Module):
+    """A stand-in for a mixed module: one dense layer from 8 features to 4 logits."""
+
+    num_classes: int = 4
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        del train
+        return nn.Dense(self.num_classes, name="out")(x)
+
+
+def _blobs(seed, per_class_train=150, per_class_val=15):
+    """Four overlapping Gaussian classes in 8 dimensions, a train and a validation split."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(4, 8))
+
+    def split(n):
+        y = np.repeat(np.arange(4), n).astype(np.int32)
+        return SimpleNamespace(x=(centers[y] + 1.5 * rng.normal(size=(len(y), 8))).astype(np.float32), y=y)
+
+    return SimpleNamespace(train=split(per_class_train), val=split(per_class_val), num_classes=4)
+
+
+def _finetune_reference(base, base_params, data, classes, *, epochs, batch_size, lr, seed):
+    """MwT's reuse fine-tuning written out: a Dense(4 -> k) head on ReLU(logits) drawn from key(seed), SGD with
+    Nesterov momentum 0.9 on a cosine decay over twice the epochs' steps, epoch e shuffled with seed * 1000 + e
+    (the remainder dropped), validation accuracy after every epoch; the variables of the first best epoch."""
+    pos = {c: i for i, c in enumerate(classes)}
+    tr, va = np.flatnonzero(np.isin(data.train.y, classes)), np.flatnonzero(np.isin(data.val.y, classes))
+    x, y = data.train.x[tr], np.array([pos[c] for c in data.train.y[tr]])
+    xv, yv = data.val.x[va], np.array([pos[c] for c in data.val.y[va]])
+    bs = min(batch_size, len(tr))
+    steps = len(tr) // bs
+    head = nn.Dense(len(classes)).init(jax.random.key(seed), jnp.zeros((1, base.num_classes)))["params"]
+    params = {"base": base_params, "head": head}
+
+    def forward(p, xb):
+        return jax.nn.relu(base.apply({"params": p["base"]}, xb)) @ p["head"]["kernel"] + p["head"]["bias"]
+
+    def loss(p, xb, yb):
+        return optax.softmax_cross_entropy_with_integer_labels(forward(p, xb), yb).mean()
+
+    opt = optax.sgd(optax.cosine_decay_schedule(lr, 2 * epochs * steps), momentum=0.9, nesterov=True)
+    state, accuracies, snapshots = opt.init(params), [], []
+    for epoch in range(epochs):
+        order = np.random.default_rng(seed * 1000 + epoch).permutation(len(tr))[: steps * bs].reshape(steps, bs)
+        for index in order:
+            updates, state = opt.update(jax.grad(loss)(params, x[index], y[index]), state, params)
+            params = optax.apply_updates(params, updates)
+        accuracies.append(float(np.mean(np.argmax(forward(params, xv), -1) == yv)))
+        snapshots.append(params)
+    best = int(np.argmax(accuracies))
+    return accuracies, best + 1, snapshots[best]
+
+
+@pytest.mark.parametrize("options", [{}, {"learning_rate": 0.5, "seed": 3, "batch_size": 64, "epochs": 5}],
+                         ids=["defaults", "lr0.5-seed3-batch64"])
+def test_mwt_finetune_is_the_reference_recipe_and_keeps_the_first_best_validation_epoch(options):
+    """finetune_subtask against the recipe written out by hand (defaults: 5 epochs, batch 128, lr 0.01, seed 0) on
+    classes (2, 0) of four Gaussian blobs: the same head, the same per-epoch validation accuracies, the same chosen
+    epoch and the same variables. With lr 0.5 the validation accuracy peaks at epoch 3, ties at 4 and falls at 5, so
+    the first best epoch is neither the last nor a tied later one."""
+    data = _blobs(7)
+    base = _LinearBase()
+    base_params = base.init(jax.random.key(7), data.train.x[:1])["params"]
+    sliced = SimpleNamespace(model=base, variables={"params": base_params})
+    tuned = mwt_lib.finetune_subtask(sliced, data, [2, 0], **options)
+    accuracies, best, want = _finetune_reference(
+        base, base_params, data, (2, 0), epochs=options.get("epochs", 5), batch_size=options.get("batch_size", 128),
+        lr=options.get("learning_rate", 0.01), seed=options.get("seed", 0))
+    if options:
+        assert best == 3 and accuracies[3] == accuracies[2] > accuracies[4]  # the case the test is for
+    assert tuned.classes == (2, 0) and tuned.model.num_classes == 2 and tuned.model.base is base
+    np.testing.assert_allclose([h["val_accuracy"] for h in tuned.history], accuracies, atol=1e-6)
+    assert [h["epoch"] for h in tuned.history] == [1, 2, 3, 4, 5] and tuned.best_epoch == best
+    chex.assert_trees_all_close(tuned.variables["params"], want, atol=1e-5)
+    assert set(tuned.variables) == {"params"}
+    logits = tuned.model.apply(tuned.variables, data.val.x[:3])
+    assert logits.shape == (3, 2)
+
+
+class _DropoutBase(nn.Module):
+    """A mixed module with dropout (so the training key matters) and an index map (a constant collection)."""
+
+    num_classes: int = 4
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.Dropout(0.5, deterministic=not train)(x)
+        return nn.Dense(self.num_classes, name="out")(x)[..., self.get_variable("index_maps", "order")]
+
+
+def test_mwt_finetune_trains_with_the_callers_key_unsplit_and_index_maps_held_constant():
+    """The wiring of fine-tuning into the common training loop, which the hand-written recipe above cannot see without
+    dropout: fit_task on a ModelTask that starts from the headed variables, draws dropout from key(seed) itself
+    (split_key=False, the caller's seed), holds the index maps constant, and trains 2 x epochs of cosine schedule
+    for ``epochs`` epochs, keeping the best validation epoch. One epoch is allowed."""
+    from jaxmod import train
+    from jaxmod.losses import cross_entropy_loss
+    from jaxmod.reuse import subtask_samples
+
+    data = _blobs(2)
+    base = _DropoutBase()
+    order = jnp.array([3, 1, 2, 0])
+    params = _LinearBase().init(jax.random.key(0), data.train.x[:1])["params"]  # the same parameters
+    sliced = SimpleNamespace(model=base, variables={"params": params, "index_maps": {"order": order}})
+    tuned = mwt_lib.finetune_subtask(sliced, data, [1, 3], epochs=3, batch_size=64, learning_rate=0.2, seed=4)
+    variables = mwt_lib.headed_variables(sliced, 2, 4)
+    constants = {"index_maps": variables["index_maps"]}
+    tr, tr_y = subtask_samples(data.train.y, [1, 3])
+    va, va_y = subtask_samples(data.val.y, [1, 3])
+    config = train.TrainConfig(epochs=6, batch_size=64, learning_rate=0.2, seed=4)
+    optimizer = train.make_optimizer(config, len(tr) // 64)
+    task = train.ModelTask(mwt_lib.HeadedModel(base, 2), cross_entropy_loss(), optimizer, data.train.x[:1], 4,
+                           constants=constants, variables=variables, split_key=False)
+    state, history = train.fit_task(task, data.train.x[tr], tr_y, config, val=(data.val.x[va], va_y),
+                                    progress=False, stop_after=3, select="best_val",
+                                    order_seed=lambda epoch: 4000 + epoch)
+    chex.assert_trees_all_close(tuned.variables, {**state.variables(), **constants}, atol=1e-6)
+    assert [h["val_accuracy"] for h in tuned.history] == [h["val_accuracy"] for h in history]
+    other = mwt_lib.finetune_subtask(sliced, data, [1, 3], epochs=3, batch_size=64, learning_rate=0.2, seed=5)
+    assert not np.allclose(other.variables["params"]["base"]["out"]["kernel"],
+                           tuned.variables["params"]["base"]["out"]["kernel"])
+    np.testing.assert_array_equal(tuned.variables["index_maps"]["base"]["order"], order)
+    assert len(mwt_lib.finetune_subtask(sliced, data, [1, 3], epochs=1, batch_size=64).history) == 1
+
+
+def test_mwt_headed_variables_put_the_mixed_module_under_base_beside_a_fresh_head():
+    """The head is Dense(N -> k) drawn from key(seed) (N: the mixed module's logits); every collection of the mixed
+    module moves under ``base``, as copies (the train step donates its state)."""
+    params = {"out": {"kernel": jnp.ones((8, 4)), "bias": jnp.zeros(4)}}
+    variables = {"params": params, "batch_stats": {"bn": {"mean": jnp.ones(3)}},
+                 "index_maps": {"pad": jnp.arange(3)}}
+    sliced = SimpleNamespace(model=_LinearBase(), variables=variables)
+    out = mwt_lib.headed_variables(sliced, 3, seed=5)
+    head = nn.Dense(3).init(jax.random.key(5), jnp.zeros((1, 4)))["params"]
+    assert jax.tree.map(jnp.shape, out["params"]["head"]) == {"kernel": (4, 3), "bias": (3,)}
+    chex.assert_trees_all_equal(out["params"]["head"], head)
+    chex.assert_trees_all_equal(out["params"]["base"], params)
+    chex.assert_trees_all_equal(out["batch_stats"], {"base": variables["batch_stats"]})
+    chex.assert_trees_all_equal(out["index_maps"], {"base": variables["index_maps"]})
+    assert set(out) == {"params", "batch_stats", "index_maps"}
+    assert out["params"]["base"]["out"]["kernel"] is not params["out"]["kernel"]
+    other = mwt_lib.headed_variables(sliced, 3, seed=6)["params"]["head"]["kernel"]
+    assert not np.allclose(other, head["kernel"])
+
+
+def test_mwt_kernel_metrics_read_each_samples_kernels_from_the_masks_or_the_activations():
+    """kernel_metrics against the metrics computed on kernel sets read by hand: with generators, a sample's kernels
+    are those whose generator mask is non-zero; without, those of the plain model's conv2 map that are non-zero at
+    some position. The generator's last bias is shifted per kernel (from +1 to -2) so that the sets differ between
+    samples and kernels; 33 samples in batches of 5 (a partial last batch) and in one batch."""
+    from jaxmod.activations import forward
+    from jaxmod.metrics import kernel_cohesion, kernel_coupling, kernel_retention_rate
+
+    model = create_model("lenet5", 10)
+    gen = mwt_lib.with_generators(model)
+    x = np.random.default_rng(0).normal(size=(33, 28, 28, 1)).astype(np.float32)
+    y = np.arange(33) % 4  # classes 0-3 with 8-9 samples each (cohesion over their pairs), 4-9 without any
+    variables = gen.init(jax.random.key(0), jnp.asarray(x[:1]))
+    shift = jnp.linspace(1.0, -2.0, 16)
+    params = variables["params"]
+    generator = {**params["conv2_relu_generator"],
+                 "dense2": {**params["conv2_relu_generator"]["dense2"],
+                            "bias": params["conv2_relu_generator"]["dense2"]["bias"] + shift}}
+    variables = {**variables, "params": {**params, "conv2_relu_generator": generator}}
+    masks = {"conv2_relu": np.random.default_rng(1).random((10, 16)) < 0.4}
+    _, acts = forward(gen, variables, jnp.asarray(x))
+    by_mask = np.asarray(acts["mask@conv2_relu"]) != 0
+    _, plain_acts = forward(model, mwt_lib.strip_generators(variables), jnp.asarray(x))
+    by_activation = (np.asarray(plain_acts["conv2_relu"]) != 0).any(axis=(1, 2))
+    assert 0.2 < by_mask.mean() < 0.8 and not (by_mask == by_activation).all()  # the two readings differ here
+    for generators, sets in ((True, by_mask), (False, by_activation)):
+        want = {"krr": kernel_retention_rate(masks["conv2_relu"]),
+                "cohesion": float(np.mean(kernel_cohesion(sets, y, masks["conv2_relu"]))),
+                "coupling": kernel_coupling(masks["conv2_relu"]),
+                "cohesion_per_module": kernel_cohesion(sets, y, masks["conv2_relu"]).tolist(),
+                "kernels": 16, "gated_groups": ["conv2_relu"]}
+        for batch in (5, 512):
+            got = mwt_lib.kernel_metrics(gen if generators else model, variables, masks, x, y,
+                                         generators=generators, batch_size=batch)
+            assert set(got) == set(want), (generators, batch)
+            for key, value in want.items():
+                assert np.asarray(got[key]).tolist() == pytest.approx(np.asarray(value).tolist()) if key not in (
+                    "gated_groups",) else got[key] == value, (generators, batch, key)
+            assert len(set(np.round(got["cohesion_per_module"][:4], 6))) > 1  # cohesion varies between classes
+            np.testing.assert_array_equal(
+                mwt_lib.sample_kernel_sets(gen if generators else model, variables if generators else
+                                           mwt_lib.strip_generators(variables), x,
+                                           ["mask@conv2_relu"] if generators else ["conv2_relu"], batch), sets)
+    assert mwt_lib.kernel_metrics(gen, variables, masks, x, y)["cohesion"] == pytest.approx(
+        float(np.mean(kernel_cohesion(by_mask, y, masks["conv2_relu"]))))  # generators by default
+
+
+def test_mwt_threshold_comparisons_at_their_exact_boundaries():
+    """The threshold rule compares with a 1e-12 tolerance, inclusive at both ends: a best frequency exactly 1e-12
+    under a step reaches it (tau 0.5: the threshold stays 0.5, not the next step 0.25), and a kernel exactly 1e-12
+    under the class threshold is kept. Steps are rounded to 12 decimals: tau 0.9000000000004 steps from 0.9."""
+    under = 0.5 - 1e-12
+    assert under + 1e-12 == 0.5  # the exact boundary, in float64
+    np.testing.assert_array_equal(mwt_lib.lowered_thresholds(np.array([[under, 0.1]]), 0.5, step=0.25), [0.5])
+    np.testing.assert_array_equal(mwt_lib.module_kernels(np.array([[0.5, under, 0.1]]), 0.5, step=0.25),
+                                  [[True, True, False]])
+    near = 0.9 - 1e-12 + 2e-13  # reaches 0.9 (rounded to 12 decimals), not 0.9000000000004
+    assert mwt_lib.lowered_thresholds(np.array([[near]]), 0.9000000000004)[0] == 0.9
+    # float32 frequencies are compared in float64, where the tolerance exists: 0.3f lies 7e-14 under this tau
+    tau = 0.300000011921
+    assert float(np.float32(0.3)) < tau and mwt_lib.lowered_thresholds(np.float32([[0.3]]), tau)[0] == tau
+    mixed = mwt_lib.gated_kernels({"a": np.array([[1, 0]]), "b": np.array([[0, 2]])}, ["b", "a"])
+    assert mixed.dtype == bool
+    np.testing.assert_array_equal(mixed, [[False, True, True, False]])
 
 
 def test_mwt_reuse_refusals_name_the_problem(tmp_path):

@@ -288,11 +288,17 @@ def test_modules_and_finetuned_heads_round_trip(tmp_path, resnet_modules):
     # a headed sub-model (fine-tuned or not) saves and restores with the same logits
     mixed = mwt_lib.mixed_module(modules, variables, (1, 4))
     assert mixed.classes == tuple(range(10))  # every logit, for the new head to read
+    with pytest.raises(ValueError, match=r"^unknown classes \[12\]: available classes are \[0, 1,"):
+        mwt_lib.mixed_module(modules, variables, (1, 12))
     tuned = mwt_lib.FineTuned(mwt_lib.HeadedModel(mixed.model, 2), mwt_lib.headed_variables(mixed, 2, 0), (1, 4),
                               [{"epoch": 1, "val_accuracy": 0.5}], 1)
     mwt_lib.save_finetuned(str(tmp_path / "tuned"), tuned, modules)
     back = mwt_lib.restore_finetuned(str(tmp_path / "tuned"))
-    assert back.classes == (1, 4) and back.best_epoch == 1
+    assert back.classes == (1, 4) and back.best_epoch == 1 and back.history == tuned.history
+    assert checkpoint.restore_tree(str(tmp_path / "tuned"))[1]["input_shape"] == list(SHAPE)
+    with pytest.raises(ValueError, match="exists"):  # a finished checkpoint is not overwritten by default
+        mwt_lib.save_finetuned(str(tmp_path / "tuned"), tuned, modules)
+    mwt_lib.save_finetuned(str(tmp_path / "tuned"), tuned, modules, overwrite=True)
     chex.assert_trees_all_close(back.model.apply(back.variables, x), tuned.model.apply(tuned.variables, x))
 
 
