@@ -858,9 +858,9 @@ def test_mwt_kernel_metrics_read_each_samples_kernels_from_the_masks_or_the_acti
             got = mwt_lib.kernel_metrics(gen if generators else model, variables, masks, x, y,
                                          generators=generators, batch_size=batch)
             assert set(got) == set(want), (generators, batch)
-            for key, value in want.items():
-                assert np.asarray(got[key]).tolist() == pytest.approx(np.asarray(value).tolist()) if key not in (
-                    "gated_groups",) else got[key] == value, (generators, batch, key)
+            assert (got["kernels"], got["gated_groups"]) == (want["kernels"], want["gated_groups"])
+            for key in ("krr", "cohesion", "coupling", "cohesion_per_module"):
+                assert got[key] == pytest.approx(want[key]), (generators, batch, key)
             assert len(set(np.round(got["cohesion_per_module"][:4], 6))) > 1  # cohesion varies between classes
             np.testing.assert_array_equal(
                 mwt_lib.sample_kernel_sets(gen if generators else model, variables if generators else
