@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 
@@ -45,7 +46,7 @@ from jaxmod.data.text import (
     with_scored_padding,
 )
 from jaxmod.losses import masked_cross_entropy_loss
-from jaxmod.models.recurrent import CELLS, SHAPES, RecurrentClassifier, check_sequences
+from jaxmod.models.recurrent import CELLS, SHAPES, check_sequences, recurrent_module
 from jaxmod.running import module_outputs
 from jaxmod.voting import voting_accuracy
 
@@ -147,7 +148,7 @@ def load(cfg: RnnRun) -> SequenceData:
                         subset_split(model_split(ds, "test"), cfg.test_limit, cfg.seed))
 
 
-def build_model(cfg: RnnRun, ds: SequenceDataset, train_x: np.ndarray) -> RecurrentClassifier:
+def build_model(cfg: RnnRun, ds: SequenceDataset, train_x: np.ndarray) -> nn.Module:
     """The recurrent classifier sized for the dataset (translation adds the target-language tokens)."""
     vocab = len(ds.input_vocab) + len(ds.groups) if ds.input_vocab is not None else 0
     return models.create_model(f"rnn_{cfg.cell}", ds.num_classes, shape=cfg.shape, num_layers=cfg.layers,
@@ -160,7 +161,7 @@ def masked_accuracy(pred: np.ndarray, y: np.ndarray, valid: np.ndarray) -> float
     return float(np.sum((pred == y) & valid) / max(1, np.sum(valid)))
 
 
-def fit_split(model: RecurrentClassifier, cfg: RnnRun, split: SequenceSplit) -> Any:
+def fit_split(model: nn.Module, cfg: RnnRun, split: SequenceSplit) -> Any:
     """``model`` trained on ``split`` as every model here trains (Adam, masked cross-entropy; no validation
     pass, no checkpoints): its variables."""
     config = cfg.train_config(len(split.x))
@@ -170,12 +171,12 @@ def fit_split(model: RecurrentClassifier, cfg: RnnRun, split: SequenceSplit) -> 
     return state.variables()
 
 
-def standard_probs(model: RecurrentClassifier, variables: Any, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def standard_probs(model: nn.Module, variables: Any, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """The model's class probabilities (per output step for many-output models)."""
     return np.asarray(jax.nn.softmax(predict_logits(model, variables, x, batch_size), axis=-1))
 
 
-def accuracy(model: RecurrentClassifier, variables: Any, split: SequenceSplit, batch_size: int = 256) -> float:
+def accuracy(model: nn.Module, variables: Any, split: SequenceSplit, batch_size: int = 256) -> float:
     """Test accuracy over the valid samples (steps) of ``split``."""
     return masked_accuracy(np.argmax(standard_probs(model, variables, split.x, batch_size), axis=-1), split.y,
                            split.y_valid)
@@ -186,7 +187,7 @@ class Trained:
     """A trained recurrent model with its data and standard figures."""
 
     data: SequenceData
-    model: RecurrentClassifier
+    model: nn.Module
     variables: Any
     standard: dict[str, Any]
     probs: np.ndarray
@@ -234,7 +235,7 @@ def decompose_and_measure(approach: RnnDecomposition, t: Trained, batch_size: in
                              None if d.translation else tr.y_valid)
     seconds = time.perf_counter() - start
     modules = dec.modules.with_meta(dataset=d.dataset.name, input_vocab=vocab_fingerprint(
-        d.dataset.input_vocab, getattr(model, "vocab_size", None)))
+        d.dataset.input_vocab, recurrent_module(model).vocab_size))
     output = "distribution" if d.translation else "confidence"
     outputs = module_outputs(model, variables, modules, te.x, batch_size=batch_size, output=output)
     jaccard = module_model_jaccard(model, variables, modules)

@@ -48,16 +48,17 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import flax.linen as nn
 import numpy as np
 from absl import app, flags
 from tqdm.auto import tqdm
 
 from experiments.common import append_jsonl_rows, read_jsonl_rows, write_json_atomic
 from experiments.pipeline_rnn import RnnRun, accuracy, build_model, fit_split, load, standard_probs
-from jaxmod import metrics, reuse
+from jaxmod import metrics, models, reuse
 from jaxmod.approaches.rnn import RnnDecomposition, vocab_fingerprint
 from jaxmod.data.text import SequenceDataset, SequenceSplit, load_sequence_dataset, model_split, subset_split
-from jaxmod.models.recurrent import CELLS, RecurrentClassifier
+from jaxmod.models.recurrent import CELLS, recurrent_module
 from jaxmod.modules import ModuleSet
 from jaxmod.running import module_outputs
 from jaxmod.voting import voting_accuracy
@@ -96,7 +97,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
 class Trained:
     """A trained, decomposed model: what a scenario composes."""
 
-    model: RecurrentClassifier
+    model: nn.Module
     variables: Any
     modules: ModuleSet
     accuracy: float
@@ -134,18 +135,19 @@ def undersample(y: np.ndarray, seed: int) -> np.ndarray:
     return np.flatnonzero(rank < counts.min())
 
 
-def decompose(model: RecurrentClassifier, variables: Any, data: SequenceSplit, approach: RnnDecomposition,
+def decompose(model: nn.Module, variables: Any, data: SequenceSplit, approach: RnnDecomposition,
               num_modules: int, dataset: str, vocab: Sequence[str] | None, translation: bool = False) -> ModuleSet:
     """One module per label (per target language when ``translation``), as a module set whose metadata
     carries the input vocabulary's fingerprint (so composition sees what each module reads)."""
     labels, valid = (data.group, None) if translation else (data.y, data.y_valid)
     modules = approach.decompose(model, variables, data.x, labels, num_modules, valid).modules
-    modules = modules.with_meta(dataset=dataset, input_vocab=vocab_fingerprint(vocab, model.vocab_size))
+    fingerprint = vocab_fingerprint(vocab, recurrent_module(model).vocab_size)
+    modules = modules.with_meta(dataset=dataset, input_vocab=fingerprint)
     # translation: one module per target language, rows are languages, not output classes
     return modules.with_meta(extra={"module_labels": "target languages"}) if translation else modules
 
 
-def train_decompose(model: RecurrentClassifier, cfg: RnnRun, arrays: dict[str, SequenceSplit],
+def train_decompose(model: nn.Module, cfg: RnnRun, arrays: dict[str, SequenceSplit],
                     approach: RnnDecomposition, num_classes: int, dataset: str, vocab: Sequence[str] | None) -> Trained:
     """Train a classifier, measure it on the test split and decompose it."""
     variables = fit_split(model, cfg, arrays["train"])
@@ -163,6 +165,12 @@ def row(table: str, kind: str, io: str, cell: str, case: str, composed: float, r
 
 # ---------------------------------------------------------------------------------------------------------
 # Intra-shape reuse and replacement (Tables III and IV, rows 1:1, M:1, 1:N, M:N)
+
+
+def two_label_model(model: nn.Module) -> nn.Module:
+    """The same zoo recurrent model with a two-label output layer (a model trained from scratch on a pair)."""
+    module = recurrent_module(model)
+    return models.create_model(models.model_name(module), 2, **models.model_config(module))
 
 
 def intra(shape: str, cell: str, deep_layers: int, pairs: int, units: int, seed: int, mode: str) -> list[dict]:
@@ -186,7 +194,7 @@ def intra(shape: str, cell: str, deep_layers: int, pairs: int, units: int, seed:
             continue
         chosen = np.isin(te.y, pair) & te.y_valid
         composed = voting_accuracy(conf[list(pair)], te.y, classes=pair, valid=chosen)
-        scratch = deep.model.clone(num_classes=2)
+        scratch = two_label_model(deep.model)
         variables = fit_split(scratch, cfgs[deep_layers], train_pair)
         reference = accuracy(scratch, variables, test_pair)
         out.append(row("III", "intra", shape, cell, "-".join(ds.output_vocab[c] for c in pair), composed, reference,
@@ -201,8 +209,9 @@ def intra(shape: str, cell: str, deep_layers: int, pairs: int, units: int, seed:
             chosen_rows = [c + k if k == label else k for k in range(c)]
             composed = voting_accuracy(both[chosen_rows], te.y, valid=te.y_valid)
             out.append(row("IV", "intra", shape, cell, f"replace {ds.output_vocab[label]}", composed, faulty.accuracy,
-                           dataset=ds.name, faulty_layers=faulty.model.num_layers,
-                           best_layers=best.model.num_layers, faulty_composed=base, best_accuracy=best.accuracy,
+                           dataset=ds.name, faulty_layers=recurrent_module(faulty.model).num_layers,
+                           best_layers=recurrent_module(best.model).num_layers, faulty_composed=base,
+                           best_accuracy=best.accuracy,
                            reference_kind="faulty model"))
     return out
 
@@ -269,7 +278,7 @@ def inter(cell: str, pairs: int, units: int, seed: int, mode: str) -> list[dict]
         y_tr = np.concatenate([np.zeros(int(has_tag(tr_t, t).sum()), np.int32),
                                np.ones(int((tr_c.y == k).sum()), np.int32)])
         keep = undersample(y_tr, seed)
-        scratch = classifier.model.clone(num_classes=2)
+        scratch = two_label_model(classifier.model)
         variables = fit_split(scratch, cfg_c, SequenceSplit(x_tr[keep], y_tr[keep], np.ones(len(keep), bool)))
         test = SequenceSplit(x_all[test_rows], y_test[test_rows], np.ones(int(test_rows.sum()), bool))
         out.append(row("III", "inter", "M:1-M:N", cell, names, composed, accuracy(scratch, variables, test),
@@ -321,7 +330,7 @@ class Translator:
     """A translation model over some languages and its modules (one per language, in that order)."""
 
     languages: tuple[str, ...]
-    model: RecurrentClassifier
+    model: nn.Module
     variables: Any
     modules: ModuleSet | None
 
@@ -395,7 +404,7 @@ def translation_rows(data: Translation, cell: str, deep_layers: int, units: int,
             sources = {other: (best if other == lang else faulty, True) for other in base}
             composed, per = average_bleu(data, sources)
             out.append(row("IV", "intra", "Encoder-Decoder", cell, f"replace {lang}", composed, faulty_bleu,
-                           metric="BLEU", per_language=per, faulty_layers=faulty.model.num_layers,
+                           metric="BLEU", per_language=per, faulty_layers=recurrent_module(faulty.model).num_layers,
                            best_bleu=best_bleu, reference_kind="faulty model"))
     return out, shallow
 

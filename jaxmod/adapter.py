@@ -203,8 +203,9 @@ def _resized_reshape(old_in: tuple, old_out: tuple, new_in: tuple, out_labels: M
     return tuple(new_out)
 
 
-def _resized_params(op: Op, ins: list, graph: ModelGraph) -> dict:
-    """``op``'s parameters for operands whose unit axes were sliced (shapes from the operands)."""
+def _resized_params(op: Op, ins: list, graph: ModelGraph, widths: Mapping[str, int]) -> dict:
+    """``op``'s parameters for operands whose unit axes were sliced (shapes from the operands; a broadcast along a
+    unit axis of a value that has none, from the group's sliced width)."""
     params = dict(op.params)
     name = op.name
     avals = graph.program.avals
@@ -218,6 +219,9 @@ def _resized_params(op: Op, ins: list, graph: ModelGraph) -> dict:
         for i, d in enumerate(params["broadcast_dimensions"]):
             if old[0][i] == shape[d]:
                 shape[d] = new[0][i]
+        for d, (group, inner) in graph.labels.get(op.outputs[0], {}).items():
+            if group in widths and shape[d] == graph.program.avals[op.outputs[0]].shape[d]:
+                shape[d] = widths[group] * inner
         params["shape"] = tuple(shape)
     elif name == "conv_general_dilated":
         lhs_feature = params["dimension_numbers"].lhs_spec[1]
@@ -256,10 +260,15 @@ def gather_axis(x: jax.Array, index: jax.Array, axis: int) -> jax.Array:
 def run_graph(graph: ModelGraph, variables: Mapping[str, Any], x: jax.Array, rng: jax.Array, *,
               sliced: bool = False, on_read: Callable[[str, jax.Array, int], jax.Array] | None = None,
               on_gate: Callable[[GatePoint, jax.Array, jax.Array], jax.Array] | None = None,
-              index_maps: Mapping[str, jax.Array] | None = None) -> list:
+              index_maps: Mapping[str, jax.Array] | None = None,
+              on_loop: Callable[[int, list], tuple[list, dict[int, jax.Array]]] | None = None,
+              on_named: Callable[[str, jax.Array], None] | None = None,
+              widths: Mapping[str, int] | None = None) -> list:
     """Evaluate the program; ``on_read(group, value, axis)`` replaces each group's value at its read point;
     ``on_gate(gate, value, conv_input)`` each MwT gate point's; ``index_maps`` re-index the operands the graph
-    names; ``sliced`` resizes shape parameters."""
+    names; ``on_loop(op, consts)`` gives a loop's constant operands edited and those that change per step
+    (``{operand: stacked}``); ``on_named(name, value)`` sees each value the model sows; ``sliced`` resizes shape
+    parameters (``widths``: the sliced groups' sizes, for a loop's constant initial state)."""
     program = graph.program
     flat = traverse_util.flatten_dict(dict(variables))
     env: dict[int, Any] = {}
@@ -287,6 +296,8 @@ def run_graph(graph: ModelGraph, variables: Mapping[str, Any], x: jax.Array, rng
             value = on_gate(gates[vid], value, read(gates[vid].input))
         if on_read is not None and vid in reads:
             value = on_read(reads[vid], value, graph.read_points[reads[vid]].axis)
+        if on_named is not None and vid in program.names:
+            on_named(program.names[vid], value)
         env[vid] = value
 
     index = 0
@@ -306,11 +317,55 @@ def run_graph(graph: ModelGraph, variables: Mapping[str, Any], x: jax.Array, rng
         for m in maps.get(index, ()):
             if m.name in index_maps:
                 ins[m.operand] = gather_axis(ins[m.operand], index_maps[m.name], m.axis)
-        params = _resized_params(op, ins, graph) if sliced else op.params
-        for vid, value in zip(op.outputs, _bind(op, ins, params), strict=True):
+        if index in program.loops:
+            outs = _run_loop(graph, index, ins, on_loop, sliced, widths or {})
+        else:
+            outs = _bind(op, ins, _resized_params(op, ins, graph, widths or {}) if sliced else op.params)
+        for vid, value in zip(op.outputs, outs, strict=True):
             write(vid, value)
         index += 1
     return [read(v) for v in program.output_ids]
+
+
+def _run_loop(graph: ModelGraph, index: int, ins: list, on_loop: Callable | None, sliced: bool,
+              widths: Mapping[str, int]) -> list:
+    """A ``scan`` op: bound whole when nothing changes inside it (the traced loop itself); otherwise its body
+    evaluated op by op in a ``lax.scan`` of its own, with the constants ``on_loop`` edits, those it makes per-step
+    scanned beside the inputs, and (sliced) every shape resized and the constant initial state cut to the groups'
+    sliced widths (a recurrent layer's zeros)."""
+    op, loop = graph.program.ops[index], graph.program.loops[index]
+    n_consts, n_carry = len(loop.consts), len(loop.carry_in)
+    consts, carry, xs = list(ins[:n_consts]), list(ins[n_consts:n_consts + n_carry]), list(ins[n_consts + n_carry:])
+    stepped: dict[int, jax.Array] = {}
+    if on_loop is not None:
+        consts, stepped = on_loop(index, consts)
+    if not stepped and not sliced:
+        return _bind(op, [*consts, *carry, *xs], op.params)
+    for k, var in enumerate(loop.carry_in):
+        for axis, (group, _) in graph.labels.get(var, {}).items():
+            if group in widths and carry[k].shape[axis] != widths[group]:
+                carry[k] = jax.lax.slice_in_dim(carry[k], 0, widths[group], axis=axis)
+    per_step = sorted(stepped)
+
+    def body(state, inputs):
+        x_t, consts_t = inputs
+        env = dict(zip(loop.consts, consts, strict=True))
+        env.update({loop.consts[k]: value for k, value in zip(per_step, consts_t, strict=True)})
+        env.update(zip(loop.carry_in, state, strict=True))
+        env.update(zip(loop.xs, x_t, strict=True))
+
+        def read(v):
+            return v.value if isinstance(v, Const) else env[v]
+
+        for body_op in loop.ops:
+            body_ins = [read(v) for v in body_op.inputs]
+            params = _resized_params(body_op, body_ins, graph, widths) if sliced else body_op.params
+            env.update(zip(body_op.outputs, _bind(body_op, body_ins, params), strict=True))
+        return [read(v) for v in loop.carry_out], [read(v) for v in loop.ys]
+
+    carry, ys = jax.lax.scan(body, carry, (xs, [stepped[k] for k in per_step]), length=op.params["length"],
+                             reverse=op.params["reverse"], unroll=op.params["unroll"])
+    return [*carry, *ys]
 
 
 def _whole_calls(graph: ModelGraph, hooked: set[int]) -> dict[int, Any]:
@@ -327,6 +382,55 @@ def _whole_calls(graph: ModelGraph, hooked: set[int]) -> dict[int, Any]:
             continue
         out[call.start] = call
     return out
+
+
+def loop_gates(group: str) -> str:
+    """The unit-mask name of the gate units of a loop's group (a recurrent layer's): ``rnn1_h`` -> ``rnn1_gates``,
+    any other ``g`` -> ``g_gates``. Each gate's units are masked on their own (Imtiaz et al.'s "each gate by its own
+    activation")."""
+    return f"{group[:-2]}_gates" if group.endswith("_h") else f"{group}_gates"
+
+
+def loop_masks(graph: ModelGraph, index: int, consts: list,
+               unit_masks: Mapping[str, jax.Array]) -> tuple[list, dict[int, jax.Array]]:
+    """Unit masks of the groups loop ``index`` produces, applied inside it as its authors' code removes a recurrent
+    unit: its columns in every gate block of the kernels and biases read zero (so its pre-activations are zero) and
+    its recurrent kernel row is not read. A gate mask (``loop_gates``) zeroes single gate units' columns. A mask
+    with a leading step axis (``(T, units)``, ``(T, gates, units)``) edits each step's weights, scanned beside
+    the inputs. Returns the constants and ``{operand: per-step stack}``."""
+    length = graph.program.ops[index].params["length"]
+    keeps: dict[int, list[tuple[int, jax.Array]]] = {}  # operand -> (axis, keep [size] or [T, size])
+    for la in graph.loop_axes:
+        unit = unit_masks.get(la.group)
+        gates = unit_masks.get(loop_gates(la.group)) if la.role == "producer" else None
+        if la.op != index or (unit is None and gates is None):
+            continue
+        size = graph.sizes[la.group]
+        tiles = consts[la.operand].shape[la.axis] // size
+        keep = jnp.ones((tiles * size,), jnp.float32)
+        if unit is not None:
+            keep = keep * jnp.tile(unit.astype(jnp.float32), (1,) * (unit.ndim - 1) + (tiles,))
+        if gates is not None:
+            keep = keep * gates.astype(jnp.float32).reshape(*gates.shape[:-2], tiles * size)
+        if keep.ndim > 1 and keep.shape[0] != length:
+            raise ValueError(f"a per-step mask for {la.group!r} has {keep.shape[0]} steps; the loop takes {length}")
+        keeps.setdefault(la.operand, []).append((la.axis, keep))
+    consts = list(consts)
+    stepped: dict[int, jax.Array] = {}
+    for k, edits in keeps.items():
+        value = consts[k]
+        per_step = any(keep.ndim > 1 for _, keep in edits)
+        if per_step:
+            value = jnp.broadcast_to(value, (length, *value.shape))
+        for axis, keep in edits:
+            shape = [-1 if a == axis else 1 for a in range(consts[k].ndim)]
+            keep = keep.reshape([length, *shape] if keep.ndim > 1 else ([1, *shape] if per_step else shape))
+            value = value * keep.astype(value.dtype)
+        if per_step:
+            stepped[k] = value
+        else:
+            consts[k] = value
+    return consts, stepped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,7 +516,15 @@ class Adapted(nn.Module):
 
         def on_read(name: str, value: jax.Array, axis: int) -> jax.Array:
             if name in unit_masks:
-                value = value * _along(unit_masks[name], value.ndim, axis).astype(value.dtype)
+                mask = unit_masks[name]
+                if mask.ndim > 1:  # one mask per step of a loop's state sequence, shaped like one sample's value
+                    mask = jnp.moveaxis(mask, -1, axis - 1)
+                    if mask.shape != value.shape[1:]:
+                        raise ValueError(f"unit mask for {name!r} has shape {unit_masks[name].shape}, the "
+                                         f"activation is {jnp.moveaxis(value, axis, -1).shape[1:]}")
+                    value = value * mask.astype(value.dtype)
+                else:
+                    value = value * _along(mask, value.ndim, axis).astype(value.dtype)
             if name in position_masks:
                 mask = jnp.moveaxis(position_masks[name], -1, axis - 1)
                 if mask.shape != value.shape[1:]:
@@ -442,9 +554,17 @@ class Adapted(nn.Module):
                                                         for v in op.inputs):
             raise ValueError(f"{self.source.name} draws random numbers in training (dropout): pass "
                              "rngs={'dropout': key}")
+        def on_named(name: str, value: jax.Array) -> None:  # the model's own sown values stay readable
+            if not self.is_initializing():
+                self.sow(SOWN, name, value, init_fn=lambda: None, reduce_fn=lambda _, v: v)
+
+        def on_loop(index: int, consts: list) -> tuple[list, dict[int, jax.Array]]:
+            return loop_masks(graph, index, consts, unit_masks)
+
         rng = self._key("dropout") if train and self.has_rng("dropout") else jax.random.key(0)
         outputs = run_graph(graph, variables, x, rng, sliced=bool(self.widths), on_read=on_read, on_gate=on_gate,
-                            index_maps=index_maps)
+                            index_maps=index_maps, on_loop=on_loop if unit_masks else None,
+                            on_named=on_named if graph.program.loops else None, widths=dict(self.widths))
         logits, *updates = outputs
         if train and updates:
             flat_updates = jax.tree_util.tree_unflatten(graph.program.out_tree, outputs)[1]
@@ -524,8 +644,8 @@ def adapt(model: Any, variables: Mapping[str, Any] | None = None, sample_x: Any 
     except Exception as err:  # noqa: BLE001 - any failure to run means the sample does not fit
         raise ValueError(f"{source.name} does not take samples of shape {x.shape[1:]} ({dtype}): "
                          f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
-    if len(out.shape) != 2:
-        raise ValueError(f"{source.name} maps samples of shape {x.shape[1:]} to {out.shape}, not (batch, classes)")
+    if len(out.shape) < 2:  # (batch, classes), or (batch, steps, classes) for a sequence of outputs
+        raise ValueError(f"{source.name} maps samples of shape {x.shape[1:]} to {out.shape}, not (batch, ..., classes)")
     adapted = Adapted(source, _shape_table(variables), tuple(int(d) for d in x.shape[1:]), dtype,
                       num_classes=int(out.shape[-1]))
     adapted.graph()  # derive now: an operation the walk cannot follow fails here, before any work

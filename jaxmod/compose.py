@@ -234,5 +234,6 @@ def _cut_rows(stacked: Mapping[tuple, Any], topology: Topology, keep: Mapping[st
 
 def module_topology(model: nn.Module, modules: ModuleSet) -> Topology:
     """The unit topology the modules' unit masks index, read from their group names (MwT's kernel sets
-    inside residual sums are groups of their own, see :func:`jaxmod.topology.topology_for_groups`)."""
+    inside residual sums are groups of their own and groups no mask names stay whole, see
+    :func:`jaxmod.topology.topology_for_groups`)."""
     return topology_for_groups(model, modules.meta.input_shape, tuple(modules.units))

@@ -107,6 +107,21 @@ class CustomCall:
 
 
 @dataclasses.dataclass(frozen=True)
+class Loop:
+    """A ``scan``'s body, inlined once for the walk (evaluation binds the scan whole): its ops, and the body's
+    variables for the constants, carries and per-step inputs it reads and the carries and per-step outputs it
+    returns. The scan's operands are ``consts + carries + xs`` and its results ``carries + ys`` (stacked on a
+    leading loop axis)."""
+
+    ops: tuple[Op, ...]
+    consts: tuple[int, ...]
+    carry_in: tuple[int, ...]
+    xs: tuple[int, ...]
+    carry_out: tuple[int | Const, ...]
+    ys: tuple[int | Const, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class Program:
     """A flat list of primitive ops: inputs are the variable leaves (``leaf_keys`` order) then the sample."""
 
@@ -120,6 +135,7 @@ class Program:
     out_tree: Any = None  # the pytree structure of apply's result
     names: Mapping[int, str] = dataclasses.field(default_factory=dict)  # variables the model sows, by sown name
     custom_calls: tuple[CustomCall, ...] = ()
+    loops: Mapping[int, Loop] = dataclasses.field(default_factory=dict)  # the scan op's index -> its body
 
 
 def _leaf_key(path: tuple) -> LeafKey:
@@ -154,7 +170,7 @@ def trace_program(apply: Callable, variables: Mapping[str, Any], x: Any, *extra:
             names.setdefault(var, name)
     return Program(tuple(builder.ops), keys, tuple(inputs[:n]), inputs[n], tuple(inputs[n + 1:]),
                    tuple(outputs[:n_out]), builder.avals, jax.tree_util.tree_structure(out_shapes), names,
-                   tuple(builder.custom_calls))
+                   tuple(builder.custom_calls), dict(builder.loops))
 
 
 class _Builder:
@@ -162,6 +178,8 @@ class _Builder:
         self.ops: list[Op] = []
         self.avals: dict[int, Any] = {}
         self.custom_calls: list[CustomCall] = []
+        self.loops: dict[int, Loop] = {}
+        self.in_body = False
 
     def new(self, aval: Any) -> int:
         i = len(self.avals)
@@ -198,7 +216,24 @@ class _Builder:
             for v, i in zip(eqn.outvars, outs, strict=True):
                 env[v] = i
             self.ops.append(Op(eqn.primitive, dict(eqn.params), tuple(ins), tuple(outs), path))
+            if eqn.primitive.name == "scan" and not self.in_body:  # a loop in a loop stays an op the walk refuses
+                self.loops[len(self.ops) - 1] = self.loop_body(eqn.params, path)
         return [read(v) for v in jaxpr.outvars]
+
+    def loop_body(self, params: Mapping[str, Any], path: str) -> Loop:
+        """A scan's body inlined into its own op list (fresh variables for its inputs)."""
+        body, consts, carries = params["jaxpr"], params["num_consts"], params["num_carry"]
+        inputs = [self.new(v.aval) for v in body.jaxpr.invars]
+        outer, outer_calls = self.ops, self.custom_calls
+        self.ops, self.custom_calls = [], []  # calls inside a body are evaluated with it, never alone
+        self.in_body = True
+        try:
+            outputs = self.inline(body.jaxpr, body.consts, inputs, path)
+            ops = self.ops
+        finally:
+            self.ops, self.custom_calls, self.in_body = outer, outer_calls, False
+        return Loop(tuple(ops), tuple(inputs[:consts]), tuple(inputs[consts:consts + carries]),
+                    tuple(inputs[consts + carries:]), tuple(outputs[:carries]), tuple(outputs[carries:]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,6 +278,19 @@ class GatePoint:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoopAxis:
+    """Axis ``axis`` of constant operand ``operand`` of loop op ``op`` is indexed by ``group``, a group the loop
+    produces (a recurrent layer's units): as a ``producer`` (its gate blocks, ``axis`` a whole number of tiles of
+    the group) or a ``consumer`` (the recurrent kernel's rows). Masks act on these inside the loop."""
+
+    op: int
+    operand: int
+    axis: int
+    group: str
+    role: str
+
+
+@dataclasses.dataclass(frozen=True)
 class WholeGroup:
     """A group kept entire, and why (the op that mixes its units)."""
 
@@ -267,6 +315,7 @@ class ModelGraph:
     num_classes: int
     gates: tuple[GatePoint, ...] = ()
     residual_splits: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
+    loop_axes: tuple[LoopAxis, ...] = ()
 
     @property
     def group_names(self) -> tuple[str, ...]:
@@ -308,6 +357,11 @@ class _Walk:
         self.tie_targets: set[int] = set()  # groups an activated operand is added into (residual sums)
         self.conv_layer: dict[int, str] = {}  # conv group -> the layer of its kernel
         self.kernel_layer: dict[int, str] = {}  # group -> the layer of the weight that made it
+        self.loop_depth = 0  # > 0 while walking a loop body
+        self.body_vars: set[int] = set()  # a loop body's per-step values (never read points)
+        self.loop_values: set[int] = set()  # a loop's results and their transposes (hidden state sequences)
+        self.uniform: dict[int, set[int]] = {}  # a broadcast's result -> the axes it is constant along
+        self.broadcast_units: dict[int, dict[int, int]] = {}  # such a result -> {axis: group it meets there}
         for i, vid in enumerate(program.leaf_ids):
             self.leaves[vid] = {a: frozenset({(i, a, 1)}) for a in range(len(program.avals[vid].shape))}
         self.data.add(program.input_id)
@@ -377,10 +431,15 @@ class _Walk:
                     self.uses.setdefault(v, []).append(index)
             self.step(index, op)
 
-    def step(self, index: int, op: Op) -> None:
+    def step(self, index: int | None, op: Op) -> None:
+        """Walk one op; ``index`` is its place in the program (``None`` inside a loop body)."""
         name = op.name
+        if index is not None and index in self.p.loops:
+            return self.loop(op, self.p.loops[index])
         data_in = [v for v in op.inputs if self.is_data(v)]
         weight_in = [v for v in op.inputs if isinstance(v, int) and v in self.leaves]
+        if name == "broadcast_in_dim":
+            self.note_uniform(op)
         if not data_in and not weight_in:
             return  # constants, random keys, iotas: no units
         if name in ELEMENTWISE:
@@ -398,6 +457,8 @@ class _Walk:
                     self.units[o] = {}
             return
         mappings = self.structural(op)
+        if mappings is not None and name == "reshape" and self.loop_depth:
+            mappings = [self.retile(op, mappings[0])]
         if mappings is None:
             if any(self.units.get(v) for v in data_in) or any(self.leaves.get(v) for v in weight_in):
                 raise self.error(op, "units or weights flow into an operation it cannot follow")
@@ -413,6 +474,9 @@ class _Walk:
                                            mappings[out_index], op, data=True)
                 if src in self.stats or (op.name in _REDUCE and 0 in op.params["axes"] and self.units[o]):
                     self.stats.add(o)
+                if name == "transpose" and src in self.loop_values:  # a state sequence put batch-major: read there
+                    self.loop_values.add(o)
+                    self.region[o] = {g: True for g, _ in self.units[o].values()}
             else:
                 self.leaves[o] = self.remap(self.leaves.get(src, {}) if isinstance(src, int) else {},
                                             mappings[out_index], op, data=False)
@@ -492,8 +556,15 @@ class _Walk:
         if name == "split":
             axis = params["axis"]
             return [{a: (None if a == axis else a) for a in range(len(shape))} for _ in op.outputs]
+        if name == "stack":  # values side by side on a new axis (a cell's gates): the same units stay units
+            axis = params["axis"]
+            same = self.stacked_labels(op, None)
+            return [{a: (a + (a >= axis) if same is not None else None) for a in range(len(shape))}]
         if name == "concatenate":
             axis = params["dimension"]
+            stacked = self.stacked_labels(op, axis)
+            if stacked is not None:  # the same units side by side (a cell's gates stacked): they stay units
+                return [{a: a for a in stacked}]
             for v in op.inputs[1:]:
                 if isinstance(v, int):
                     for _, label in self.units.get(v, {}).items():
@@ -502,6 +573,24 @@ class _Walk:
                         raise self.error(op, "a weight is concatenated")
             return [{a: (None if a == axis else a) for a in range(len(shape))}]
         return None
+
+    def note_uniform(self, op: Op) -> None:
+        """Record the axes along which a broadcast's result is constant (new axes, or axes of size 1 before)."""
+        shape, target = self.shape(op.inputs[0]), tuple(self.p.avals[op.outputs[0]].shape)
+        dims = op.params["broadcast_dimensions"]
+        kept = {d for i, d in enumerate(dims) if shape[i] == target[d]}
+        axes = {d for d in range(len(target)) if d not in kept and target[d] > 1}
+        if axes:
+            self.uniform[op.outputs[0]] = axes
+
+    def stacked_labels(self, op: Op, axis: int | None) -> dict[int, tuple[int, int]] | None:
+        """Values joined along ``axis`` (a concatenation's; ``None``: a new one) that all carry the same groups on the
+        same axes, none on ``axis`` (each a data value): those labels, which the result keeps; ``None`` otherwise."""
+        labels = [{a: (self.find(g), inner) for a, (g, inner) in self.units.get(v, {}).items()}
+                  if self.is_data(v) else None for v in op.inputs]
+        if any(lab is None for lab in labels) or any(lab != labels[0] for lab in labels[1:]) or axis in labels[0]:
+            return None
+        return labels[0]
 
     def elementwise(self, index: int, op: Op, data_in: list) -> None:
         out = op.outputs[0]
@@ -539,6 +628,10 @@ class _Walk:
                 continue
             result[axis] = (self.tie(index, op, found, axis), 1)
         self.units[out] = result
+        for v in op.inputs:  # a value broadcast along a unit axis (a step's validity): resized with the units
+            for a in self.uniform.get(v, ()) if isinstance(v, int) else ():
+                if a in result and self.shape(v)[a] == out_shape[a]:
+                    self.broadcast_units.setdefault(v, {})[a] = result[a][0]
         # per-unit weights met here belong to the group on that axis
         for v in op.inputs:
             if not isinstance(v, int) or v in self.data:
@@ -569,9 +662,16 @@ class _Walk:
                 return activated
         return None
 
-    def tie(self, index: int, op: Op, found: list, axis: int) -> int:
+    def tie(self, index: int | None, op: Op, found: list, axis: int) -> int:
         """Operands of one elementwise op carrying different groups on one axis: fresh ones (not yet
-        through a nonlinearity) become one group; activated ones are read through index maps."""
+        through a nonlinearity) become one group; activated ones are read through index maps. Inside a loop
+        body (evaluated whole, so no index map can act there) they all become one group, as a recurrent cell's
+        gates multiplying each other share their units."""
+        if self.loop_depth:
+            target = found[0][1][0]
+            for _, (g, _) in found[1:]:
+                target = self.union(target, g)
+            return self.find(target)
         fresh, activated = [], []
         for v, (g, _) in found:
             state = self._region_state(v, self.find(g))
@@ -647,6 +747,109 @@ class _Walk:
         self.units[out] = result
         self.region[out] = {g: False for g in new}
 
+    # loops -------------------------------------------------------------------------------------
+    def loop(self, op: Op, loop: Loop) -> None:
+        """A ``scan``: its body walked until the carries' units settle (a recurrent state is read by the next
+        step, so the weights that read it there consume its units), then its results labelled: the carries as the
+        body returns them, the per-step outputs with the loop axis in front."""
+        n_consts, n_carry = len(loop.consts), len(loop.carry_in)
+        self.body_vars.update(loop.consts + loop.carry_in + loop.xs)
+        for outer, inner in zip(op.inputs[:n_consts + n_carry], loop.consts + loop.carry_in, strict=True):
+            self.bind(outer, inner, 0)
+        for outer, inner in zip(op.inputs[n_consts + n_carry:], loop.xs, strict=True):
+            self.bind(outer, inner, -1)
+        self.loop_depth += 1
+        for _ in range(4):
+            for body_op in loop.ops:
+                self.body_vars.update(body_op.outputs)
+                self.step(None, body_op)
+            if not self.join_carries(loop):
+                break
+        else:
+            raise self.error(op, "a loop whose carried units do not settle")
+        self.loop_depth -= 1
+        for inner, outer in zip(loop.carry_out, op.outputs[:n_carry], strict=True):
+            self.bind(inner, outer, 0)
+        for inner, outer in zip(loop.ys, op.outputs[n_carry:], strict=True):
+            self.bind(inner, outer, 1)
+        self.loop_values.update(o for o in op.outputs if self.units.get(o))
+
+    def bind(self, src: int | Const, dst: int, shift: int) -> None:
+        """``dst`` takes ``src``'s labels, axes moved by ``shift`` (-1: one step of a scanned input, whose loop
+        axis goes; +1: per-step outputs stacked on a new leading axis)."""
+        if isinstance(src, Const):
+            return
+
+        def moved(labels: Mapping[int, Any]) -> dict:
+            return {a + shift: label for a, label in labels.items() if a + shift >= 0}
+
+        if src in self.data:
+            labels = self.units.get(src, {})
+            if shift < 0 and 0 in labels:
+                self.make_whole(labels[0][0], "its units lie along a loop's steps")
+            self.data.add(dst)
+            self.units[dst] = moved(labels)
+            if src in self.region:
+                self.region[dst] = dict(self.region[src])
+            if src in self.stats:
+                self.stats.add(dst)
+        elif src in self.leaves:
+            if shift < 0 and 0 in self.leaves[src]:
+                self.reduced_leaves |= {(leaf, ax) for leaf, ax, _ in self.leaves[src][0]}
+            self.leaves[dst] = moved(self.leaves[src])
+
+    def join_carries(self, loop: Loop) -> bool:
+        """Give each carry's input the units its output has (one group per axis); True when that changed what
+        the body reads, so the body must be walked again."""
+        changed = False
+        for cin, cout in zip(loop.carry_in, loop.carry_out, strict=True):
+            if not self.is_data(cout):
+                continue
+            if cin not in self.data:
+                self.data.add(cin)
+                self.units[cin] = {}
+                changed = True
+            labels = self.units[cin]
+            for axis, (g, inner) in self.units.get(cout, {}).items():
+                if axis not in labels:
+                    labels[axis] = (g, inner)
+                    changed = True
+                elif labels[axis][1] != inner:
+                    self.make_whole(g, "a loop carries its units in another layout")
+                    self.make_whole(labels[axis][0], "a loop carries its units in another layout")
+                else:
+                    self.union(labels[axis][0], g)
+            self.region[cin] = {self.find(g): True for g, _ in labels.values()}
+        return changed
+
+    def retile(self, op: Op, mapping: dict[int, Any]) -> dict[int, Any]:
+        """Inside a loop body, a unit axis split into ``(tiles, units)`` (a recurrent kernel's gate blocks, laid
+        out gate-major) keeps its units on the innermost factor: the group shrinks to that factor and its weight
+        axes repeat the unit pattern once per tile. Only a group nothing consumes yet, with no flattened axes."""
+        src = op.inputs[0]
+        if not isinstance(src, int):
+            return mapping
+        old, new = self.shape(src), tuple(self.p.avals[op.outputs[0]].shape)
+        data = self.is_data(src)
+        labels = self.units.get(src, {}) if data else self.leaves.get(src, {})
+        for ins, outs in reshape_blocks(old, new):
+            real_in = [a for a in ins if old[a] != 1]
+            real_out = [a for a in outs if new[a] != 1]
+            if len(real_in) != 1 or len(real_out) < 2 or real_in[0] not in labels:
+                continue
+            if not data:  # a weight-only value (a first step's recurrent term): its axes tile the same way
+                if all(i == 1 for _, _, i in labels[real_in[0]]):
+                    mapping = {**mapping, real_in[0]: real_out[-1]}
+                continue
+            g, inner = labels[real_in[0]]
+            group = self.groups[self.find(g)]
+            if inner != 1 or group.consumers or group.size != old[real_in[0]] or any(
+                    i != 1 for _, _, i in group.producers):
+                continue
+            group.size = new[real_out[-1]]
+            mapping = {**mapping, real_in[0]: real_out[-1]}
+        return mapping
+
     def conv(self, index: int, op: Op) -> None:
         lhs, rhs = op.inputs
         if not self.is_data(lhs) or self.is_data(rhs):
@@ -671,7 +874,10 @@ class _Walk:
                     self.make_whole(feature[0], f"convolved with a computed kernel at {where}")
         elif groups == ls[lspec[1]] and rs[rspec[1]] == 1 and rs[rspec[0]] == groups:
             if feature is not None:  # depthwise: output channel c reads input channel c
-                if feature[1] != 1:
+                if self.loop_depth:
+                    self.make_whole(feature[0], f"a depthwise convolution inside a loop at {where}")
+                    self.make_whole(g, f"a depthwise convolution inside a loop at {where}")
+                elif feature[1] != 1:
                     self.make_whole(feature[0], f"a depthwise convolution of flattened units at {where}")
                 else:
                     self.maps.append((self.find(feature[0]), g, index, 0, lspec[1]))
@@ -682,6 +888,8 @@ class _Walk:
         self.data.add(out)
         self.units[out] = {ospec[1]: (g, 1)}
         self.region[out] = {g: False}
+        if self.loop_depth:  # MwT's gates multiply outside loops only
+            return
         self.chain[out] = g
         self.chain_end[g] = out
         self.conv_input[g] = lhs
@@ -788,6 +996,8 @@ def derive_graph(program: Program) -> ModelGraph:
     exits: dict[int, list[tuple[int, int, bool]]] = {}
     sown: dict[int, list[tuple[int, int, bool]]] = {}
     for var, states in walk.region.items():
+        if var in walk.body_vars:  # a loop's per-step value: the group is read on the loop's stacked result
+            continue
         for gid, activated in states.items():
             g = walk.find(gid)
             leaves_region = var in program.output_ids or any(
@@ -800,8 +1010,8 @@ def derive_graph(program: Program) -> ModelGraph:
                 axis = next(a for a, (lg, _) in walk.units[var].items() if walk.find(lg) == g)
                 sown.setdefault(g, []).append((var, axis, activated))
     for g, found in sown.items():  # read there: training mode's dropout must not move the read point
-        if g in exits:
-            exits[g] = [min(found)]
+        if g in exits:  # (of several, one the walk would read at: a recurrent layer's states, not its gates)
+            exits[g] = [min([f for f in found if f in exits[g]] or found)]
     maps = [(walk.find(s), walk.find(t), op, operand, axis) for s, t, op, operand, axis in walk.maps]
     maps = [m for m in maps if m[0] != m[1]]
     changed = True
@@ -845,6 +1055,10 @@ def derive_graph(program: Program) -> ModelGraph:
     spec = TopologySpec(tuple(groups), _leaf_axes(out_group.producers, program),
                         tuple(IndexMapSpec(m.name, m.source, m.target) for m in index_maps))
     labels = {}
+    for var, axes in walk.broadcast_units.items():
+        entry = {a: (names[walk.find(g)], 1) for a, g in axes.items() if names.get(walk.find(g)) in sizes}
+        if entry:
+            labels[var] = entry
     for var, axes in walk.units.items():
         entry = {}
         for a, (g, inner) in axes.items():
@@ -854,10 +1068,32 @@ def derive_graph(program: Program) -> ModelGraph:
             elif names.get(g) in sizes:
                 entry[a] = (names[g], inner)
         if entry:
-            labels[var] = entry
+            labels[var] = {**labels.get(var, {}), **entry}
     gates, splits = _gates(walk, names, sizes, output_gid, program)
     return ModelGraph(program, spec, sizes, read_points, tuple(index_maps), tuple(whole), labels,
-                      int(out_shape[class_axis]), gates, splits)
+                      int(out_shape[class_axis]), gates, splits, _loop_axes(walk, spec, program))
+
+
+def _loop_axes(walk: _Walk, spec: TopologySpec, program: Program) -> tuple[LoopAxis, ...]:
+    """For every loop, the axes of its constant operands that index a group it produces (see :class:`LoopAxis`)."""
+    roles = {}
+    for group in spec.groups:
+        for role, axes in (("producer", group.producers), ("consumer", group.consumers)):
+            for a in axes:
+                roles[(a.key, a.axis % len(program.avals[program.leaf_ids[program.leaf_keys.index(a.key)]].shape))] = (
+                    group.name, role)
+    out = []
+    for index, loop in sorted(program.loops.items()):
+        operands = program.ops[index].inputs[:len(loop.consts)]
+        found = []
+        for k, var in enumerate(operands):
+            for axis, items in (walk.leaves.get(var, {}) if isinstance(var, int) else {}).items():
+                for leaf, leaf_axis, _ in items:
+                    if (program.leaf_keys[leaf], leaf_axis) in roles:
+                        found.append((k, axis, *roles[(program.leaf_keys[leaf], leaf_axis)]))
+        own = {group for _, _, group, role in found if role == "producer"}
+        out += [LoopAxis(index, k, axis, group, role) for k, axis, group, role in sorted(set(found)) if group in own]
+    return tuple(out)
 
 
 def _gates(walk: _Walk, names: Mapping[int, str], sizes: Mapping[str, int], output_gid: int,

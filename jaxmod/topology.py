@@ -168,15 +168,17 @@ def resolve_topology(model: nn.Module, input_shape: Sequence[int]) -> Topology:
 
 @functools.lru_cache(maxsize=64)
 def _resolve_topology(model: nn.Module, input_shape: tuple[int, ...]) -> Topology:
-    """The model's topology on inputs of ``input_shape``, each group sized: derived from its traced program for an
-    adapted model (the zoo's feed-forward models and users'), else its declared ``topology_spec()`` (the
-    recurrent models), checked against the model's shapes.
+    """The model's topology on inputs of ``input_shape``, each group sized: derived from the traced program of an
+    adapted model (every zoo model and a user's, :mod:`jaxmod.adapter`), checked against the model's shapes.
 
-    ``input_shape`` excludes the batch axis. Raises ``ValueError`` when the declaration does not
-    match the model (a missing leaf, an axis whose length is not a multiple of its group's size,
-    a tap without a group or a group without a tap).
+    ``input_shape`` excludes the batch axis. ``TypeError`` for a model that is not adapted; ``ValueError`` when the
+    topology does not match the model (a missing leaf, an axis whose length is not a multiple of its group's size,
+    a read point without a group or a group without one).
     """
-    spec = model.graph(input_shape=input_shape).spec if is_adapted(model) else model.topology_spec()
+    if not is_adapted(model):
+        raise TypeError(f"{model_label(model)} is not a jaxmod model: build it with jaxmod.models.create_model or "
+                        "wrap it with jaxmod.adapt")
+    spec = model.graph(input_shape=input_shape).spec
     x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
     variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape, x.dtype)))
     _, state = jax.eval_shape(
@@ -422,10 +424,24 @@ def split_residual_producers(topology: Topology, splits: Sequence[tuple[str, str
     return dataclasses.replace(topology, spec=spec, sizes=sizes)
 
 
-def topology_for_groups(model: nn.Module, input_shape: Sequence[int], groups: Sequence[str]) -> Topology:
+def residual_split_topology(model: nn.Module, input_shape: Sequence[int], groups: Sequence[str]) -> Topology:
     """The model's topology with the residual producer splits (derived, :func:`jaxmod.graph.derive_graph`) that
     ``groups`` name applied: masks keyed by a split group (MwT's ``<block>/conv2:own``) index the split topology."""
     topology = resolve_topology(model, input_shape)
     named = set(groups)
     splits = [s for s in (model.residual_splits(tuple(input_shape)) if is_adapted(model) else ()) if s[0] in named]
     return split_residual_producers(topology, splits) if splits else topology
+
+
+def topology_for_groups(model: nn.Module, input_shape: Sequence[int], groups: Sequence[str]) -> Topology:
+    """The topology that unit masks of ``groups`` index: :func:`residual_split_topology`, without the groups that no
+    mask names and no index map reads, which stay whole when masks are applied or sliced (a recurrent model's token
+    embedding under Imtiaz et al.'s masks of its recurrent layers). Nothing is dropped when no group is named."""
+    topology = residual_split_topology(model, input_shape, groups)
+    named = set(groups)
+    mapped = {name for m in topology.spec.index_maps for name in (m.source, m.target)}
+    whole = {g.name for g in topology.spec.groups} - named - mapped
+    if not whole or not named & set(topology.sizes):
+        return topology
+    spec = dataclasses.replace(topology.spec, groups=tuple(g for g in topology.spec.groups if g.name not in whole))
+    return dataclasses.replace(topology, spec=spec, sizes={k: v for k, v in topology.sizes.items() if k not in whole})

@@ -219,7 +219,7 @@ def test_bad_inputs_fail_before_any_work(lenet):
     approach = concern.Concern()
     with pytest.raises(ValueError, match=r"classes \[9\] have no samples"):
         approach.decompose(model, variables, x[y != 9], y[y != 9], 10)
-    with pytest.raises(ValueError, match="cannot derive the unit topology.*scan"):  # a recurrent model
+    with pytest.raises(ValueError, match="dense and convolutional models; RecurrentClassifier has a recurrent layer"):
         concern.model_plan(models.create_model("rnn_lstm", 10, vocab_size=20, input_len=5), (5,))
     with pytest.raises(ValueError, match="dense"):
         concern.Concern(variant="ti_sne").decompose(model, variables, x, y, 10)

@@ -259,3 +259,67 @@ def test_derived_plan_names_what_it_cannot_follow():
     net = adapt(model, init_linen(model, (1, 12, 12, 1)), jnp.zeros((1, 12, 12, 1)))
     with pytest.raises(ValueError, match="pooling window .* 'reduce_window_max'"):
         concern.model_plan(net.model, (12, 12, 1))
+
+
+RECURRENT = [(cell, shape, layers, vocab) for cell in ("vanilla", "lstm", "gru")
+             for shape, layers, vocab in (("many_to_one", 2, 20), ("many_to_many", 1, 20), ("one_to_many", 1, 0),
+                                          ("encoder_decoder", 1, 20))]
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["zoo", "user"])
+@pytest.mark.parametrize("cell,shape,layers,vocab", RECURRENT,
+                         ids=[f"{c}-{s}-{n}{'-tokens' if v else ''}" for c, s, n, v in RECURRENT])
+def test_derived_recurrent_topology_equals_the_hand_written_one(cell, shape, layers, vocab, user):
+    """The zoo's recurrent classifier, and one a user writes (tests/helpers/plain_recurrent.py), in plain Flax: a
+    ``lax.scan`` over Keras-layout cells, which the walk follows until the carried state's units settle. Each layer's
+    hidden units are one group: produced by every gate block of its kernels and biases (gate-major, the units
+    tiled once per gate), consumed by its own recurrent kernel's rows and the next layer's kernel. They equal
+    the zoo model's former hand-written declaration; the only other group is the token embedding's features."""
+    from helpers.plain_recurrent import PlainRecurrentClassifier
+
+    from jaxmod.adapter import _shape_table, linen_source, model_graph
+
+    config = {"num_classes": 5, "cell": cell, "shape": shape, "num_layers": layers, "vocab_size": vocab,
+              "output_len": 3}
+    zoo = zoo_module(create_model(f"rnn_{cell}", units=8, embed_dim=6, **config))
+    plain = PlainRecurrentClassifier(units=8, embed_dim=6, **config) if user else zoo
+    x = jnp.ones((1, 7), jnp.int32) if vocab else jnp.ones((1, 7, 2, 2))
+    variables = {c: t for c, t in plain.init(jax.random.key(0), x).items() if c != "intermediates"}
+    graph = model_graph(linen_source(plain), _shape_table(variables), x.shape, str(x.dtype), False)
+    hand = hand_written_spec(zoo)
+    shapes = {(c, tuple(p)): s for (c, *p), s, _ in _shape_table(variables)}
+    derived = _table(graph.spec, shapes)
+    assert {n: derived[n] for n in graph.group_names if n != "embedding"} == _table(hand, shapes)
+    assert [n for n in graph.group_names if n != "embedding"] == [g.name for g in hand.groups]
+    assert ("embedding" in graph.group_names) == bool(vocab)
+    assert _axes(graph.spec.output, shapes) == _axes(hand.output, shapes)
+    assert not graph.whole and not graph.index_maps
+    assert set(graph.sizes.values()) <= {8, 6}
+
+
+@pytest.mark.parametrize("cell", ["SimpleCell", "LSTMCell", "GRUCell"])
+def test_flax_recurrent_cells_derive_one_group_per_layer(cell):
+    """Flax's own cells under ``nn.RNN`` (a lifted scan, one Dense per gate): one group of hidden units, produced by
+    every gate's input and hidden kernels (and their biases), consumed by the hidden kernels and the head."""
+    import flax.linen as nn
+
+    from jaxmod.adapter import _shape_table, linen_source, model_graph
+
+    class Tagger(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            hs = nn.RNN(getattr(nn, cell)(8), name="rnn")(nn.Embed(20, 6, name="embed")(x))
+            self.sow("intermediates", "rnn_h", hs)
+            return nn.Dense(5, name="logits")(hs[:, -1])
+
+    model = Tagger()
+    x = jnp.ones((1, 6), jnp.int32)
+    variables = {c: t for c, t in model.init(jax.random.key(0), x).items() if c != "intermediates"}
+    graph = model_graph(linen_source(model), _shape_table(variables), x.shape, "int32", False)
+    assert graph.sizes == {"embed": 6, "rnn_h": 8} and not graph.whole
+    (group,) = [g for g in graph.spec.groups if g.name == "rnn_h"]
+    kernels = set(variables["params"][f"{cell}_0"])  # the cell is built outside nn.RNN: its parameters are the model's
+    produced = {(a.path[-2], a.axis) for a in group.producers if a.path[-1] == "kernel"}
+    consumed = {(a.path[-2], a.axis) for a in group.consumers}
+    assert produced == {(k, 1) for k in kernels}
+    assert consumed == {(k, 0) for k in kernels if k.startswith("h")} | {("logits", 0)}

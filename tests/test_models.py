@@ -7,11 +7,9 @@ non-trivial batch-norm statistics, and the sliced model's size is the size its p
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import chex
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,16 +26,9 @@ from jaxmod.models import (
     model_config,
     zoo_model,
 )
-from jaxmod.taps import tap
 from jaxmod.topology import (
-    LeafAxis,
-    TopologySpec,
-    UnitGroup,
     class_vector,
-    conv_out,
     count_parameters,
-    dense_out,
-    kernel_in,
     parameter_masks,
     resolve_topology,
     slice_model,
@@ -331,43 +322,6 @@ def test_batchnorm_models_train_mode(model):
     out, state = jax.jit(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables)
     assert out.shape == (2, 10) and bool(jnp.all(jnp.isfinite(out)))
     assert jax.tree.structure(state["batch_stats"]) == jax.tree.structure(variables["batch_stats"])
-
-
-# ---------------------------------------------------------------------------
-# A wrong declaration is caught
-# ---------------------------------------------------------------------------
-
-
-class DeclaredMLP(nn.Module):
-    """A model that taps its units and declares its topology (as the recurrent models do), wrongly on purpose."""
-
-    num_classes: int = 10
-    mistake: str = ""
-
-    @nn.compact
-    def __call__(self, x, train=False):
-        x = x.reshape((x.shape[0], -1))
-        x = tap(self, "fc1_relu", nn.relu(nn.Dense(8, use_bias=False, name="fc1")(x)))
-        x = tap(self, "fc2_relu", nn.relu(nn.Dense(6, name="fc2")(x)))
-        return nn.Dense(self.num_classes, name="logits")(x)
-
-    def topology_spec(self) -> TopologySpec:
-        fc1 = UnitGroup("fc1_relu", (LeafAxis(("fc1", "kernel"), -1),), kernel_in("fc2"))
-        fc2 = UnitGroup("fc2_relu", conv_out("fc2"), kernel_in("logits"))
-        if self.mistake == "missing-leaf":  # fc1 has no bias
-            fc1 = dataclasses.replace(fc1, producers=fc1.producers + (LeafAxis(("fc1", "bias"), 0),))
-        if self.mistake == "wrong-axis":  # fc2's kernel input axis (8) is not fc2's 6 units
-            fc2 = UnitGroup("fc2_relu", (LeafAxis(("fc2", "kernel"), 0),), kernel_in("logits"))
-        groups = (fc2,) if self.mistake == "missing-group" else (fc1, fc2)
-        return TopologySpec(groups, dense_out("logits"))
-
-
-@pytest.mark.parametrize("mistake, match", [("missing-leaf", "missing leaf"), ("missing-group", "do not match"),
-                                            ("wrong-axis", "not a multiple")])
-def test_wrong_spec_raises(mistake, match):
-    resolve_topology(DeclaredMLP(), MNIST)  # the right declaration resolves
-    with pytest.raises(ValueError, match=match):
-        resolve_topology(DeclaredMLP(mistake=mistake), MNIST)
 
 
 def test_position_masks_zero_exactly_the_masked_positions():

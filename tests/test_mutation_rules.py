@@ -22,7 +22,7 @@ from jaxmod.approaches import mwt as mwt_lib
 from jaxmod.approaches import rnn as rnn_lib
 from jaxmod.approaches import supermask as sm
 from jaxmod.metrics.modules import element_statistics
-from jaxmod.models import create_model
+from jaxmod.models import create_model, zoo_module
 from jaxmod.modules import module_set
 from jaxmod.running import channel_head
 from jaxmod.topology import IndexMapSpec, LeafAxis, Topology, TopologySpec, UnitGroup
@@ -78,7 +78,7 @@ def _variables(model, x, seed=0):
 
 
 def _jaccard(model, units, head):
-    x = np.ones((1, model.input_len), np.int64)
+    x = np.ones((1, zoo_module(model).input_len), np.int64)
     variables = _variables(model, x)
     modules = module_set(rnn_lib.RnnDecomposition(), model, variables, x, units=units,
                          head=channel_head(model.num_classes, range(model.num_classes)) if head else None)
@@ -1030,10 +1030,10 @@ def _disagreeing_gates(model, variables, x, batch_size=256, with_gates=True):
     del variables, batch_size
     cls = np.asarray(x)[:, 0] - 1
     steps = np.asarray(x).shape[1]
-    g = np.full((len(x), steps, 4, model.units), 0.3, np.float32)
+    g = np.full((len(x), steps, 4, zoo_module(model).units), 0.3, np.float32)
     g[:, :, :, 0] = np.where(cls == 0, np.where(np.arange(len(x)) % 2 == 0, 0.5, 0.0), 0.49)[:, None, None]
-    hidden = np.zeros((len(x), steps, model.units), np.float32)
-    return {model.group_names()[0]: hidden}, ({model.group_names()[0]: g} if with_gates else {})
+    hidden = np.zeros((len(x), steps, zoo_module(model).units), np.float32)
+    return {zoo_module(model).group_names()[0]: hidden}, ({zoo_module(model).group_names()[0]: g} if with_gates else {})
 
 
 @pytest.mark.parametrize("mode", ["rolled", "unrolled"])
@@ -1063,7 +1063,7 @@ def _relu_own_gates(model, variables, x, batch_size=256, with_gates=True):
     class 1), 0.3 on unit 1. The candidate (g): unit 0 never active; unit 1 active (0.7) on class 0's samples only."""
     hidden, gates = _disagreeing_gates(model, variables, x, batch_size, with_gates)
     cls = np.asarray(x)[:, 0] - 1
-    g = gates[model.group_names()[0]]
+    g = gates[zoo_module(model).group_names()[0]]
     g[:, :, 2, 0] = 0.0
     g[:, :, 2, 1] = np.where(cls == 0, 0.7, 0.0)[:, None]
     return hidden, gates
@@ -1089,17 +1089,16 @@ def test_rnn_monitor_gives_every_sample_its_hidden_states_and_gates():
     """6 samples in batches of 4 (the second padded): the same hidden states and gate activations as one apply of
     the model; gates by default, none on request; the same under a (one-device) data-parallel mesh."""
     from jaxmod import sharding
-    from jaxmod.models.recurrent import GATE_ACTIVATIONS
+    from jaxmod.models.recurrent import SOWN
     from jaxmod.taps import ACTIVATIONS
-    from jaxmod.topology import flat_activations
 
     model = create_model("rnn_lstm", 2, shape="many_to_one", units=3, vocab_size=5, input_len=2)
     x = np.random.default_rng(0).integers(1, 5, (6, 2))
     variables = _variables(model, x[:1])
-    _, state = model.apply(variables, x, mutable=[ACTIVATIONS, GATE_ACTIVATIONS])
-    want_h, want_g = flat_activations(state[ACTIVATIONS]), flat_activations(state[GATE_ACTIVATIONS])
+    _, state = model.apply(variables, x, mutable=[ACTIVATIONS, SOWN])
+    want_h, want_g = dict(state[ACTIVATIONS]), {"rnn1_h": state[SOWN]["rnn1_gates"]}
     hidden, gates = rnn_lib.monitor(model, variables, x, batch_size=4)
-    assert sorted(hidden) == sorted(want_h) == ["rnn1_h"] and sorted(gates) == sorted(want_g) == ["rnn1_h"]
+    assert sorted(hidden) == sorted(gates) == ["rnn1_h"]  # the recurrent layers only (not the token embedding)
     np.testing.assert_allclose(hidden["rnn1_h"], want_h["rnn1_h"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(gates["rnn1_h"], want_g["rnn1_h"], rtol=1e-5, atol=1e-6)
     assert gates["rnn1_h"].shape == (6, 2, 4, 3)
@@ -1115,10 +1114,10 @@ def _token_monitor(model, variables, x, batch_size=256, with_gates=True):
     """Hidden states by token: at a step reading token 1, unit 0 is 0.9 and unit 1 is 0.1; token 2 the reverse."""
     del variables, batch_size, with_gates
     tokens = np.asarray(x)
-    h = np.full((*tokens.shape, model.units), 0.1, np.float32)
+    h = np.full((*tokens.shape, zoo_module(model).units), 0.1, np.float32)
     h[..., 0] = np.where(tokens == 1, 0.9, 0.1)
     h[..., 1] = np.where(tokens == 2, 0.9, 0.1)
-    return {model.group_names()[0]: h}, {}
+    return {zoo_module(model).group_names()[0]: h}, {}
 
 
 @pytest.mark.parametrize("mode", ["rolled", "unrolled"])

@@ -21,7 +21,7 @@ from jaxmod.approaches.rnn import (
     sample_weights,
     vocab_fingerprint,
 )
-from jaxmod.models import create_model
+from jaxmod.models import create_model, zoo_module
 from jaxmod.modules import module_set
 from jaxmod.reuse import check_same_inputs, cross_model_confidences
 from jaxmod.running import channel_head, head_logits, module_outputs
@@ -240,7 +240,7 @@ def test_translation_modules_keep_the_encoder_whole(mode, tmp_path):
     assert modules.classes == (0, 1, 2) and not modules.votes  # one module per language, the full output layer
     decoder_only = modules.units
     everything = dataclasses.replace(approach, encoder=True).decompose(model, v, x, language, 3).modules.units
-    encoder, decoder = model.group_names()[:2], model.group_names()[2:]
+    encoder, decoder = zoo_module(model).group_names()[:2], zoo_module(model).group_names()[2:]
     for g in encoder:
         assert decoder_only[g].all()
         np.testing.assert_array_equal(decoder_only[g].shape, everything[g].shape)

@@ -14,6 +14,7 @@ from experiments.configs import rnn as rnn_config
 from experiments.pipeline import check_results, summary
 from jaxmod import checkpoint, reuse
 from jaxmod.approaches.rnn import vocab_fingerprint
+from jaxmod.models import zoo_module
 from jaxmod.voting import voting_accuracy
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ def test_tagger_decomposes_composes_and_its_modules_restore(tmp_path):
 
     # Modules of a model that reads another vocabulary never compose with these.
     model = pipeline_rnn.build_model(run, data.dataset, data.train.x)
-    assert modules.meta.input_vocab == vocab_fingerprint(data.dataset.input_vocab, model.vocab_size) != ""
+    assert modules.meta.input_vocab == vocab_fingerprint(data.dataset.input_vocab, zoo_module(model).vocab_size) != ""
     other = modules.meta.replace(input_vocab="0" * 16)
     with pytest.raises(ValueError, match="input_vocab"):
         reuse.check_same_inputs([modules.meta, other])

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmod.models import create_model
+from jaxmod.models import create_model, zoo_module
 from jaxmod.models.recurrent import SHAPES, check_sequences, gate_group
 from jaxmod.taps import UNIT_MASKS
 from jaxmod.topology import resolve_topology, slice_model, unit_mask_variables
@@ -79,7 +79,8 @@ def test_padded_steps_carry_the_state(cell):
     model = create_model(f"rnn_{cell}", 3, shape="many_to_one", units=4, vocab_size=10, input_len=6)
     tokens = np.array([[5, 2, 7, 0, 0, 0], [0, 0, 0, 5, 2, 7], [5, 2, 7, 1, 1, 1]])
     variables = random_variables(model, tokens)
-    feats = model.apply(variables, tokens, return_features=True)
+    _, state = model.apply(variables, tokens, mutable=["activations"])
+    feats = state["activations"]["rnn1_h"][:, -1]  # what the output layer reads
     chex.assert_trees_all_close(feats[0], feats[1], atol=1e-6)
     assert not np.allclose(feats[0], feats[2])
     # Against the textbook loop over the three real tokens.
@@ -95,14 +96,15 @@ def test_shapes_and_taps(shape):
                          input_len=1 if one else 6, output_len=3)
     x = np.ones((2, 1, 7), np.float32) if one else np.arange(12).reshape(2, 6) % 9
     # Shapes only: traced, not compiled.
-    logits, state = jax.eval_shape(lambda v: model.apply(v, x, mutable=["activations", "gate_activations"]),
+    logits, state = jax.eval_shape(lambda v: model.apply(v, x, mutable=["activations", "intermediates"]),
                                    random_variables(model, x))
     expected = {"one_to_one": (2, 4), "many_to_one": (2, 4), "many_to_many": (2, 6, 4), "one_to_many": (2, 3, 4),
                 "encoder_decoder": (2, 3, 4)}[shape]
     assert logits.shape == expected
-    assert set(state["activations"]) == set(model.group_names())
-    for g in model.group_names():
-        assert state["gate_activations"][g].shape[2:] == (3, 5)
+    groups = zoo_module(model).group_names()
+    assert set(state["activations"]) == set(groups) | ({"embedding"} if not one else set())  # token features too
+    for g in groups:  # the gate activations the model sows, (B, T, G, U)
+        assert state["intermediates"][gate_group(g)].shape[2:] == (3, 5)
 
 
 def test_unit_mask_equals_editing_weights():
@@ -144,7 +146,7 @@ def test_rolled_modules_slice_exactly(cell):
     topo = resolve_topology(model, (4,))
     x = np.array([[1, 2, 3, 0], [4, 5, 6, 7]])
     v = random_variables(model, x, seed=1)
-    keep = {g: np.arange(6) % (i + 2) != 0 for i, g in enumerate(topo.sizes)}
+    keep = {g: np.arange(size) % (i + 2) != 0 for i, (g, size) in enumerate(topo.sizes.items())}  # embedding too
     sliced = slice_model(model, topo, v, keep, [3, 1])
     masked = model.apply({**v, **unit_mask_variables(topo, keep)}, x)
     chex.assert_trees_all_close(sliced.model.apply(sliced.variables, x), masked[..., [3, 1]], atol=1e-6)

@@ -14,7 +14,7 @@ from absl.testing import flagsaver
 from experiments import rnn_scenarios as sc
 from jaxmod.approaches.rnn import RnnDecomposition, vocab_fingerprint
 from jaxmod.data.text import SequenceSplit
-from jaxmod.models import create_model
+from jaxmod.models import create_model, zoo_module
 from jaxmod.modules import module_set
 from jaxmod.reuse import cross_model_confidences
 from jaxmod.running import module_outputs
@@ -106,7 +106,7 @@ def toy_set(layers, shape="many_to_one", vocab=("<pad>", "<unk>", "a", "b"), see
     model = create_model("rnn_gru", 3, shape=shape, num_layers=layers, units=6, vocab_size=12, input_len=5)
     x = np.zeros((1, 5), np.int32)
     variables = random_variables(model, x, seed=seed)
-    units = {g: np.random.default_rng(layers).random((3, 6)) > 0.3 for g in model.group_names()}
+    units = {g: np.random.default_rng(layers).random((3, 6)) > 0.3 for g in zoo_module(model).group_names()}
     head = {"kernel": np.random.default_rng(1).normal(size=(3, 3, 2)).astype(np.float32),
             "bias": np.zeros((3, 2), np.float32)}
     modules = module_set(RnnDecomposition(), model, variables, x, units=units, head=head)

@@ -14,7 +14,7 @@ from jaxmod.approaches import moda as moda_lib
 from jaxmod.approaches import rnn as rnn_lib
 from jaxmod.approaches import supermask as sm
 from jaxmod.metrics.modules import summarize
-from jaxmod.models import create_model
+from jaxmod.models import create_model, zoo_module
 from jaxmod.running import module_outputs
 from jaxmod.voting import voting_accuracy
 
@@ -30,11 +30,11 @@ def _fake_monitor(model, variables, x, batch_size=256, with_gates=True):
     del variables, batch_size, with_gates
     cls = np.asarray(x)[:, 0] - 1
     steps = np.asarray(x).shape[1]
-    h = np.full((len(x), steps, model.units), 0.1, np.float32)
+    h = np.full((len(x), steps, zoo_module(model).units), 0.1, np.float32)
     for c, units in HOT.items():
         h[np.ix_(cls == c, np.arange(steps), units)] = 0.9
     h += np.linspace(0, 0.01, h.size, dtype=np.float32).reshape(h.shape)  # distinct values (MAD > 0)
-    return {model.group_names()[0]: h}, {}
+    return {zoo_module(model).group_names()[0]: h}, {}
 
 
 @pytest.mark.parametrize("mode", ["rolled", "unrolled"])
@@ -45,7 +45,7 @@ def test_rnn_removal_takes_the_units_of_the_other_classes(monkeypatch, mode):
     variables = model.init(jax.random.key(0), x[:1])
     monkeypatch.setattr(rnn_lib, "monitor", _fake_monitor)
     modules = rnn_lib.RnnDecomposition(mode=mode, max_remove=0.2).decompose(model, variables, x, y, 2).modules
-    keep = np.asarray(modules.units[model.group_names()[0]])  # [2, (T,) 10]
+    keep = np.asarray(modules.units[zoo_module(model).group_names()[0]])  # [2, (T,) 10]
     for c, other in ((0, 1), (1, 0)):
         removed = np.flatnonzero(~keep[c].reshape(-1, 10).all(axis=0))
         assert removed.tolist() == HOT[other], (mode, c, removed)  # never its own class's units
@@ -55,10 +55,10 @@ def _relu_monitor(model, variables, x, batch_size=256, with_gates=True):
     """ReLU hidden states: class c's samples fire HOT[c] (0.9), every other unit is exactly 0."""
     del variables, batch_size, with_gates
     cls = np.asarray(x)[:, 0] - 1
-    h = np.zeros((len(x), np.asarray(x).shape[1], model.units), np.float32)
+    h = np.zeros((len(x), np.asarray(x).shape[1], zoo_module(model).units), np.float32)
     for c, units in HOT.items():
         h[np.ix_(cls == c, np.arange(h.shape[1]), units)] = 0.9
-    return {model.group_names()[0]: h}, {}
+    return {zoo_module(model).group_names()[0]: h}, {}
 
 
 @pytest.mark.parametrize("max_remove, removed_of_class_0", [(0.2, []), (1.0, [4, 5, 6, 7, 8, 9])])
@@ -72,7 +72,7 @@ def test_relu_variant_removes_idle_units_and_restores_tangled_ones(monkeypatch, 
     monkeypatch.setattr(rnn_lib, "monitor", _relu_monitor)
     decomposition = rnn_lib.RnnDecomposition(mode="rolled", statistic="relu", max_remove=max_remove)
     keep = np.asarray(decomposition.decompose(model, model.init(jax.random.key(0), x[:1]), x, y, 2)
-                      .modules.units[model.group_names()[0]])
+                      .modules.units[zoo_module(model).group_names()[0]])
     assert np.flatnonzero(~keep[0]).tolist() == removed_of_class_0
     assert keep[0, HOT[0]].all() and keep[1, HOT[1]].all()  # a class's own units are never removed
 
@@ -84,12 +84,12 @@ def _gate_monitor(model, variables, x, batch_size=256, with_gates=True):
     """LSTM gates by construction: on class c's samples gate k fires GATE_HOT[k][c] (0.9), the rest 0.1."""
     hidden, _ = _fake_monitor(model, variables, x, batch_size, False)
     cls = np.asarray(x)[:, 0] - 1
-    g = np.full((len(x), np.asarray(x).shape[1], 4, model.units), 0.1, np.float32)
+    g = np.full((len(x), np.asarray(x).shape[1], 4, zoo_module(model).units), 0.1, np.float32)
     for k, by_class in GATE_HOT.items():
         for c, units in by_class.items():
             g[np.ix_(cls == c, np.arange(g.shape[1]), [k], units)] = 0.9
     g += np.linspace(0, 0.01, g.size, dtype=np.float32).reshape(g.shape)
-    return hidden, ({model.group_names()[0]: g} if with_gates else {})
+    return hidden, ({zoo_module(model).group_names()[0]: g} if with_gates else {})
 
 
 def test_own_gates_remove_each_gates_units_of_the_other_class(monkeypatch):

@@ -35,7 +35,7 @@ from absl import app, flags
 from experiments.common import write_json_atomic
 from jaxmod.approaches.rnn import class_statistics, mean_minus_outliers, monitor, sample_weights
 from jaxmod.data.text import load_sequence_dataset
-from jaxmod.models import create_model
+from jaxmod.models import create_model, zoo_module
 from jaxmod.taps import ACTIVATIONS
 
 FLAGS = flags.FLAGS
@@ -68,7 +68,7 @@ def main(argv: list[str]) -> None:
     x = ds.train.x[pool]
     model = create_model("rnn_lstm", c, units=FLAGS.units, vocab_size=len(ds.input_vocab), input_len=30)
     variables = model.init(jax.random.key(0), x[:1])
-    steps = model.step_valid(x)["rnn1_h"]  # (N, T): padded steps are not observations
+    steps = zoo_module(model).step_valid(x)["rnn1_h"]  # (N, T): padded steps are not observations
     selections = {"positive": positive[:, pool, None] & steps[None], "negative": negative[:, pool, None] & steps[None]}
 
     def our_monitoring():

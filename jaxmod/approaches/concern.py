@@ -249,9 +249,15 @@ def _flatten_kind(steps: Sequence[Op], inner: int) -> str:
 def model_plan(model: nn.Module, input_shape: Sequence[int]) -> Plan:
     """The plan of any model whose layers the derivation follows (:func:`derived_plan`): a user's or a zoo model
     (groups named after what it sows). ``ValueError`` naming the operation it cannot follow."""
-    if not is_adapted(model):  # a tapped model (the recurrent ones): the derivation names what it cannot follow
+    if not is_adapted(model):  # a plain module: the derivation names what it cannot follow
         model = Adapted(linen_source(model), num_classes=int(model.num_classes))
-    return derived_plan(model.graph(input_shape=tuple(int(d) for d in input_shape)))
+    graph = model.graph(input_shape=tuple(int(d) for d in input_shape))
+    if graph.program.loops:
+        index = min(graph.program.loops)
+        raise ValueError(f"Pan and Rajan's method takes dense and convolutional models; {model_label(model)} has a "
+                         f"recurrent layer (a loop in layer {graph.program.ops[index].path!r}): Imtiaz et al.'s method "
+                         "('rnn') modularizes recurrent models")
+    return derived_plan(graph)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from jaxmod.models import can_gate
 from jaxmod.modules import Decomposition, ModuleSet, check_class_list, module_set
 from jaxmod.reuse import subtask_samples
 from jaxmod.taps import INDEX_MAPS, gate_group, is_gate_name
-from jaxmod.topology import SlicedModel, Topology, model_label, slice_model, topology_for_groups
+from jaxmod.topology import SlicedModel, Topology, model_label, residual_split_topology, slice_model
 
 GENERATOR_SUFFIX = "_generator"
 
@@ -92,7 +92,7 @@ def mwt_topology(model: nn.Module, input_shape: Sequence[int]) -> Topology:
     """The plain model's unit topology, with the gated kernel sets inside residual sums split off."""
     plain = with_generators(model, False)
     shape = tuple(int(d) for d in input_shape)
-    return topology_for_groups(plain, shape, [gate_group(n) for n in gate_names(plain, shape)])
+    return residual_split_topology(plain, shape, [gate_group(n) for n in gate_names(plain, shape)])
 
 
 # ---------------------------------------------------------------------------------------------

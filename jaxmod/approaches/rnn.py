@@ -51,18 +51,12 @@ import numpy as np
 
 from jaxmod import sharding
 from jaxmod.checks import check_choice
-from jaxmod.models.recurrent import (
-    CANDIDATE_GATES,
-    GATE_ACTIVATIONS,
-    GATES,
-    RecurrentClassifier,
-    gate_group,
-)
+from jaxmod.models.recurrent import CANDIDATE_GATES, GATES, SOWN, gate_group, recurrent_module
 from jaxmod.models.recurrent import check_sequences as check_model_sequences
 from jaxmod.modules import Decomposition, ModuleSet, module_set
 from jaxmod.running import channel_head
 from jaxmod.taps import ACTIVATIONS
-from jaxmod.topology import flat_activations, model_label
+from jaxmod.topology import flat_activations
 
 MODES = ("rolled", "unrolled")
 GATE_MODES = ("hidden", "own")
@@ -74,7 +68,7 @@ OUTLIER_MAD = 2.0  # the authors' get_mean_minus_outliers(m=2)
 # Input checks
 
 
-def check_labels(model: RecurrentClassifier, x: np.ndarray, y: np.ndarray, y_valid: np.ndarray | None,
+def check_labels(model: nn.Module, x: np.ndarray, y: np.ndarray, y_valid: np.ndarray | None,
                  num_classes: int) -> np.ndarray:
     """``ValueError`` before any work for inputs the decomposition cannot use; returns ``y_valid`` filled in.
 
@@ -92,7 +86,7 @@ def check_labels(model: RecurrentClassifier, x: np.ndarray, y: np.ndarray, y_val
     if valid.shape != y.shape:
         raise ValueError(f"y_valid has shape {valid.shape}, labels have {y.shape}")
     if y.ndim == 2:
-        steps = {g: v.shape[1] for g, v in model.step_valid(np.asarray(x)[:1]).items()}
+        steps = {g: v.shape[1] for g, v in recurrent_module(model).step_valid(np.asarray(x)[:1]).items()}
         wrong = {g: t for g, t in steps.items() if t != y.shape[1]}
         if wrong:
             raise ValueError(f"per-step labels have {y.shape[1]} steps but layers {sorted(wrong)} run {wrong} steps")
@@ -134,10 +128,13 @@ def sample_weights(y: np.ndarray, valid: np.ndarray, num_classes: int, num_posit
 
 @functools.lru_cache(maxsize=32)
 def _monitor_fn(model: nn.Module, with_gates: bool):
+    groups = recurrent_module(model).group_names()
+
     def one_batch(variables, xb):
-        _, state = model.apply(variables, xb, mutable=[ACTIVATIONS, GATE_ACTIVATIONS])
-        gates = flat_activations(state[GATE_ACTIVATIONS]) if with_gates else {}
-        return flat_activations(state[ACTIVATIONS]), gates
+        _, state = model.apply(variables, xb, mutable=[ACTIVATIONS, SOWN])
+        hidden = flat_activations(state[ACTIVATIONS])
+        gates = {g: state[SOWN][gate_group(g)] for g in groups} if with_gates else {}
+        return {g: hidden[g] for g in groups}, gates
 
     @jax.jit
     def run(variables, xs):
@@ -146,7 +143,7 @@ def _monitor_fn(model: nn.Module, with_gates: bool):
     return run
 
 
-def monitor(model: RecurrentClassifier, variables: Mapping[str, Any], x: np.ndarray, batch_size: int = 256,
+def monitor(model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, batch_size: int = 256,
             with_gates: bool = True) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Hidden states ``{group: (N, T, U)}`` and gate activations ``{group: (N, T, G, U)}`` of every sample,
     in one jitted ``lax.map`` over stacked batches (``with_gates=False``: hidden states only, gates ``{}``;
@@ -366,18 +363,18 @@ class RnnDecomposition:
                 "num_positive": self.num_positive, "statistic": self.statistic, "channel": self.channel,
                 "encoder": self.encoder}
 
-    def kind(self, model: RecurrentClassifier) -> str:
+    def kind(self, model: nn.Module) -> str:
         """The statistic used for hidden states: ``logistic`` or ``relu``."""
         if self.statistic != "auto":
             return self.statistic
-        return "relu" if model.activation == "relu" else "logistic"
+        return "relu" if recurrent_module(model).activation == "relu" else "logistic"
 
-    def decompose(self, model: RecurrentClassifier, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
+    def decompose(self, model: nn.Module, variables: Mapping[str, Any], x: np.ndarray, y: np.ndarray,
                   num_classes: int, y_valid: np.ndarray | None = None) -> Decomposition:
-        """One module per label. ``y``: ``(N,)`` one label per sample (Algorithm 1, also the target language
-        of a translation pair) or ``(N, T)`` one label per output step (Algorithm 2) with ``y_valid``."""
-        if not isinstance(model, RecurrentClassifier):
-            raise TypeError(f"rnn decomposition needs a RecurrentClassifier, got {model_label(model)}")
+        """One module per label of a zoo recurrent model. ``y``: ``(N,)`` one label per sample (Algorithm 1,
+        also the target language of a translation pair) or ``(N, T)`` one label per output step (Algorithm 2)
+        with ``y_valid``."""
+        rnn = recurrent_module(model)
         if self.channel and model.num_classes != num_classes:
             raise ValueError(f"channeling needs one module per output class ({model.num_classes}), "
                              f"got num_classes={num_classes}")
@@ -387,11 +384,11 @@ class RnnDecomposition:
         positive, negative = sample_weights(y, valid, num_classes, self.num_positive)
         pool = np.flatnonzero((positive | negative).reshape(num_classes, len(x), -1).any(axis=(0, 2)))
         hidden, gates = monitor(model, variables, x[pool], self.batch_size, with_gates=self.gates == "own")
-        steps = model.step_valid(x[pool])
+        steps = rnn.step_valid(x[pool])
         rolled = self.mode == "rolled"
         kind = self.kind(model)
-        whole = set(model.group_names()[: model.num_layers]) if (
-            model.shape == "encoder_decoder" and not self.encoder) else set()  # layers every module keeps whole
+        whole = set(rnn.group_names()[: rnn.num_layers]) if (
+            rnn.shape == "encoder_decoder" and not self.encoder) else set()  # layers every module keeps whole
         masks, stats = {}, {}
         for group, h in hidden.items():
             step_ok = steps[group]
@@ -407,14 +404,14 @@ class RnnDecomposition:
                                                                                               self.max_remove)
                 masks[group] = np.asarray(keep) | (group in whole)
             else:
-                pos, neg, keep = self._gate_keep(model, gates[group], pos_w, neg_w, rolled, kind)
+                pos, neg, keep = self._gate_keep(rnn, gates[group], pos_w, neg_w, rolled, kind)
                 masks[gate_group(group)] = np.asarray(keep) | (group in whole)
             stats[f"{group}/positive"], stats[f"{group}/negative"] = pos, neg
         head = channel_head(model.num_classes, range(num_classes)) if self.channel else None
         modules = module_set(self, model, variables, x, units=masks, head=head, classes=range(num_classes))
         return Decomposition(modules, statistics=stats)
 
-    def _gate_keep(self, model: RecurrentClassifier, g: np.ndarray, pos_w: np.ndarray, neg_w: np.ndarray,
+    def _gate_keep(self, model: nn.Module, g: np.ndarray, pos_w: np.ndarray, neg_w: np.ndarray,
                    rolled: bool, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Each gate by its own activation: ``(N, T, G, U)`` -> statistics and keep ``[C, (T,) G, U]``."""
         n, t, num_g, u = g.shape
@@ -458,12 +455,13 @@ def vocab_fingerprint(vocab: Sequence[str] | None, size: int | None = None) -> s
     return hashlib.sha256(("\n".join(vocab) + f"\n#{size}").encode()).hexdigest()[:16]
 
 
-def module_model_jaccard(model: RecurrentClassifier, variables: Mapping[str, Any], modules: ModuleSet) -> np.ndarray:
+def module_model_jaccard(model: nn.Module, variables: Mapping[str, Any], modules: ModuleSet) -> np.ndarray:
     """Jaccard index between each module and the model, over the recurrent and output weights (as the
     authors' code, the embedding is left out): a module is a subset of the model, so the index is the
     fraction of those weights it keeps (a channeled output layer counts as the one column it keeps, an
     unchanneled one, as translation modules have, keeps every column of its kept units). For
     unrolled modules the index is the mean over timesteps of the per-step fraction, per layer."""
+    model = recurrent_module(model)
     params = variables["params"]
     units = {k: np.asarray(v, float) for k, v in modules.units.items()}
     groups = model.group_names()

@@ -3,8 +3,8 @@
 A zoo model is written as any user would write it (it only sows its hidden activations, which names its
 unit groups); :func:`create_model` returns it adapted (:class:`jaxmod.adapter.Adapted`), so its topology
 is derived from the traced program and its sliced form is the same program on smaller variables. Called
-as ``model.apply(variables, x, train=...)`` on NHWC images. The recurrent models, whose ``lax.scan`` the
-derivation does not follow, still tap their units and declare their topology (:mod:`jaxmod.taps`).
+as ``model.apply(variables, x, train=...)`` on NHWC images, or on sequences for the recurrent models (whose
+``lax.scan`` the derivation follows, and inside which the adapter masks and slices units).
 """
 
 from __future__ import annotations
@@ -92,8 +92,6 @@ def create_model(name: str, num_classes: int, **config: Any) -> nn.Module:
     adapted = {k: config.pop(k) for k in ("widths", "mask_generators") if k in config}
     try:
         module = _REGISTRY[name](num_classes=num_classes, **config)
-        if hasattr(module, "topology_spec"):  # a tapped model (the recurrent ones) slices itself
-            return module.clone(**adapted) if adapted else module
     except TypeError as err:
         raise ValueError(f"bad configuration {config} for model {name!r}: {err}") from err
     if adapted.get("mask_generators") and not isinstance(module, _GATED):

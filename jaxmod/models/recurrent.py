@@ -23,19 +23,19 @@ step's output repeats it (Keras ``Masking``). Shapes (``RecurrentClassifier.shap
 * ``encoder_decoder``: ``num_layers`` encoder layers, their final state repeated ``output_len`` times,
   ``num_layers`` decoder layers, an output per step.
 
-Recurrent layers are named ``rnn1``, ``rnn2``, ... in the order data flows (encoder first); each layer's
-hidden units are the unit group ``rnnK_h``, sown per timestep as ``activations/rnnK_h`` ``(B, T, units)``; the
-gate activations (post-sigmoid/act) are sown as ``gate_activations/rnnK_h`` ``(B, T, G, units)``.
+Recurrent layers are named ``rnn1``, ``rnn2``, ... in the order data flows (encoder first). The model is plain Flax:
+it sows each layer's hidden states ``(B, T, units)`` as ``rnnK_h`` (naming the unit group the derivation finds,
+:mod:`jaxmod.graph`) and its gate activations (post-sigmoid/act) ``(B, T, G, units)`` as ``rnnK_gates``.
 
-Removing units. A ``unit_masks/rnnK_h`` variable of shape ``(units,)`` (rolled: the same at every step) or
-``(T, units)`` (unrolled: one mask per step) removes units the way the authors' code edits weights: at a step
-where unit ``n`` is removed, its columns in W, U and the biases (every gate block) read zero, its row of U is
-not read (``h_prev * keep``) and the consumers (the next layer, the output layer) do not see it
-(``h * keep``). The state itself is carried as computed, so a unit removed at one step and kept at the next
+Removing units is jaxmod's work, not the model's: the adapter (:func:`jaxmod.adapter.loop_masks`) applies a unit
+mask ``unit_masks/rnnK_h`` of shape ``(units,)`` (rolled: the same at every step) or ``(T, units)`` (unrolled: one
+per step) the way the authors' code edits weights: at a step where unit ``n`` is removed, its columns in W, U and
+the biases (every gate block) read zero, its row of U is not read and the consumers (the next layer, the output
+layer) do not see it. The state itself is carried as computed, so a unit removed at one step and kept at the next
 reads back its carried state, as in the reference. With one mask for all steps a removed unit stays exactly
-zero, which is why that case slices physically (``topology_spec``). A ``unit_masks/rnnK_gates`` variable (the
-layer's gate units, :func:`gate_group`) of shape ``(G, units)`` or ``(T, G, units)`` removes single gate units
-(the paper's "each gate by its own activation"): that gate's pre-activation reads zero.
+zero, which is why that case slices physically. A gate mask ``unit_masks/rnnK_gates`` (:func:`gate_group`) of
+shape ``(G, units)`` or ``(T, G, units)`` removes single gate units (the paper's "each gate by its own
+activation"): that gate's pre-activation reads zero.
 """
 
 from __future__ import annotations
@@ -45,9 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmod.adapter import Adapted, loop_gates
 from jaxmod.checks import check_choice, check_finite
-from jaxmod.taps import UNIT_MASKS, tap, width_of
-from jaxmod.topology import LeafAxis, TopologySpec, UnitGroup, dense_out, kernel_in
 
 CELLS: tuple[str, ...] = ("vanilla", "lstm", "gru")
 GATES: dict[str, tuple[str, ...]] = {"vanilla": ("h",), "lstm": ("i", "f", "g", "o"), "gru": ("z", "r", "n")}
@@ -56,14 +55,15 @@ CANDIDATE_GATES: dict[str, tuple[str, ...]] = {"vanilla": ("h",), "lstm": ("g",)
 SHAPES: tuple[str, ...] = ("one_to_one", "one_to_many", "many_to_one", "many_to_many", "encoder_decoder")
 MANY_OUTPUT_SHAPES: tuple[str, ...] = ("one_to_many", "many_to_many", "encoder_decoder")
 ACTIVATION_FNS = {"tanh": jnp.tanh, "relu": nn.relu}
-GATE_ACTIVATIONS = "gate_activations"
+SOWN = "intermediates"  # what the model sows: rnnK_h (hidden states) and rnnK_gates (gate activations)
 
 
 def gate_group(group: str) -> str:
-    """The unit group of a recurrent layer's gate units: ``rnnK_h`` -> ``rnnK_gates``."""
+    """The unit group of a recurrent layer's gate units: ``rnnK_h`` -> ``rnnK_gates`` (also the sown name of the
+    layer's gate activations)."""
     if not group.endswith("_h"):
         raise ValueError(f"{group!r} is not a recurrent layer's hidden group (rnnK_h)")
-    return f"{group[:-2]}_gates"
+    return loop_gates(group)
 
 
 def num_gates(cell: str) -> int:
@@ -71,29 +71,21 @@ def num_gates(cell: str) -> int:
     return len(GATES[cell])
 
 
-def cell_step(cell: str, activation: str, params: dict, x_t: jax.Array, h_prev: jax.Array, c_prev: jax.Array,
-              block_keep: jax.Array, unit_keep: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """One step of a cell on a batch: ``(h, c, gates)``; ``gates`` is ``(B, G, U)``.
-
-    ``block_keep`` ``(G, U)`` zeroes pre-activations (a removed unit in every gate, or a removed gate unit);
-    ``unit_keep`` ``(U,)`` drops units of ``h_prev`` from the recurrent input (their rows of U).
-    ``c`` is only used by the LSTM (the others return ``h`` in its place).
-    """
+def cell_step(cell: str, activation: str, params: dict, x_t: jax.Array, h_prev: jax.Array,
+              c_prev: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One step of a cell on a batch: ``(h, c, gates)``; ``gates`` is ``(B, G, U)``. ``c`` is only used by the LSTM
+    (the others return ``h`` in its place)."""
     act = ACTIVATION_FNS[activation]
-    g, u = block_keep.shape
-    keep = block_keep.reshape(g * u)
-    h_read = h_prev * unit_keep
+    g, u = num_gates(cell), h_prev.shape[-1]
     if cell == "gru":
-        a = ((x_t @ params["kernel"]) + params["bias"]) * keep
-        r_in = ((h_read @ params["recurrent_kernel"]) + params["recurrent_bias"]) * keep
-        a, r_in = a.reshape(-1, g, u), r_in.reshape(-1, g, u)
+        a = ((x_t @ params["kernel"]) + params["bias"]).reshape(-1, g, u)
+        r_in = ((h_prev @ params["recurrent_kernel"]) + params["recurrent_bias"]).reshape(-1, g, u)
         z = jax.nn.sigmoid(a[:, 0] + r_in[:, 0])
         r = jax.nn.sigmoid(a[:, 1] + r_in[:, 1])
         n = act(a[:, 2] + r * r_in[:, 2])
         h = z * h_prev + (1.0 - z) * n
         return h, h, jnp.stack([z, r, n], axis=1)
-    s = ((x_t @ params["kernel"]) + (h_read @ params["recurrent_kernel"]) + params["bias"]) * keep
-    s = s.reshape(-1, g, u)
+    s = ((x_t @ params["kernel"]) + (h_prev @ params["recurrent_kernel"]) + params["bias"]).reshape(-1, g, u)
     if cell == "vanilla":
         h = act(s[:, 0])
         return h, h, h[:, None]
@@ -104,27 +96,22 @@ def cell_step(cell: str, activation: str, params: dict, x_t: jax.Array, h_prev: 
 
 
 def run_cell(cell: str, activation: str, params: dict, xs: jax.Array, step_valid: jax.Array,
-             unit_keep: jax.Array, block_keep: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Scan a cell over time: ``xs`` ``(B, T, F)``, ``step_valid`` ``(B, T)``, ``unit_keep`` ``(T, U)``,
-    ``block_keep`` ``(T, G, U)``. Returns the consumers' view of the hidden states ``(B, T, U)`` (masked),
-    the last step's output ``(B, U)`` (masked) and the gate activations ``(B, T, G, U)``."""
-    batch = xs.shape[0]
-    units = unit_keep.shape[-1]
-    zeros = jnp.zeros((batch, units), xs.dtype)
+             units: int) -> tuple[jax.Array, jax.Array]:
+    """Scan a cell over time: ``xs`` ``(B, T, F)``, ``step_valid`` ``(B, T)``. Returns the hidden states
+    ``(B, T, U)`` and the gate activations ``(B, T, G, U)``; on a padded step the state is carried unchanged."""
+    zeros = jnp.zeros((xs.shape[0], units), xs.dtype)
 
     def step(carry, inputs):
         h_prev, c_prev = carry
-        x_t, valid, keep_t, block_t = inputs
-        h, c, gates = cell_step(cell, activation, params, x_t, h_prev, c_prev, block_t, keep_t)
+        x_t, valid = inputs
+        h, c, gates = cell_step(cell, activation, params, x_t, h_prev, c_prev)
         valid = valid[:, None]
         h = jnp.where(valid, h, h_prev)
         c = jnp.where(valid, c, c_prev)
-        return (h, c), (h * keep_t, gates)
+        return (h, c), (h, gates)
 
-    inputs = (jnp.swapaxes(xs, 0, 1), jnp.swapaxes(step_valid, 0, 1), unit_keep, block_keep)
-    _, (hs, gates) = jax.lax.scan(step, (zeros, zeros), inputs)
-    hs = jnp.swapaxes(hs, 0, 1)
-    return hs, hs[:, -1], jnp.swapaxes(gates, 0, 1)
+    _, (hs, gates) = jax.lax.scan(step, (zeros, zeros), (jnp.swapaxes(xs, 0, 1), jnp.swapaxes(step_valid, 0, 1)))
+    return jnp.swapaxes(hs, 0, 1), jnp.swapaxes(gates, 0, 1)
 
 
 class RecurrentLayer(nn.Module):
@@ -135,8 +122,7 @@ class RecurrentLayer(nn.Module):
     activation: str = "tanh"
 
     @nn.compact
-    def __call__(self, xs: jax.Array, step_valid: jax.Array, unit_keep: jax.Array,
-                 block_keep: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def __call__(self, xs: jax.Array, step_valid: jax.Array) -> tuple[jax.Array, jax.Array]:
         width = num_gates(self.cell) * self.units
         params = {
             "kernel": self.param("kernel", nn.initializers.glorot_uniform(), (xs.shape[-1], width)),
@@ -145,7 +131,7 @@ class RecurrentLayer(nn.Module):
         }
         if self.cell == "gru":
             params["recurrent_bias"] = self.param("recurrent_bias", nn.initializers.zeros, (width,))
-        return run_cell(self.cell, self.activation, params, xs, step_valid, unit_keep, block_keep)
+        return run_cell(self.cell, self.activation, params, xs, step_valid, self.units)
 
 
 def _bias_init(cell: str, units: int):
@@ -178,7 +164,6 @@ class RecurrentClassifier(nn.Module):
     embed_dim: int = 32
     input_len: int = 0
     output_len: int = 1
-    widths: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         check_choice("cell", self.cell, CELLS)
@@ -237,49 +222,18 @@ class RecurrentClassifier(nn.Module):
         return {g: (input_valid if reads else out_valid)
                 for g, reads in zip(self.group_names(), self.reads_input_steps(), strict=True)}
 
-    def topology_spec(self) -> TopologySpec:
-        """Hidden units of every layer: produced by its W, U and bias columns (every gate block, gate-major,
-        so the kernel's last axis tiles the group), consumed by its own U rows and the next layer's W rows."""
-        names = self.layer_names()
-        groups = []
-        for i, (name, group) in enumerate(zip(names, self.group_names(), strict=True)):
-            producers = [LeafAxis((name, "kernel"), -1), LeafAxis((name, "recurrent_kernel"), -1),
-                         LeafAxis((name, "bias"), 0)]
-            if self.cell == "gru":
-                producers.append(LeafAxis((name, "recurrent_bias"), 0))
-            consumer = names[i + 1] if i + 1 < len(names) else "logits"
-            consumers = (LeafAxis((name, "recurrent_kernel"), -2), *kernel_in(consumer))
-            groups.append(UnitGroup(group, tuple(producers), consumers))
-        return TopologySpec(tuple(groups), dense_out("logits"))
-
     # -- forward ---------------------------------------------------------------------------------------
-
-    def _masks(self, name: str, steps: int, units: int) -> tuple[jax.Array, jax.Array]:
-        g = num_gates(self.cell)
-        unit_keep = jnp.ones((steps, units), jnp.float32)
-        block_keep = jnp.ones((steps, g, units), jnp.float32)
-        if self.has_variable(UNIT_MASKS, name):
-            mask = jnp.asarray(self.get_variable(UNIT_MASKS, name), jnp.float32)
-            unit_keep = jnp.broadcast_to(mask, (steps, units))
-        if self.has_variable(UNIT_MASKS, gate_group(name)):
-            mask = jnp.asarray(self.get_variable(UNIT_MASKS, gate_group(name)), jnp.float32)
-            block_keep = jnp.broadcast_to(mask, (steps, g, units))
-        return unit_keep, block_keep * unit_keep[:, None, :]
 
     def _layer(self, index: int, xs: jax.Array, step_valid: jax.Array) -> jax.Array:
         name, group = self.layer_names()[index], self.group_names()[index]
-        units = width_of(self.widths, group, self.units)
-        unit_keep, block_keep = self._masks(group, xs.shape[1], units)
-        hs, last, gates = RecurrentLayer(self.cell, units, self.activation, name=name)(
-            xs, step_valid, unit_keep, block_keep)
-        self.sow(GATE_ACTIVATIONS, group, gates, init_fn=lambda: None, reduce_fn=lambda _, v: v)
-        hs = tap(self, group, hs)
-        return last if self.returns_last_step_only(index) else hs
+        hs, gates = RecurrentLayer(self.cell, self.units, self.activation, name=name)(xs, step_valid)
+        self.sow(SOWN, group, hs)
+        self.sow(SOWN, gate_group(group), gates)
+        return hs[:, -1] if self.returns_last_step_only(index) else hs
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False) -> jax.Array:
-        """Logits ``(B, C)`` (one-output shapes) or ``(B, T_out, C)``; with ``return_features`` the
-        output layer's input instead (``(B, U)`` or ``(B, T_out, U)``)."""
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        """Logits ``(B, C)`` (one-output shapes) or ``(B, T_out, C)``."""
         del train  # no dropout or batch norm
         if x.ndim < 2:
             raise ValueError(f"expected a batch of sequences (B, T, ...), got shape {x.shape}")
@@ -309,14 +263,24 @@ class RecurrentClassifier(nn.Module):
             valid = jnp.ones((h.shape[0], self.output_len), bool)
             for index in range(encoder, len(names)):
                 h = self._layer(index, h, valid)
-        if return_features:
-            return h
         return nn.Dense(self.num_classes, name="logits")(h)
 
 
-def check_sequences(model: RecurrentClassifier, x: np.ndarray) -> None:
-    """``ValueError`` naming the problem when ``x`` is not a batch of sequences ``model`` takes: wrong rank,
-    a length other than the model's ``input_len`` (e.g. a longer sequence), or token ids outside its vocabulary."""
+def recurrent_module(model: nn.Module) -> RecurrentClassifier:
+    """The zoo's recurrent classifier behind ``model`` (itself, or the plain module an adapted zoo model runs);
+    ``TypeError`` naming the model otherwise."""
+    module = model.source.module if isinstance(model, Adapted) and model.source.module is not None else model
+    if not isinstance(module, RecurrentClassifier):
+        name = type(module).__name__ if not isinstance(model, Adapted) else model.source.name
+        raise TypeError(f"rnn decomposition needs a RecurrentClassifier, got {name}")
+    return module
+
+
+def check_sequences(model: nn.Module, x: np.ndarray) -> None:
+    """``ValueError`` naming the problem when ``x`` is not a batch of sequences ``model`` (a zoo recurrent model)
+    takes: wrong rank, a length other than the model's ``input_len`` (e.g. a longer sequence), or token ids outside
+    its vocabulary."""
+    model = recurrent_module(model)
     x = np.asarray(x)
     if x.ndim < 2 or x.shape[0] == 0:
         raise ValueError(f"expected a non-empty batch of sequences (N, T, ...), got shape {x.shape}")

@@ -7,7 +7,7 @@ as functions of the plain module's fields; tests/test_graph.py checks the deriva
 
 from __future__ import annotations
 
-from jaxmod.models import MLP, VGG, LeNet5, MobileNet, ResNet
+from jaxmod.models import MLP, VGG, LeNet5, MobileNet, RecurrentClassifier, ResNet
 from jaxmod.models.layers import scaled
 from jaxmod.topology import IndexMapSpec, LeafAxis, TopologySpec, UnitGroup, conv_out, dense_out, kernel_in
 
@@ -106,10 +106,26 @@ def mobilenet_spec(m: MobileNet) -> TopologySpec:
     return TopologySpec(tuple(groups), dense_out("logits"), tuple(index_maps))
 
 
+def recurrent_spec(m: RecurrentClassifier) -> TopologySpec:
+    """Hidden units of every layer: produced by its W, U and bias columns (every gate block, gate-major, so the
+    kernel's last axis tiles the group), consumed by its own U rows and the next layer's W rows."""
+    names = m.layer_names()
+    groups = []
+    for i, (name, group) in enumerate(zip(names, m.group_names(), strict=True)):
+        producers = [LeafAxis((name, "kernel"), -1), LeafAxis((name, "recurrent_kernel"), -1),
+                     LeafAxis((name, "bias"), 0)]
+        if m.cell == "gru":
+            producers.append(LeafAxis((name, "recurrent_bias"), 0))
+        consumer = names[i + 1] if i + 1 < len(names) else "logits"
+        consumers = (LeafAxis((name, "recurrent_kernel"), -2), *kernel_in(consumer))
+        groups.append(UnitGroup(group, tuple(producers), consumers))
+    return TopologySpec(tuple(groups), dense_out("logits"))
+
+
 def hand_written_spec(module) -> TopologySpec:
     """The declaration the zoo module's class used to carry."""
     for cls, spec in ((MLP, mlp_spec), (LeNet5, lenet_spec), (VGG, vgg_spec), (ResNet, resnet_spec),
-                      (MobileNet, mobilenet_spec)):
+                      (MobileNet, mobilenet_spec), (RecurrentClassifier, recurrent_spec)):
         if isinstance(module, cls):
             return spec(module)
     raise TypeError(f"no hand-written topology for {type(module).__name__}")
