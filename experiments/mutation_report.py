@@ -5,7 +5,8 @@ r"""The mutation report: mutmut's results per module, every survivor with its di
 Reads the finished ``mutmut run`` in ``mutants/`` (``mutmut results --all true``, ``mutmut show``), the measured
 wall time of each module's run (``--times``: lines ``module seconds``, as ``make mutation`` writes them), and
 ``experiments/results/mutation/equivalent.json`` (mutant name -> why it cannot change behaviour: reviewed by
-hand). Score per module: killed / (mutants - equivalent), where a mutant no selected test reaches counts as
+hand) and ``surviving.json`` (survivors that could change behaviour: why no test kills them yet; not scored as
+equivalent). Score per module: killed / (mutants - equivalent), where a mutant no selected test reaches counts as
 surviving. A module of the scope that ``mutants/`` holds no results for (it was measured in an earlier run) keeps
 its row, survivors and time from the previous ``mutation.json``. Writes ``README.md`` and ``mutation.json`` in
 ``--out``. ``--list``: print the scope's modules (dotted names, from ``only_mutate``) and stop.
@@ -95,6 +96,8 @@ def main(argv: list[str]) -> None:
     found = {n: s for n, s in found.items() if s not in UNSCORED}
     path = os.path.join(FLAGS.out, "equivalent.json")
     equivalent = json.load(open(path)) if os.path.exists(path) else {}
+    path = os.path.join(FLAGS.out, "surviving.json")  # survivors that are not equivalent: why no test kills them yet
+    surviving = json.load(open(path)) if os.path.exists(path) else {}
     times = read_times(FLAGS.times)
     rows, survivors = [], []
     by_module = collections.defaultdict(list)
@@ -123,7 +126,8 @@ def main(argv: list[str]) -> None:
             diff = [line for line in mutmut("show", name).splitlines()
                     if line.startswith(("+", "-")) and not line.startswith(("+++", "---"))]
             survivors.append({"mutant": name, "status": status, "diff": "\n".join(diff),
-                              "why": equivalent.get(name, "NOT EXPLAINED: needs a test")})
+                              "why": equivalent.get(name) or "NOT EQUIVALENT: " + surviving.get(
+                                  name, "not explained, needs a test")})
     total = {"module": "all"}
     for key in ("mutants", "killed", "equivalent", "surviving, not equivalent", "not checked"):
         total[key] = sum(r.get(key) or 0 for r in rows)

@@ -37,10 +37,10 @@ from jaxmod.topology import (
     SlicedModel,
     Topology,
     model_label,
+    module_topology,
     resolve_topology,
     slice_model,
     slice_variables,
-    topology_for_groups,
 )
 
 HOW = ("merge", "vote")
@@ -230,10 +230,3 @@ def _cut_rows(stacked: Mapping[tuple, Any], topology: Topology, keep: Mapping[st
         topology, traverse_util.unflatten_dict({k: np.asarray(v)[i] for k, v in stacked.items()}), keep, classes)[0])
         for i in range(num)]
     return {k: np.stack([np.asarray(r[k]) for r in rows]) for k in stacked}
-
-
-def module_topology(model: nn.Module, modules: ModuleSet) -> Topology:
-    """The unit topology the modules' unit masks index, read from their group names (MwT's kernel sets
-    inside residual sums are groups of their own and groups no mask names stay whole, see
-    :func:`jaxmod.topology.topology_for_groups`)."""
-    return topology_for_groups(model, modules.meta.input_shape, tuple(modules.units))

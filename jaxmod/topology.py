@@ -445,3 +445,9 @@ def topology_for_groups(model: nn.Module, input_shape: Sequence[int], groups: Se
         return topology
     spec = dataclasses.replace(topology.spec, groups=tuple(g for g in topology.spec.groups if g.name not in whole))
     return dataclasses.replace(topology, spec=spec, sizes={k: v for k, v in topology.sizes.items() if k not in whole})
+
+
+def module_topology(model: nn.Module, modules: Any) -> Topology:
+    """The unit topology a :class:`jaxmod.modules.ModuleSet`'s unit masks index, read from their group names (MwT's
+    kernel sets inside residual sums are groups of their own; groups no mask names stay whole)."""
+    return topology_for_groups(model, modules.meta.input_shape, tuple(modules.units))

@@ -1,8 +1,6 @@
 """Composition by physical slicing: equivalence, FLOPs, checks, and restoring in a new process."""
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import chex
@@ -11,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
+from helpers.fast_init import fast_init
+from helpers.program_runs import run_program
 
 from jaxmod import checkpoint, compose, masks, metrics, models, reuse
 from jaxmod.activations import predict_logits
@@ -33,7 +33,7 @@ def _random_modules(name, seed=0, p=0.4, **config):
     masks = {g: rng.random((10, n)) < p for g, n in topo.sizes.items()}
     for m in masks.values():
         m[np.arange(10), rng.integers(0, m.shape[1], 10)] = True  # every module keeps a unit per layer
-    variables = model.init(jax.random.key(seed), jnp.zeros((1, *SHAPE)))
+    variables = fast_init(model, jax.random.key(seed), jnp.zeros((1, *SHAPE)))  # random weights: values don't matter
     meta = ModuleMeta(approach="moda", model_name=name, model_config=models.model_config(model), dataset="none",
                       input_shape=SHAPE, num_classes=10, classes=tuple(range(10)), source=fingerprint(variables))
     return model, topo, ModuleSet(units=masks, meta=meta), variables
@@ -43,11 +43,12 @@ def _random_modules(name, seed=0, p=0.4, **config):
 def test_composed_equals_masked_full_model(name):
     model, topo, modules, variables = _random_modules(name)
     x = jax.random.normal(jax.random.key(1), (5, *SHAPE))
+    masked_apply = jax.jit(model.apply)  # one compile for every class set (the masks change, not the shapes)
     for classes in [(3,), (7, 2), (0, 4, 5, 9)]:
         sliced = compose.compose(modules, variables, classes)
         keep = modules.union(classes)
-        masked = model.apply({**variables, **unit_mask_variables(topo, keep)}, x)[:, list(classes)]
-        chex.assert_trees_all_close(sliced.model.apply(sliced.variables, x), masked, atol=1e-5)
+        masked = masked_apply({**variables, **unit_mask_variables(topo, keep)}, x)[:, list(classes)]
+        chex.assert_trees_all_close(jax.jit(sliced.model.apply)(sliced.variables, x), masked, atol=1e-5)
         assert count_parameters(sliced.variables) < count_parameters(variables)
 
 
@@ -120,11 +121,11 @@ def test_modules_from_another_configuration_are_refused():
         compose.compose(modules, variables, [1, 2], model=models.create_model("fc1", 10, units=64))
     with pytest.raises(ValueError, match="different model"):
         compose.compose(modules, variables, [1, 2], model=models.create_model("fc2", 10))
-    other = models.create_model("fc2", 10).init(jax.random.key(0), jnp.zeros((1, *SHAPE)))
+    other = fast_init(models.create_model("fc2", 10), jax.random.key(0), jnp.zeros((1, *SHAPE)))
     with pytest.raises(ValueError, match="do not fit"):
         compose.compose(modules, other, [1, 2])
     # the same architecture trained otherwise (here: initialised from another seed) is refused too
-    retrained = model.init(jax.random.key(7), jnp.zeros((1, *SHAPE)))
+    retrained = fast_init(model, jax.random.key(7), jnp.zeros((1, *SHAPE)))
     with pytest.raises(ValueError, match="not the model these modules were decomposed from"):
         compose.compose(modules, retrained, [1, 2])
     with pytest.raises(ValueError, match="string"):
@@ -169,16 +170,17 @@ def test_restored_modules_compose_identically_in_a_new_process(tmp_path, name, c
     x = np.asarray(jax.random.normal(jax.random.key(2), (3, *SHAPE)))
     np.save(tmp_path / "x.npy", x)
     sliced = compose.compose(modules, variables, (2, 6, 8))
-    here = np.asarray(sliced.model.apply(sliced.variables, x))
+    here = np.asarray(jax.jit(sliced.model.apply)(sliced.variables, x))  # the same jitted apply in both processes
     script = textwrap.dedent(f"""
-        import json, numpy as np
+        import json, jax, numpy as np
         from jaxmod import checkpoint, compose
         modules, variables = checkpoint.restore_modules({str(tmp_path / "mods")!r})
         sliced = compose.compose(modules, variables, (2, 6, 8))
-        out = np.asarray(sliced.model.apply(sliced.variables, np.load({str(tmp_path / "x.npy")!r})))
+        out = np.asarray(jax.jit(sliced.model.apply)(sliced.variables, np.load({str(tmp_path / "x.npy")!r})))
         print(json.dumps(out.tolist()))
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    proc = run_program([], code=script)  # a new process (forked from one that has imported jax, nothing more)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     there = np.array(json.loads(proc.stdout.strip().splitlines()[-1]), np.float32)
     np.testing.assert_array_equal(there, here)
 
@@ -199,7 +201,7 @@ def test_used_units_by_hand():
     """fc2 with 3 and 2 hidden units: a unit is used when a module keeps one of its nodes (node masks) or one of
     the weights that read it (weight masks; the output layer reads the last hidden layer)."""
     model = models.create_model("fc2", 10, units=3)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, *SHAPE)))
+    variables = fast_init(model, jax.random.key(0), jnp.zeros((1, *SHAPE)))  # random weights
     topo = resolve_topology(model, SHAPE)
     meta = _fc2_meta(model, variables, "concern")
     nodes = {"fc1_relu": np.array([[1, 0, 0], [0, 0, 1]], bool), "fc2_relu": np.array([[0, 0, 0], [0, 1, 0]], bool)}
@@ -222,7 +224,7 @@ def test_a_voter_drops_the_units_no_chosen_module_uses():
     from jaxmod.running import channel_head, module_rows, one_module_output
 
     model = models.create_model("lenet5", 10)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, *SHAPE)))
+    variables = fast_init(model, jax.random.key(0), jnp.zeros((1, *SHAPE)))  # random weights
     topo = resolve_topology(model, SHAPE)
     shapes = {k: v.shape[1:] for k, v in jax.eval_shape(
         lambda v: model.apply(v, jnp.zeros((1, *SHAPE)), mutable=["activations"])[1]["activations"],
@@ -235,10 +237,11 @@ def test_a_voter_drops_the_units_no_chosen_module_uses():
                         .replace(model_name="lenet5", model_config=models.model_config(model)))
     voter = compose.compose(modules, variables, (2, 6))
     x = jax.random.normal(jax.random.key(1), (4, *SHAPE))
+    scores = voter(x)
     for i, c in enumerate((2, 6)):
         row = jax.tree.map(lambda m, c=c: m[c], module_rows(modules))
         own = one_module_output(model, variables, row, jnp.asarray(c), x)
-        chex.assert_trees_all_close(voter(x)[:, i], own, atol=1e-5)
+        chex.assert_trees_all_close(scores[:, i], own, atol=1e-5)
     expected = {g: int(m[[2, 6]].reshape(-1, m.shape[-1]).any(axis=0).sum()) for g, m in nodes.items()}
     assert dict(voter.model.widths) == expected and expected["fc1_relu"] <= 80 and expected["conv2_relu"] <= 15
     assert count_parameters(voter.variables) < count_parameters(variables)

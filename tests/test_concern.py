@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers.fast_init import fast_init
 
 from jaxmod import checkpoint, data, metrics, models, reuse, train
 from jaxmod.activations import forward
@@ -143,7 +144,7 @@ def test_backtrack_to_input_removes_positions_feeding_only_removed_outputs():
 @pytest.fixture(scope="module")
 def lenet():
     model = models.create_model("lenet5", 10)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)))
+    variables = fast_init(model, jax.random.key(0), jnp.zeros((1, 28, 28, 1)))  # random weights
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 28, 28, 1)).astype(np.float32)
     y = np.arange(120) % 10
@@ -233,7 +234,7 @@ def test_bad_inputs_fail_before_any_work(lenet):
 def test_resnet_without_bn_plan_and_decomposition_run():
     model = models.create_model("resnet20", 3, use_bn=False, stage_sizes=(1, 1, 1), stage_widths=(4, 4, 8),
                                 stem_width=4)
-    variables = model.init(jax.random.key(1), jnp.zeros((1, 8, 8, 1)))
+    variables = fast_init(model, jax.random.key(1), jnp.zeros((1, 8, 8, 1)))  # random weights
     x = np.random.default_rng(2).normal(size=(12, 8, 8, 1)).astype(np.float32)
     y = np.arange(12) % 3
     plan = concern.model_plan(model, x.shape[1:])

@@ -19,12 +19,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers.fast_init import fast_init
 
 from jaxmod import checkpoint, compose, metrics, models
 from jaxmod.approaches import create_approach
 from jaxmod.compose import SlicedModel, VotingModel
 from jaxmod.running import module_outputs
-from jaxmod.topology import topology_for_groups, unit_mask_variables
+from jaxmod.topology import module_topology, unit_mask_variables
 
 IMAGE = (28, 28, 1)
 CLASSES = (3, 1)
@@ -83,7 +84,7 @@ def _data(row: Row) -> tuple[Any, Any, np.ndarray, np.ndarray]:
         y = (np.arange(60) % 5).astype(np.int32)
     if row.approach == "mwt" or (row.approach == "random" and row.options["reference"] == "mwt"):
         model = create_approach("mwt").training_model(model)
-    variables = model.init(jax.random.key(0), jnp.asarray(x[:1]))
+    variables = fast_init(model, jax.random.key(0), jnp.asarray(x[:1]))  # untrained weights: mechanics only
     return model, variables, x, y
 
 
@@ -166,7 +167,7 @@ def test_composed_model_meets_its_definition(decomposed):
 
 
 def _assert_sliced_equals_masked(model, variables, modules, sliced, x):
-    topology = topology_for_groups(model, modules.meta.input_shape, tuple(modules.units))
+    topology = module_topology(model, modules)
     masked = model.apply({**variables, **unit_mask_variables(topology, modules.union(CLASSES))}, x[:7])
     chex.assert_trees_all_close(np.asarray(sliced(x[:7])), np.asarray(masked)[..., list(CLASSES)], atol=1e-5)
     assert sum(np.size(v) for v in jax.tree.leaves(sliced.variables["params"])) < sum(

@@ -1,11 +1,10 @@
 """The experiment program end to end on a slice of real MNIST, and its refusal of bad flags."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers.program_runs import run_program
 
 from jaxmod import checkpoint, compose
 
@@ -16,8 +15,9 @@ SCHEMA = {
 
 
 def _run(approach, *flags):
-    program = [sys.executable, "-m", "experiments.modularize", f"--config=experiments/configs/{approach}.py"]
-    return subprocess.run([*program, "--config.progress=false", *flags], capture_output=True, text=True)
+    """``python -m experiments.modularize --config=experiments/configs/APPROACH.py --config.progress=false FLAGS``,
+    in a process of its own forked from a server that has imported jax already (tests/helpers/program_runs.py)."""
+    return run_program([f"--config=experiments/configs/{approach}.py", "--config.progress=false", *flags])
 
 
 def test_moda_end_to_end_on_real_mnist(tmp_path):

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers.fast_init import fast_init
 from jax import lax
 
 from jaxmod import fastconv, metrics
@@ -123,7 +124,7 @@ def test_intercept_gives_user_models_the_fast_path():
 def _zoo_outputs(name, shape, train, **config):
     model = create_model(name, 10, **config)
     x = _random((4, *shape), 3)
-    variables = model.init(jax.random.key(0), x)
+    variables = fast_init(model, jax.random.key(0), x)  # random weights shared by both paths
 
     def run(v):
         out = model.apply(v, x, train=train, mutable=["batch_stats"] if train else False,

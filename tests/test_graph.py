@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import traverse_util
+from helpers.fast_init import QUICK_COMPILE, fast_init
 from helpers.hand_written import hand_written_spec, resnet_splits
 
 from jaxmod.adapter import adapt
@@ -79,7 +80,8 @@ def test_read_points_are_where_the_zoo_sows(name, config, shape):
     model = create_model(name, 10, **config)
     module = zoo_module(model)
     x = jax.random.normal(jax.random.key(1), (3, *shape))
-    variables = jax.jit(lambda xb: perturbed(model.init(jax.random.key(0), xb, train=False)))(x)
+    variables = jax.jit(lambda xb: perturbed(model.init(jax.random.key(0), xb, train=False)),
+                        compiler_options=QUICK_COMPILE)(x)  # random weights, one quick compile
     logits, sown = jax.jit(lambda v, xb: module.apply(v, xb, mutable=["intermediates"]))(variables, x)
     read, acts = jax.jit(lambda v, xb: model.apply(v, xb, mutable=[ACTIVATIONS]))(variables, x)
     chex.assert_trees_all_close(read, logits, atol=1e-5)  # jaxmod takes its fast convolutions on small maps
@@ -174,7 +176,7 @@ def test_training_mode_derives_the_same_groups_reads_and_gates(name, config, sha
     assert [g.group for g in training.gates] == [g.group for g in evaluation.gates]
     assert not training.whole
     x = jax.random.normal(jax.random.key(0), (4, *shape))
-    variables = model.init(jax.random.key(1), x[:1], train=False)
+    variables = fast_init(model, jax.random.key(1), x[:1], train=False)  # random weights
     _, state = model.apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)},
                            mutable=[ACTIVATIONS, "batch_stats"])
     _, sown = zoo_module(model).apply(variables, x, train=True, rngs={"dropout": jax.random.key(2)},

@@ -11,6 +11,8 @@ under every kind of mask, and a rolled module sliced physically must give the ma
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -30,9 +32,10 @@ IDS = [f"{c}-{s}" for c, s, _ in CASES]
 UNITS, STEPS = 6, 5
 
 
+@functools.cache
 def models(cell, shape, layers, user=True):
     """The reference (tapped) model, the adapted plain model (a user's, or the zoo's), their parameters and tokens
-    (some padded at the front)."""
+    (some padded at the front); built once per configuration (all immutable)."""
     config = {"num_classes": 4, "cell": cell, "shape": shape, "num_layers": layers, "vocab_size": 12,
               "output_len": 3}
     tokens = jax.random.randint(jax.random.key(1), (9, STEPS), 0, 12).at[:, :2].set(

@@ -41,7 +41,7 @@ from jaxmod.models import can_gate
 from jaxmod.modules import Decomposition, ModuleSet, check_class_list, module_set
 from jaxmod.reuse import subtask_samples
 from jaxmod.taps import INDEX_MAPS, gate_group, is_gate_name
-from jaxmod.topology import SlicedModel, Topology, model_label, residual_split_topology, slice_model
+from jaxmod.topology import SlicedModel, Topology, model_label, module_topology, residual_split_topology, slice_model
 
 GENERATOR_SUFFIX = "_generator"
 
@@ -185,7 +185,7 @@ def mixed_module(modules: ModuleSet, variables: Mapping[str, Any], classes: Sequ
     plain_vars = strip_generators(variables)
     full = compose_lib.source_model(modules, plain_vars)
     classes = check_class_list(classes, modules.meta.classes)
-    topology = compose_lib.module_topology(full, modules)
+    topology = module_topology(full, modules)
     return slice_model(full, topology, plain_vars, modules.union(classes), tuple(range(modules.meta.num_classes)))
 
 

@@ -23,7 +23,7 @@ from flax import traverse_util
 
 from jaxmod import masks as mask_algebra
 from jaxmod.modules import ModuleSet
-from jaxmod.topology import Topology, module_intersections, topology_for_groups
+from jaxmod.topology import Topology, module_intersections, module_topology, topology_for_groups
 
 UNITS = {"units": "weights", "positions": "nodes", "weights": "maskable weights"}
 
@@ -74,7 +74,7 @@ def module_statistics(modules: ModuleSet, variables: Mapping[str, Any], model: A
         if modules.time_axis:
             raise ValueError("unrolled (per-timestep) unit masks have no single weight count; "
                              "use jaxmod.approaches.rnn.module_model_jaccard")
-        topology = topology_for_groups(model, modules.meta.input_shape, tuple(modules.units))
+        topology = module_topology(model, modules)
         stats = unit_statistics(topology, modules.units, variables["params"])
     else:
         stats = element_statistics(modules.masks)
