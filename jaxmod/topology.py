@@ -30,7 +30,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxmod.composed import ComposedModel, Provenance
-from jaxmod.modules import check_class_list
+from jaxmod.modules import ModuleSet, check_class_list
 from jaxmod.taps import ACTIVATIONS, INDEX_MAPS, UNIT_MASKS
 
 Path = tuple[str, ...]
@@ -447,7 +447,7 @@ def topology_for_groups(model: nn.Module, input_shape: Sequence[int], groups: Se
     return dataclasses.replace(topology, spec=spec, sizes={k: v for k, v in topology.sizes.items() if k not in whole})
 
 
-def module_topology(model: nn.Module, modules: Any) -> Topology:
-    """The unit topology a :class:`jaxmod.modules.ModuleSet`'s unit masks index, read from their group names (MwT's
+def module_topology(model: nn.Module, modules: ModuleSet) -> Topology:
+    """The unit topology the modules' unit masks index, read from their group names (MwT's
     kernel sets inside residual sums are groups of their own; groups no mask names stay whole)."""
     return topology_for_groups(model, modules.meta.input_shape, tuple(modules.units))

@@ -175,19 +175,22 @@ def test_continuous_learning_restores_then_backtracks_again_in_the_modules_class
         assert str(err.value) == f"rows must be module indices in 0..1, got {rows}"
 
 
+class _OneConv(nn.Module):  # a conv map read by the output layer: a flatten, no conv-to-conv edge
+    num_classes: int = 3
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.relu(nn.Conv(2, (3, 3), name="conv")(x))
+        return nn.Dense(self.num_classes, name="logits")(h.reshape((h.shape[0], -1)))
+
+
 def test_weight_figures_only_for_dense_chains():
     """Pan and Rajan's weight-level Jaccard applies to dense chains (units with weights of their own): not to a conv
     map, even one read by a single dense layer with no conv-to-conv edge, nor to a recurrent model or a module that
     is not a jaxmod model."""
 
-    class OneConv(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            h = nn.relu(nn.Conv(3, (3, 3), name="conv")(x))
-            return nn.Dense(2, name="logits")(h.reshape((h.shape[0], -1)))
-
     x = np.zeros((1, 6, 6, 1), np.float32)
-    one_conv = OneConv()
+    one_conv = _OneConv()
     assert not concern._is_dense(adapt(one_conv, one_conv.init(jax.random.key(0), x), x).model, (6, 6, 1))
     assert not concern._is_dense(one_conv, (6, 6, 1))
     assert concern._is_dense(models.create_model("fc2", 3), (4, 4, 1))
@@ -322,17 +325,8 @@ def test_check_refuses_by_name_before_any_work():
     with pytest.raises(ValueError) as err:
         approach.check(model, variables, x, np.array([0, 1, 2, 2]), 3)
     assert str(err.value) == "5 samples but 4 labels"
-
-    class OneConv(nn.Module):  # a conv map read by the output layer: a flatten, no conv-to-conv edge
-        num_classes: int = 3
-
-        @nn.compact
-        def __call__(self, x):
-            h = nn.relu(nn.Conv(2, (3, 3), name="conv")(x))
-            return nn.Dense(self.num_classes, name="logits")(h.reshape((h.shape[0], -1)))
-
     images = np.zeros((3, 4, 4, 1), np.float32)
-    net = adapt(OneConv(), OneConv().init(jax.random.key(0), images[:1]), images[:1])
+    net = adapt(_OneConv(), _OneConv().init(jax.random.key(0), images[:1]), images[:1])
     with pytest.raises(ValueError) as err:
         approach.check(net.model, net.variables, images, np.arange(3), 3)
     assert str(err.value) == (f"variant 'ti_sne' is the dense (FSE 2020) method; for {concern.model_label(net.model)} "
@@ -574,6 +568,12 @@ class _Ordered(nn.Module):  # group names against forward order, a scaled read, 
         return nn.Dense(self.num_classes, name="classifier")(nn.relu(nn.Dense(4, name="a")(0.5 * h)))
 
 
+def _plan_of(module: type[nn.Module]) -> concern.Plan:
+    """Pan and Rajan's plan of ``module()`` adapted on 8x8 single-channel images."""
+    x = np.ones((1, 8, 8, 1), np.float32)
+    return concern.model_plan(adapt(module(), module().init(jax.random.key(0), x), x).model, (8, 8, 1))
+
+
 @pytest.mark.parametrize("module, what", [
     (_Product, "a layer's input is not one group's activation reached through elementwise ops, pooling or flattening "
                "(primitive 'mul' in layer '_Product')"),
@@ -592,23 +592,17 @@ class _Ordered(nn.Module):  # group names against forward order, a scaled read, 
     (_TwoChains, "dense layers that are not one chain to the logits"),
 ])
 def test_layers_the_rules_cannot_follow_are_refused_by_op_and_layer(module, what):
-    x = np.ones((1, 8, 8, 1), np.float32)
-    net = adapt(module(), module().init(jax.random.key(0), x), x)
     with pytest.raises(ValueError) as err:
-        concern.model_plan(net.model, (8, 8, 1))
+        _plan_of(module)
     assert str(err.value) == PREFIX + what
 
 
 def test_a_conv_edge_through_two_poolings_and_a_scaling_maps_positions_by_their_product():
-    x = np.ones((1, 8, 8, 1), np.float32)
-    net = adapt(_TwoPools(), _TwoPools().init(jax.random.key(0), x), x)
-    plan = concern.model_plan(net.model, (8, 8, 1))
+    plan = _plan_of(_TwoPools)
     assert plan.conv_edges == (concern.ConvEdge("conv1", "conv2", (1, 1), 1, ((0, 0), (0, 0)), 4),)
 
 
 def test_the_dense_chain_follows_forward_order_not_names_to_the_output_kernel():
-    x = np.ones((1, 8, 8, 1), np.float32)
-    net = adapt(_Ordered(), _Ordered().init(jax.random.key(0), x), x)
-    assert concern.model_plan(net.model, (8, 8, 1)) == concern.Plan(
+    assert _plan_of(_Ordered) == concern.Plan(
         dense=(("z", ("a", "kernel")), ("a", ("classifier", "kernel"))), flatten=None, conv_edges=(),
         groups=("z", "a"), output=("classifier", "kernel"))
